@@ -1,0 +1,16 @@
+//! mkectl: one binary that turns Linux hosts into a Kubernetes cluster.
+//!
+//! The module tree mirrors the architecture in DESIGN.md: `cli` holds the clap
+//! definitions, `commands` one file per subcommand, and every long-lived part
+//! of a node is a `components::Component` supervised by the manager.
+
+pub mod cli;
+pub mod commands;
+pub mod components;
+pub mod config;
+pub mod exit;
+pub mod fsutil;
+pub mod konnectivity;
+pub mod pki;
+pub mod supervisor;
+pub mod telemetry;

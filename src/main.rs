@@ -1,0 +1,3 @@
+fn main() {
+    let _ = mkectl::cli::DEFAULT_DATA_DIR;
+}
