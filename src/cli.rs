@@ -72,6 +72,9 @@ pub struct ControllerArgs {
     /// kube-apiserver,kube-controller-manager,kube-scheduler).
     #[arg(long, value_delimiter = ',')]
     pub disable_components: Vec<String>,
+    /// Node name (etcd member name, certificate SANs). Defaults to the hostname.
+    #[arg(long, env = "MKECTL_NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,10 +26,17 @@ pub struct UnavailableError(pub String);
 /// Picks the exit code for an error by looking through its whole chain.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if cause.is::<UsageError>() {
+        if cause.is::<UsageError>() || cause.is::<crate::config::ConfigError>() {
             return USAGE;
         }
-        if cause.is::<UnavailableError>() {
+        if cause.is::<UnavailableError>()
+            || cause.is::<crate::components::binary::BinaryNotFound>()
+            // `transparent` hides the wrapped error from the chain.
+            || matches!(
+                cause.downcast_ref::<crate::components::ComponentError>(),
+                Some(crate::components::ComponentError::BinaryNotFound(_))
+            )
+        {
             return UNAVAILABLE;
         }
     }

@@ -10,6 +10,7 @@ pub mod components;
 pub mod config;
 pub mod exit;
 pub mod fsutil;
+pub mod join;
 pub mod konnectivity;
 pub mod pki;
 pub mod supervisor;

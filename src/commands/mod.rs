@@ -1,1 +1,28 @@
-//! placeholder
+//! One file per subcommand. Each `run` returns `anyhow::Result`; `main`
+//! maps the error chain to an exit code.
+
+pub mod certs;
+pub mod config;
+pub mod controller;
+pub mod version;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the parsed command line. Commands that need async get a runtime here
+/// so `main` stays thin.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let global = cli.global;
+    match cli.command {
+        Command::Controller(args) => runtime()?.block_on(controller::run(&global, &args)),
+        Command::Config(cmd) => config::run(&global, &cmd),
+        Command::Certs(cmd) => certs::run(&global, &cmd),
+        Command::Version => version::run(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("mkectl")
+        .build()?)
+}

@@ -1,1 +1,407 @@
-//! placeholder
+//! ClusterConfig: the YAML an operator writes (`apiVersion: mkectl.io/v1beta1`,
+//! `kind: ClusterConfig`), its defaults and its validation, plus the node's
+//! directory layout (`paths`).
+//!
+//! A partial file merges over the defaults (every struct is `serde(default)`),
+//! unknown fields are refused, and `validate` runs before anything binds or
+//! spawns; every error names the file and the field path.
+
+pub mod defaults;
+pub mod duration;
+pub mod paths;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::ConfigDuration;
+pub use paths::NodePaths;
+
+/// Where a config came from, for error messages.
+pub const STDIN_NAME: &str = "<stdin>";
+/// Name used when no file was given.
+pub const DEFAULTS_NAME: &str = "<defaults>";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: field `{field}`: {message}")]
+    Parse {
+        file: String,
+        field: String,
+        message: String,
+    },
+    #[error("{file}: field `{field}`: {message}")]
+    Invalid {
+        file: String,
+        field: String,
+        message: String,
+    },
+    #[error("cannot render config as YAML: {0}")]
+    Render(String),
+}
+
+impl ConfigError {
+    /// The field path the error is about (`spec.network.podCIDR`), if any.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Parse { field, .. } | ConfigError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterConfig {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: ClusterSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    /// Cluster name, written into kubeconfigs.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterSpec {
+    pub api: ApiSpec,
+    pub network: NetworkSpec,
+    pub etcd: EtcdSpec,
+    pub konnectivity: KonnectivitySpec,
+    pub join_api: JoinApiSpec,
+    pub pki: PkiSettings,
+    /// Extra flags per kube component (`kube-apiserver`, `kube-controller-manager`,
+    /// `kube-scheduler`, `kubelet`), without leading dashes; they override ours.
+    pub extra_args: ExtraArgs,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiSpec {
+    /// Node address the apiserver, join API, konnectivity agent port and etcd
+    /// peer port bind to. Empty: the first global IPv4 address of the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub port: u16,
+    /// Address clients outside the node use (load balancer or DNS name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_address: Option<String>,
+    /// Extra subject alternative names (IPs or DNS names) for the apiserver.
+    pub sans: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkProvider {
+    #[default]
+    Calico,
+    Kuberouter,
+    Custom,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct NetworkSpec {
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+    #[serde(rename = "serviceCIDR")]
+    pub service_cidr: String,
+    pub cluster_domain: String,
+    pub provider: NetworkProvider,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct EtcdSpec {
+    /// Client port, bound to 127.0.0.1 only.
+    pub client_port: u16,
+    /// Peer port, bound to the peer address.
+    pub peer_port: u16,
+    /// Peer address; empty means the API address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<String>,
+    /// Extra etcd flags without leading dashes; they override ours.
+    pub extra_args: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct KonnectivitySpec {
+    /// Port agents dial (mTLS), on the node address.
+    pub agent_port: u16,
+    /// Admin port (/healthz, /readyz, /metrics).
+    pub admin_port: u16,
+    /// Address the admin port binds to.
+    pub admin_address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct JoinApiSpec {
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum KeyType {
+    #[default]
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct PkiSettings {
+    pub key_type: KeyType,
+    pub ca_lifetime: ConfigDuration,
+    pub leaf_lifetime: ConfigDuration,
+    /// Leaves with less than this left are renewed (their CA is kept).
+    pub renew_before: ConfigDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtraArgs {
+    #[serde(rename = "kube-apiserver")]
+    pub kube_apiserver: BTreeMap<String, String>,
+    #[serde(rename = "kube-controller-manager")]
+    pub kube_controller_manager: BTreeMap<String, String>,
+    #[serde(rename = "kube-scheduler")]
+    pub kube_scheduler: BTreeMap<String, String>,
+    pub kubelet: BTreeMap<String, String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            api_version: defaults::API_VERSION.into(),
+            kind: defaults::KIND.into(),
+            metadata: Metadata::default(),
+            spec: ClusterSpec::default(),
+        }
+    }
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Self {
+            name: defaults::CLUSTER_NAME.into(),
+        }
+    }
+}
+
+impl Default for ApiSpec {
+    fn default() -> Self {
+        Self {
+            address: None,
+            port: defaults::API_PORT,
+            external_address: None,
+            sans: Vec::new(),
+        }
+    }
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        Self {
+            pod_cidr: defaults::POD_CIDR.into(),
+            service_cidr: defaults::SERVICE_CIDR.into(),
+            cluster_domain: defaults::CLUSTER_DOMAIN.into(),
+            provider: NetworkProvider::default(),
+        }
+    }
+}
+
+impl Default for EtcdSpec {
+    fn default() -> Self {
+        Self {
+            client_port: defaults::ETCD_CLIENT_PORT,
+            peer_port: defaults::ETCD_PEER_PORT,
+            peer_address: None,
+            extra_args: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for KonnectivitySpec {
+    fn default() -> Self {
+        Self {
+            agent_port: defaults::KONNECTIVITY_AGENT_PORT,
+            admin_port: defaults::KONNECTIVITY_ADMIN_PORT,
+            admin_address: defaults::KONNECTIVITY_ADMIN_ADDRESS.into(),
+        }
+    }
+}
+
+impl Default for JoinApiSpec {
+    fn default() -> Self {
+        Self {
+            port: defaults::JOIN_API_PORT,
+        }
+    }
+}
+
+impl Default for PkiSettings {
+    fn default() -> Self {
+        Self {
+            key_type: KeyType::default(),
+            ca_lifetime: defaults::CA_LIFETIME.into(),
+            leaf_lifetime: defaults::LEAF_LIFETIME.into(),
+            renew_before: defaults::RENEW_BEFORE.into(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Parses YAML text; `file` only names the source in errors. The result is
+    /// validated.
+    pub fn from_yaml(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let mut failed_path = None;
+        let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+            let mut track = serde_path_to_error::Track::new();
+            let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
+            let r = ClusterConfig::deserialize(tracked);
+            if r.is_err() {
+                failed_path = Some(track.path().to_string());
+            }
+            r
+        });
+        let cfg = match parsed {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                let field = failed_path
+                    .filter(|p| p != ".")
+                    .unwrap_or_else(|| "(document)".into());
+                return Err(ConfigError::Parse {
+                    file: file.into(),
+                    field,
+                    message: first_line(&e.to_string()),
+                });
+            }
+        };
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// Loads `path` (`-` = standard input) or the defaults when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => {
+                let cfg = Self::default();
+                cfg.validate(DEFAULTS_NAME)?;
+                Ok(cfg)
+            }
+            Some(p) if p == Path::new("-") => {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|source| ConfigError::Read {
+                        file: STDIN_NAME.into(),
+                        source,
+                    })?;
+                Self::from_yaml(&text, STDIN_NAME)
+            }
+            Some(p) => {
+                let file = display_name(Some(p));
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    file: file.clone(),
+                    source,
+                })?;
+                Self::from_yaml(&text, &file)
+            }
+        }
+    }
+
+    /// Renders as YAML (what `mkectl config default` prints).
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        serde_saphyr::to_string(self).map_err(|e| ConfigError::Render(e.to_string()))
+    }
+
+    /// Checks every value; `file` names the source in errors.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        validate::validate(self, file)
+    }
+
+    /// The node address: `spec.api.address`, else the host's first global
+    /// IPv4 address, else 127.0.0.1 (single-node on an isolated host).
+    pub fn node_address(&self) -> IpAddr {
+        if let Some(ip) = self
+            .spec
+            .api
+            .address
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+        {
+            return ip;
+        }
+        paths::detect_node_address().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// The etcd peer address: `spec.etcd.peerAddress`, else the node address.
+    pub fn etcd_peer_address(&self) -> IpAddr {
+        self.spec
+            .etcd
+            .peer_address
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| self.node_address())
+    }
+
+    /// The service CIDR, already validated.
+    pub fn service_cidr(&self) -> ipnet::IpNet {
+        // validate() refused anything that does not parse; the default parses.
+        self.spec
+            .network
+            .service_cidr
+            .parse()
+            .unwrap_or_else(|_| ipnet::IpNet::from(ipnet::Ipv4Net::default()))
+    }
+
+    /// The first address of the service CIDR: the `kubernetes` Service IP.
+    pub fn first_service_ip(&self) -> IpAddr {
+        nth_address(&self.service_cidr(), 1)
+    }
+
+    /// The cluster DNS Service IP (10th address of the service CIDR).
+    pub fn cluster_dns_ip(&self) -> IpAddr {
+        nth_address(&self.service_cidr(), defaults::CLUSTER_DNS_OFFSET)
+    }
+}
+
+/// The `n`th address after the network address of `net`.
+pub fn nth_address(net: &ipnet::IpNet, n: u32) -> IpAddr {
+    match net.network() {
+        IpAddr::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4).wrapping_add(n))),
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6).wrapping_add(u128::from(n)),
+        )),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// How a config source is named in messages.
+pub fn display_name(path: Option<&Path>) -> String {
+    match path {
+        None => DEFAULTS_NAME.into(),
+        Some(p) if p == Path::new("-") => STDIN_NAME.into(),
+        Some(p) => p.display().to_string(),
+    }
+}

@@ -1,0 +1,224 @@
+//! `mkectl controller`: PKI, then every controller component in order, until
+//! SIGTERM/SIGINT (a second signal forces the exit).
+
+use std::fs::OpenOptions;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::cli::{ControllerArgs, GlobalArgs};
+use crate::components::{etcd, Manager};
+use crate::config::{ClusterConfig, NodePaths};
+use crate::exit::UsageError;
+use crate::{fsutil, pki, supervisor};
+
+/// Every component a controller can run, in start order; the names
+/// `--disable-components` accepts.
+pub const COMPONENTS: &[&str] = &[etcd::NAME];
+
+/// Upper bound for stopping every component on shutdown.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cfg = ClusterConfig::load(global.config.as_deref())?;
+    for name in &args.disable_components {
+        if !COMPONENTS.contains(&name.as_str()) {
+            return Err(UsageError(format!(
+                "--disable-components: unknown component {name:?}; known: {}",
+                COMPONENTS.join(", ")
+            ))
+            .into());
+        }
+    }
+    let enabled = |name: &str| !args.disable_components.iter().any(|d| d == name);
+    let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
+    let node_name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => hostname()?,
+    };
+    let node_address = cfg.node_address();
+    let span = info_span!("controller", component = "controller", node = %node_name);
+    async move {
+        info!(%node_address, data_dir = %paths.data_dir.display(), "starting controller");
+        fsutil::ensure_dir(&paths.data_dir, fsutil::PRIVATE_DIR_MODE)?;
+        fsutil::ensure_dir(&paths.run_dir, fsutil::PRIVATE_DIR_MODE)?;
+        let _lock = lock_run_dir(&paths)?;
+
+        let pki_spec = pki_spec(&cfg, &paths, &node_name);
+        let report = tokio::task::spawn_blocking(move || pki::ensure(&pki_spec))
+            .await
+            .context("PKI generation task")??;
+        info!(
+            created = report.created.len(),
+            renewed = report.renewed.len(),
+            "PKI in place"
+        );
+        let pki_paths = pki::PkiPaths::new(&paths.pki_dir());
+
+        let mut manager = Manager::new();
+        if enabled(etcd::NAME) {
+            let settings = etcd_settings(&cfg, &paths, &pki_paths, &node_name);
+            manager.add(Box::new(etcd::Etcd::new(settings, paths.clone())));
+        }
+        manager.init_all().await?;
+        if args.init_only {
+            info!("--init-only: PKI and configuration written, exiting");
+            return Ok(());
+        }
+
+        for name in manager.names() {
+            if let Some(pid) = supervisor::cleanup_stale(&paths.run_dir, name)? {
+                warn!(
+                    component = name,
+                    pid, "stopped a stale child left by an earlier mkectl"
+                );
+            }
+        }
+
+        let cancel = CancellationToken::new();
+        spawn_signal_handler(cancel.clone())?;
+        if let Err(e) = manager.start_all(&cancel).await {
+            if cancel.is_cancelled() {
+                info!("start interrupted by a signal");
+                return Ok(());
+            }
+            return Err(e.into());
+        }
+        info!(
+            components = ?manager.names(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "controller ready"
+        );
+        cancel.cancelled().await;
+        info!("shutting down");
+        manager.stop_all(SHUTDOWN_DEADLINE).await;
+        info!("controller stopped");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Maps the cluster config onto the PKI's inputs.
+pub fn pki_spec(cfg: &ClusterConfig, paths: &NodePaths, node_name: &str) -> pki::PkiSpec {
+    let node = cfg.node_address();
+    let mut node_addresses = vec![node];
+    let peer = cfg.etcd_peer_address();
+    if peer != node {
+        node_addresses.push(peer);
+    }
+    let mut extra_sans = cfg.spec.api.sans.clone();
+    if let Some(ext) = &cfg.spec.api.external_address {
+        extra_sans.push(ext.clone());
+    }
+    let pki = &cfg.spec.pki;
+    pki::PkiSpec {
+        dir: paths.pki_dir(),
+        key_type: match pki.key_type {
+            crate::config::KeyType::EcdsaP256 => pki::KeyType::EcdsaP256,
+            crate::config::KeyType::Rsa2048 => pki::KeyType::Rsa2048,
+        },
+        ca_lifetime: pki.ca_lifetime.as_duration(),
+        leaf_lifetime: pki.leaf_lifetime.as_duration(),
+        renew_before: pki.renew_before.as_duration(),
+        cluster_name: cfg.metadata.name.clone(),
+        cluster_domain: cfg.spec.network.cluster_domain.clone(),
+        first_service_ip: cfg.first_service_ip(),
+        node_name: node_name.to_string(),
+        node_addresses,
+        extra_sans,
+        api_server_url: url_for(node, cfg.spec.api.port),
+    }
+}
+
+/// `https://addr:port`, brackets for IPv6.
+pub fn url_for(ip: std::net::IpAddr, port: u16) -> String {
+    match ip {
+        std::net::IpAddr::V4(a) => format!("https://{a}:{port}"),
+        std::net::IpAddr::V6(a) => format!("https://[{a}]:{port}"),
+    }
+}
+
+fn etcd_settings(
+    cfg: &ClusterConfig,
+    paths: &NodePaths,
+    pki: &pki::PkiPaths,
+    node_name: &str,
+) -> etcd::EtcdSettings {
+    etcd::EtcdSettings {
+        member_name: node_name.to_string(),
+        data_dir: paths.etcd_dir(),
+        client_port: cfg.spec.etcd.client_port,
+        peer_address: cfg.etcd_peer_address(),
+        peer_port: cfg.spec.etcd.peer_port,
+        initial_cluster: None,
+        initial_cluster_state: "new".into(),
+        trusted_ca: pki.etcd_ca_cert(),
+        server_cert: pki.etcd_server_cert(),
+        server_key: pki.etcd_server_key(),
+        peer_cert: pki.etcd_peer_cert(),
+        peer_key: pki.etcd_peer_key(),
+        probe_client: etcd::EtcdClientTls {
+            ca: pki.etcd_ca_cert(),
+            cert: pki.apiserver_etcd_client_cert(),
+            key: pki.apiserver_etcd_client_key(),
+        },
+        extra_args: cfg.spec.etcd.extra_args.clone(),
+    }
+}
+
+fn hostname() -> anyhow::Result<String> {
+    let h = nix::unistd::gethostname().context("reading the hostname")?;
+    Ok(h.to_string_lossy().to_lowercase())
+}
+
+/// One mkectl per run dir: a second one would fight over children and pid
+/// files. The lock dies with the process, so a crash never leaves it held.
+fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = paths.lock_file();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another mkectl is already running with run dir {} (lock {}: {e})",
+            paths.run_dir.display(),
+            path.display()
+        )
+    })
+}
+
+/// First SIGTERM/SIGINT cancels `cancel` (graceful drain); a second one exits
+/// at once (children die with us through PDEATHSIG).
+fn spawn_signal_handler(cancel: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::spawn(async move {
+        let mut seen = 0u32;
+        loop {
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            seen += 1;
+            if seen == 1 {
+                info!(
+                    signal = which,
+                    "received signal, stopping components (again to force)"
+                );
+                cancel.cancel();
+            } else {
+                warn!(signal = which, "second signal: forcing exit");
+                std::process::exit(i32::from(crate::exit::FAILURE));
+            }
+        }
+    });
+    Ok(())
+}

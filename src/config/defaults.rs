@@ -1,0 +1,33 @@
+//! Every ClusterConfig default, as a named constant.
+
+use std::time::Duration;
+
+pub const API_VERSION: &str = "mkectl.io/v1beta1";
+pub const KIND: &str = "ClusterConfig";
+pub const CLUSTER_NAME: &str = "mke";
+
+pub const API_PORT: u16 = 6443;
+pub const POD_CIDR: &str = "10.244.0.0/16";
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
+
+pub const KONNECTIVITY_AGENT_PORT: u16 = 8132;
+pub const KONNECTIVITY_ADMIN_PORT: u16 = 8133;
+pub const KONNECTIVITY_ADMIN_ADDRESS: &str = "127.0.0.1";
+
+pub const JOIN_API_PORT: u16 = 9443;
+
+const HOUR: u64 = 3600;
+/// CAs live ten years: replacing one means re-trusting every node.
+pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * HOUR);
+/// Leaves live one year and are renewed automatically.
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * HOUR);
+/// Leaves are renewed when they have less than 30 days left.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * HOUR);
+
+/// Index (0-based offset) of the cluster DNS address inside the service CIDR:
+/// the 10th address, as kubeadm and k0s do.
+pub const CLUSTER_DNS_OFFSET: u32 = 10;

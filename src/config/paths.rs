@@ -1,0 +1,67 @@
+//! The node's directory layout (DESIGN.md "Filesystem and ports"): everything
+//! hangs off the data dir and the run dir so several nodes can share a host.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePaths {
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    /// `--bin-dir`: searched first for component binaries.
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl NodePaths {
+    pub fn new(data_dir: &Path, run_dir: &Path, bin_dir: Option<&Path>) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            run_dir: run_dir.to_path_buf(),
+            bin_dir: bin_dir.map(Path::to_path_buf),
+        }
+    }
+
+    /// `<data-dir>/pki` (0700).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
+    /// `<data-dir>/etcd` (0700): etcd's data directory.
+    pub fn etcd_dir(&self) -> PathBuf {
+        self.data_dir.join("etcd")
+    }
+    /// `<data-dir>/bin`: binaries staged from the bundle.
+    pub fn staged_bin_dir(&self) -> PathBuf {
+        self.data_dir.join("bin")
+    }
+    /// `<data-dir>/manifests`: one subdirectory per stack.
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.data_dir.join("manifests")
+    }
+    /// `<data-dir>/config`: generated component configuration files.
+    pub fn generated_config_dir(&self) -> PathBuf {
+        self.data_dir.join("config")
+    }
+    /// `<run-dir>/mkectl.lock`: one mkectl per data/run dir pair.
+    pub fn lock_file(&self) -> PathBuf {
+        self.run_dir.join("mkectl.lock")
+    }
+}
+
+/// The host's first global (non-loopback, non-link-local) IPv4 address, from
+/// the interface list; no packet is sent.
+pub fn detect_node_address() -> Option<IpAddr> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for ifa in addrs {
+        if !ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP) {
+            continue;
+        }
+        let Some(sin) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
+            continue;
+        };
+        let ip = sin.ip();
+        if !ip.is_loopback() && !ip.is_link_local() && !ip.is_unspecified() {
+            return Some(IpAddr::V4(ip));
+        }
+    }
+    None
+}

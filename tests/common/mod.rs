@@ -1,0 +1,226 @@
+//! Shared helpers for integration tests: free ports, temporary node
+//! directories, the mkectl binary as a real process, bounded waits.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MKECTL: &str = env!("CARGO_BIN_EXE_mkectl");
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 50 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // state is the field after the parenthesised comm
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Pids of processes whose environment carries `needle`.
+pub fn pids_with_env(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(env) = fs::read(format!("/proc/{pid}/environ")) {
+            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) && alive(pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// A controller node in temporary directories with its own free ports.
+pub struct Node {
+    pub tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    pub run: PathBuf,
+    pub config: PathBuf,
+    pub etcd_client_port: u16,
+    pub etcd_peer_port: u16,
+    pub name: String,
+}
+
+impl Node {
+    pub fn new(name: &str) -> Self {
+        Self::with_spec(name, "")
+    }
+
+    /// `extra_spec` is YAML appended under `spec:` (indented two spaces).
+    pub fn with_spec(name: &str, extra_spec: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let run = tmp.path().join("run");
+        let config = tmp.path().join("mkectl.yaml");
+        let (c, p) = (free_port(), free_port());
+        let yaml = format!(
+            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: 127.0.0.1\n    port: {}\n  etcd:\n    clientPort: {c}\n    peerPort: {p}\n  konnectivity:\n    agentPort: {}\n    adminPort: {}\n  joinApi:\n    port: {}\n{extra_spec}",
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port()
+        );
+        fs::write(&config, yaml).unwrap();
+        Self {
+            tmp,
+            data,
+            run,
+            config,
+            etcd_client_port: c,
+            etcd_peer_port: p,
+            name: name.into(),
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(MKECTL);
+        cmd.arg("--data-dir")
+            .arg(&self.data)
+            .arg("--run-dir")
+            .arg(&self.run)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args);
+        cmd
+    }
+
+    pub fn pki(&self, rel: &str) -> PathBuf {
+        self.data.join("pki").join(rel)
+    }
+
+    /// Starts `mkectl controller` with logs going to `<tmp>/controller-N.log`.
+    pub fn start_controller(&self, extra: &[&str]) -> Controller {
+        let n = fs::read_dir(self.tmp.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .map(|e| e.file_name().to_string_lossy().starts_with("controller-"))
+                    .unwrap_or(false)
+            })
+            .count();
+        let log = self.tmp.path().join(format!("controller-{n}.log"));
+        let mut args = vec!["controller", "--node-name", &self.name];
+        args.extend_from_slice(extra);
+        let child = self
+            .cmd(&args)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Controller { child, log }
+    }
+
+    pub fn pid_file(&self, component: &str) -> PathBuf {
+        self.run.join(format!("{component}.pid"))
+    }
+
+    /// The pid recorded for a component, once its pid file exists.
+    pub fn child_pid(&self, component: &str) -> Option<i32> {
+        fs::read_to_string(self.pid_file(component))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn etcd_endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.etcd_client_port)
+    }
+}
+
+pub struct Controller {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Controller {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Waits for exit with a bound; returns the exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > end {
+                panic!(
+                    "mkectl did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Hex SHA-256 and mtime of every file under `dir`, for "no byte changed".
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, String, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = fs::read(&p).unwrap();
+                let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+                let mtime = e.metadata().unwrap().modified().unwrap();
+                out.push((p, hex::encode(digest.as_ref()), mtime));
+            }
+        }
+    }
+    out.sort();
+    out
+}
