@@ -119,9 +119,17 @@ fn check_chains(paths: &PkiPaths) {
             String::from_utf8_lossy(&out.stderr)
         );
         let from_key = openssl(&["pkey", "-in", s(&files.key), "-pubout"]);
-        assert!(from_key.status.success(), "openssl cannot read {}", files.key.display());
+        assert!(
+            from_key.status.success(),
+            "openssl cannot read {}",
+            files.key.display()
+        );
         let from_cert = openssl(&["x509", "-in", s(&files.cert), "-noout", "-pubkey"]);
-        assert_eq!(stdout(&from_key), stdout(&from_cert), "{leaf}: key does not match");
+        assert_eq!(
+            stdout(&from_key),
+            stdout(&from_cert),
+            "{leaf}: key does not match"
+        );
     }
 }
 
@@ -148,22 +156,51 @@ fn full_pki_chains_identities_usages_and_modes() {
         "scheduler",
         "sa",
     ] {
-        assert!(report.created.iter().any(|c| c == name), "{name} not created: {report:?}");
+        assert!(
+            report.created.iter().any(|c| c == name),
+            "{name} not created: {report:?}"
+        );
     }
     assert!(report.renewed.is_empty());
 
     check_chains(&paths);
 
     // Spot checks against the wrong CA: the CAs really are separate.
-    assert!(!verify(&paths.etcd_ca.cert, &paths.apiserver.cert, "sslserver").status.success());
-    assert!(!verify(&paths.ca.cert, &paths.apiserver_etcd_client.cert, "sslclient").status.success());
-    assert!(!verify(&paths.ca.cert, &paths.front_proxy_client.cert, "sslclient").status.success());
-    assert!(!verify(&paths.ca.cert, &paths.konnectivity_server.cert, "sslserver").status.success());
+    assert!(
+        !verify(&paths.etcd_ca.cert, &paths.apiserver.cert, "sslserver")
+            .status
+            .success()
+    );
+    assert!(!verify(
+        &paths.ca.cert,
+        &paths.apiserver_etcd_client.cert,
+        "sslclient"
+    )
+    .status
+    .success());
+    assert!(
+        !verify(&paths.ca.cert, &paths.front_proxy_client.cert, "sslclient")
+            .status
+            .success()
+    );
+    assert!(
+        !verify(&paths.ca.cert, &paths.konnectivity_server.cert, "sslserver")
+            .status
+            .success()
+    );
     // Usages: a client cert is not a server cert and vice versa.
-    assert!(!verify(&paths.ca.cert, &paths.admin.cert, "sslserver").status.success());
-    assert!(!verify(&paths.ca.cert, &paths.apiserver.cert, "sslclient").status.success());
+    assert!(!verify(&paths.ca.cert, &paths.admin.cert, "sslserver")
+        .status
+        .success());
+    assert!(!verify(&paths.ca.cert, &paths.apiserver.cert, "sslclient")
+        .status
+        .success());
     // etcd members need both.
-    assert!(verify(&paths.etcd_ca.cert, &paths.etcd_peer.cert, "sslclient").status.success());
+    assert!(
+        verify(&paths.etcd_ca.cert, &paths.etcd_peer.cert, "sslclient")
+            .status
+            .success()
+    );
 
     // apiserver SANs.
     let der = parse_cert(&paths.apiserver.cert);
@@ -189,25 +226,59 @@ fn full_pki_chains_identities_usages_and_modes() {
         "node-1",
         "api.example.test",
     ] {
-        assert!(dns.iter().any(|d| d == want), "apiserver SANs lack {want}: {dns:?}");
+        assert!(
+            dns.iter().any(|d| d == want),
+            "apiserver SANs lack {want}: {dns:?}"
+        );
     }
-    for want in ["10.96.0.1", "127.0.0.1", "192.0.2.10", "198.51.100.20", "203.0.113.7"] {
-        assert!(ips.iter().any(|i| i == want), "apiserver SANs lack {want}: {ips:?}");
+    for want in [
+        "10.96.0.1",
+        "127.0.0.1",
+        "192.0.2.10",
+        "198.51.100.20",
+        "203.0.113.7",
+    ] {
+        assert!(
+            ips.iter().any(|i| i == want),
+            "apiserver SANs lack {want}: {ips:?}"
+        );
     }
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && !eku.client_auth);
     assert!(!cert.is_ca());
 
     // openssl agrees on the SAN extension.
-    let ext = openssl(&["x509", "-in", s(&paths.apiserver.cert), "-noout", "-ext", "subjectAltName"]);
-    assert!(stdout(&ext).contains("IP Address:10.96.0.1"), "{}", stdout(&ext));
+    let ext = openssl(&[
+        "x509",
+        "-in",
+        s(&paths.apiserver.cert),
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ]);
+    assert!(
+        stdout(&ext).contains("IP Address:10.96.0.1"),
+        "{}",
+        stdout(&ext)
+    );
     assert!(stdout(&ext).contains("DNS:kubernetes.default.svc.cluster.local"));
 
     // Identities.
     let subject = |p: &Path| {
-        stdout(&openssl(&["x509", "-in", s(p), "-noout", "-subject", "-nameopt", "RFC2253"]))
+        stdout(&openssl(&[
+            "x509",
+            "-in",
+            s(p),
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "RFC2253",
+        ]))
     };
-    assert_eq!(subject(&paths.admin.cert).trim(), "subject=CN=kubernetes-admin,O=system:masters");
+    assert_eq!(
+        subject(&paths.admin.cert).trim(),
+        "subject=CN=kubernetes-admin,O=system:masters"
+    );
     assert_eq!(
         subject(&paths.apiserver_kubelet_client.cert).trim(),
         "subject=CN=kube-apiserver-kubelet-client,O=system:masters"
@@ -216,21 +287,49 @@ fn full_pki_chains_identities_usages_and_modes() {
         subject(&paths.controller_manager.cert).trim(),
         "subject=CN=system:kube-controller-manager"
     );
-    assert_eq!(subject(&paths.scheduler.cert).trim(), "subject=CN=system:kube-scheduler");
+    assert_eq!(
+        subject(&paths.scheduler.cert).trim(),
+        "subject=CN=system:kube-scheduler"
+    );
     assert_eq!(
         subject(&paths.apiserver_etcd_client.cert).trim(),
         "subject=CN=kube-apiserver-etcd-client"
     );
-    assert_eq!(subject(&paths.front_proxy_client.cert).trim(), "subject=CN=front-proxy-client");
+    assert_eq!(
+        subject(&paths.front_proxy_client.cert).trim(),
+        "subject=CN=front-proxy-client"
+    );
     // CAs are CAs.
     for ca in Ca::ALL {
-        let text = stdout(&openssl(&["x509", "-in", s(&paths.ca(ca).cert), "-noout", "-text"]));
+        let text = stdout(&openssl(&[
+            "x509",
+            "-in",
+            s(&paths.ca(ca).cert),
+            "-noout",
+            "-text",
+        ]));
         assert!(text.contains("CA:TRUE"), "{ca} is not a CA");
-        assert!(text.contains("Certificate Sign"), "{ca} cannot sign certificates");
+        assert!(
+            text.contains("Certificate Sign"),
+            "{ca} cannot sign certificates"
+        );
     }
     // etcd SANs include ::1 and the node addresses.
-    let etcd = stdout(&openssl(&["x509", "-in", s(&paths.etcd_server.cert), "-noout", "-ext", "subjectAltName"]));
-    for want in ["IP Address:0:0:0:0:0:0:0:1", "IP Address:127.0.0.1", "IP Address:192.0.2.10", "DNS:node-1", "DNS:localhost"] {
+    let etcd = stdout(&openssl(&[
+        "x509",
+        "-in",
+        s(&paths.etcd_server.cert),
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ]));
+    for want in [
+        "IP Address:0:0:0:0:0:0:0:1",
+        "IP Address:127.0.0.1",
+        "IP Address:192.0.2.10",
+        "DNS:node-1",
+        "DNS:localhost",
+    ] {
         assert!(etcd.contains(want), "etcd SANs lack {want}: {etcd}");
     }
 
@@ -259,7 +358,9 @@ fn full_pki_chains_identities_usages_and_modes() {
     assert!(list.iter().filter(|c| c.is_ca).count() == 4);
     let left = admin.remaining(SystemTime::now());
     assert!(left > DEFAULT_LEAF_LIFETIME - DAY && left <= DEFAULT_LEAF_LIFETIME);
-    let due = pki::next_renewal_due(&spec.dir, spec.renew_before).unwrap().unwrap();
+    let due = pki::next_renewal_due(&spec.dir, spec.renew_before)
+        .unwrap()
+        .unwrap();
     let until_due = due.duration_since(SystemTime::now()).unwrap();
     assert!(until_due > DEFAULT_LEAF_LIFETIME - spec.renew_before - DAY);
 }
@@ -305,10 +406,16 @@ fn expiring_leaves_are_renewed_with_new_keys_and_cas_kept() {
     }
     for leaf in Leaf::ALL {
         let f = paths.leaf(leaf);
-        assert_ne!(before[&f.cert].0, after[&f.cert].0, "{leaf} cert not renewed");
+        assert_ne!(
+            before[&f.cert].0, after[&f.cert].0,
+            "{leaf} cert not renewed"
+        );
         assert_ne!(before[&f.key].0, after[&f.key].0, "{leaf} key not rotated");
     }
-    assert_ne!(before[&paths.admin_kubeconfig].0, after[&paths.admin_kubeconfig].0);
+    assert_ne!(
+        before[&paths.admin_kubeconfig].0,
+        after[&paths.admin_kubeconfig].0
+    );
     // The renewed certificate really lives a year from the simulated time.
     let info = pki::list_certificates(&spec.dir).unwrap();
     let apiserver = info.iter().find(|c| c.name == "apiserver").unwrap();
@@ -332,13 +439,28 @@ fn changed_node_address_reissues_serving_certs_only() {
     renewed.sort();
     assert_eq!(
         renewed,
-        vec!["apiserver", "etcd-peer", "etcd-server", "konnectivity-server"]
+        vec![
+            "apiserver",
+            "etcd-peer",
+            "etcd-server",
+            "konnectivity-server"
+        ]
     );
     let after = snapshot(&spec.dir);
     assert_eq!(before[&paths.ca.cert], after[&paths.ca.cert]);
     assert_eq!(before[&paths.admin.cert], after[&paths.admin.cert]);
-    assert_eq!(before[&paths.admin_kubeconfig], after[&paths.admin_kubeconfig]);
-    let ext = stdout(&openssl(&["x509", "-in", s(&paths.apiserver.cert), "-noout", "-ext", "subjectAltName"]));
+    assert_eq!(
+        before[&paths.admin_kubeconfig],
+        after[&paths.admin_kubeconfig]
+    );
+    let ext = stdout(&openssl(&[
+        "x509",
+        "-in",
+        s(&paths.apiserver.cert),
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ]));
     assert!(ext.contains("IP Address:198.51.100.99"), "{ext}");
     assert!(!ext.contains("IP Address:198.51.100.20"), "{ext}");
     check_chains(&paths);
@@ -346,8 +468,14 @@ fn changed_node_address_reissues_serving_certs_only() {
     // An extra SAN added by config reissues the apiserver cert too.
     spec.extra_sans.push("lb.example.test".into());
     let report = pki::ensure(&spec).unwrap();
-    assert!(report.renewed.contains(&"apiserver".to_string()), "{report:?}");
-    assert!(!report.renewed.contains(&"etcd-server".to_string()), "{report:?}");
+    assert!(
+        report.renewed.contains(&"apiserver".to_string()),
+        "{report:?}"
+    );
+    assert!(
+        !report.renewed.contains(&"etcd-server".to_string()),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -361,8 +489,16 @@ fn broken_leaf_is_reissued() {
     fs::write(&paths.scheduler.cert, "garbage").unwrap();
     fs::remove_file(&paths.front_proxy_client.key).unwrap();
     fs::copy(&paths.admin.key, &paths.controller_manager.key).unwrap();
-    fs::copy(&paths.apiserver_etcd_client.cert, &paths.apiserver_kubelet_client.cert).unwrap();
-    fs::copy(&paths.apiserver_etcd_client.key, &paths.apiserver_kubelet_client.key).unwrap();
+    fs::copy(
+        &paths.apiserver_etcd_client.cert,
+        &paths.apiserver_kubelet_client.cert,
+    )
+    .unwrap();
+    fs::copy(
+        &paths.apiserver_etcd_client.key,
+        &paths.apiserver_kubelet_client.key,
+    )
+    .unwrap();
     let report = pki::ensure(&spec).unwrap();
     let mut renewed = report.renewed.clone();
     renewed.sort();
@@ -418,7 +554,6 @@ fn missing_or_bad_ca_is_an_error_and_nothing_is_overwritten() {
     assert!(matches!(err, PkiError::CaCertMissing { .. }), "{err:?}");
     assert!(err.to_string().contains(s(&paths2.etcd_ca.cert)));
     assert_eq!(before, snapshot(&spec2.dir));
-
 }
 
 #[test]
@@ -464,7 +599,11 @@ fn kubeconfigs_are_accepted_by_kubectl() {
             Leaf::ControllerManager,
             "system:kube-controller-manager",
         ),
-        (&paths.scheduler_kubeconfig, Leaf::Scheduler, "system:kube-scheduler"),
+        (
+            &paths.scheduler_kubeconfig,
+            Leaf::Scheduler,
+            "system:kube-scheduler",
+        ),
     ] {
         let out = kubectl_view(conf, false);
         assert!(
@@ -474,13 +613,19 @@ fn kubeconfigs_are_accepted_by_kubectl() {
             String::from_utf8_lossy(&out.stderr)
         );
         let view = stdout(&out);
-        assert!(view.contains("DATA+OMITTED") || view.contains("REDACTED"), "{view}");
+        assert!(
+            view.contains("DATA+OMITTED") || view.contains("REDACTED"),
+            "{view}"
+        );
         let raw = stdout(&kubectl_view(conf, true));
         assert!(raw.contains(&b64(&paths.leaf(leaf).cert)), "{raw}");
         assert!(raw.contains(&b64(&paths.leaf(leaf).key)));
         assert!(raw.contains(&b64(&paths.ca.cert)));
         assert!(raw.contains("server: https://192.0.2.10:6443"), "{raw}");
-        assert!(raw.contains(&format!("current-context: {user}@mke")), "{raw}");
+        assert!(
+            raw.contains(&format!("current-context: {user}@mke")),
+            "{raw}"
+        );
         // The embedded data round-trips through kubectl's own decoder.
         let jsonpath = run(Command::new("kubectl").args([
             "--kubeconfig",
@@ -511,8 +656,14 @@ fn rsa_2048_pki_verifies() {
         assert!(text.contains("sha256WithRSAEncryption"), "{text}");
     }
     let check = openssl(&["pkey", "-in", s(&paths.apiserver.key), "-check", "-noout"]);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    assert!(kubectl_view(&paths.admin_kubeconfig, false).status.success());
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(kubectl_view(&paths.admin_kubeconfig, false)
+        .status
+        .success());
     // Idempotent for RSA too, and a key-type switch reissues the leaves but
     // keeps the (RSA) CAs.
     let before = snapshot(&spec.dir);
@@ -549,7 +700,15 @@ fn client_certs_and_csr_signing() {
     fs::write(&key, &issued.key_pem).unwrap();
     assert!(verify(&paths.ca.cert, &cert, "sslclient").status.success());
     assert!(!verify(&paths.ca.cert, &cert, "sslserver").status.success());
-    let subj = stdout(&openssl(&["x509", "-in", s(&cert), "-noout", "-subject", "-nameopt", "RFC2253"]));
+    let subj = stdout(&openssl(&[
+        "x509",
+        "-in",
+        s(&cert),
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "RFC2253",
+    ]));
     assert_eq!(subj.trim(), "subject=CN=jane,O=system:masters,O=team-a");
     let from_key = stdout(&openssl(&["pkey", "-in", s(&key), "-pubout"]));
     let from_cert = stdout(&openssl(&["x509", "-in", s(&cert), "-noout", "-pubkey"]));
@@ -586,27 +745,68 @@ fn client_certs_and_csr_signing() {
     let csr_key = tmp.path().join("agent.key");
     let csr = tmp.path().join("agent.csr");
     let out = openssl(&[
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", s(&csr_key), "-out", s(&csr), "-subj", "/O=agents/CN=konnectivity-agent",
-        "-addext", "subjectAltName=DNS:worker-1,IP:192.0.2.50",
-        "-addext", "basicConstraints=critical,CA:TRUE",
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        s(&csr_key),
+        "-out",
+        s(&csr),
+        "-subj",
+        "/O=agents/CN=konnectivity-agent",
+        "-addext",
+        "subjectAltName=DNS:worker-1,IP:192.0.2.50",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let csr_pem = fs::read_to_string(&csr).unwrap();
     let info = pki::inspect_csr(&csr_pem).unwrap();
     assert_eq!(info.common_name.as_deref(), Some("konnectivity-agent"));
     assert_eq!(info.organizations, vec!["agents"]);
     assert_eq!(info.sans, vec!["DNS:worker-1", "IP:192.0.2.50"]);
-    let signed =
-        pki::sign_csr(&spec.dir, Ca::Konnectivity, &csr_pem, 30 * DAY, CertUsage::Client).unwrap();
+    let signed = pki::sign_csr(
+        &spec.dir,
+        Ca::Konnectivity,
+        &csr_pem,
+        30 * DAY,
+        CertUsage::Client,
+    )
+    .unwrap();
     let signed_path = tmp.path().join("agent.crt");
     fs::write(&signed_path, &signed).unwrap();
-    assert!(verify(&paths.konnectivity_ca.cert, &signed_path, "sslclient").status.success());
-    assert!(!verify(&paths.ca.cert, &signed_path, "sslclient").status.success());
-    let text = stdout(&openssl(&["x509", "-in", s(&signed_path), "-noout", "-text"]));
+    assert!(
+        verify(&paths.konnectivity_ca.cert, &signed_path, "sslclient")
+            .status
+            .success()
+    );
+    assert!(!verify(&paths.ca.cert, &signed_path, "sslclient")
+        .status
+        .success());
+    let text = stdout(&openssl(&[
+        "x509",
+        "-in",
+        s(&signed_path),
+        "-noout",
+        "-text",
+    ]));
     assert!(!text.contains("CA:TRUE"), "CSR made itself a CA: {text}");
     assert!(text.contains("DNS:worker-1"));
-    let from_cert = stdout(&openssl(&["x509", "-in", s(&signed_path), "-noout", "-pubkey"]));
+    let from_cert = stdout(&openssl(&[
+        "x509",
+        "-in",
+        s(&signed_path),
+        "-noout",
+        "-pubkey",
+    ]));
     let from_key = stdout(&openssl(&["pkey", "-in", s(&csr_key), "-pubout"]));
     assert_eq!(from_cert, from_key);
 
@@ -631,9 +831,18 @@ fn spki_pin_matches_openssl() {
     let pubkey = openssl(&["x509", "-in", s(&paths.ca.cert), "-noout", "-pubkey"]);
     let pem_path = tmp.path().join("pub.pem");
     fs::write(&pem_path, &pubkey.stdout).unwrap();
-    assert!(openssl(&["pkey", "-pubin", "-in", s(&pem_path), "-outform", "DER", "-out", s(&spki_der)])
-        .status
-        .success());
+    assert!(openssl(&[
+        "pkey",
+        "-pubin",
+        "-in",
+        s(&pem_path),
+        "-outform",
+        "DER",
+        "-out",
+        s(&spki_der)
+    ])
+    .status
+    .success());
     let digest = ring::digest::digest(&ring::digest::SHA256, &fs::read(&spki_der).unwrap());
     assert_eq!(pin, format!("sha256:{}", hex::encode(digest.as_ref())));
     assert!(pki::spki_sha256(b"not a cert").is_err());
@@ -651,18 +860,28 @@ fn invalid_spec_is_rejected_before_writing() {
     spec.renew_before = spec.leaf_lifetime;
     assert!(matches!(
         pki::ensure(&spec).unwrap_err(),
-        PkiError::InvalidSpec { field: "renew_before", .. }
+        PkiError::InvalidSpec {
+            field: "renew_before",
+            ..
+        }
     ));
     let mut spec = self::spec(tmp.path());
     spec.api_server_url = "http://x".into();
     assert!(matches!(
         pki::ensure(&spec).unwrap_err(),
-        PkiError::InvalidSpec { field: "api_server_url", .. }
+        PkiError::InvalidSpec {
+            field: "api_server_url",
+            ..
+        }
     ));
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Kills etcd when the test ends, also on panic.
@@ -760,7 +979,13 @@ fn etcd_accepts_the_generated_certificates() {
     let client = &paths.apiserver_etcd_client;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = etcdctl(&client_url, &paths.etcd_ca.cert, &client.cert, &client.key, &["endpoint", "health"]);
+        let out = etcdctl(
+            &client_url,
+            &paths.etcd_ca.cert,
+            &client.cert,
+            &client.key,
+            &["endpoint", "health"],
+        );
         if out.status.success() {
             break;
         }
@@ -776,14 +1001,42 @@ fn etcd_accepts_the_generated_certificates() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let put = etcdctl(&client_url, &paths.etcd_ca.cert, &client.cert, &client.key, &["put", "/mke/test", "hello"]);
-    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
-    let get = etcdctl(&client_url, &paths.etcd_ca.cert, &client.cert, &client.key, &["get", "/mke/test", "--print-value-only"]);
-    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    let put = etcdctl(
+        &client_url,
+        &paths.etcd_ca.cert,
+        &client.cert,
+        &client.key,
+        &["put", "/mke/test", "hello"],
+    );
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let get = etcdctl(
+        &client_url,
+        &paths.etcd_ca.cert,
+        &client.cert,
+        &client.key,
+        &["get", "/mke/test", "--print-value-only"],
+    );
+    assert!(
+        get.status.success(),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
     assert_eq!(stdout(&get).trim(), "hello");
 
     // A client certificate from the cluster CA is refused by etcd.
-    let wrong = etcdctl(&client_url, &paths.etcd_ca.cert, &paths.admin.cert, &paths.admin.key, &["get", "/mke/test"]);
-    assert!(!wrong.status.success(), "etcd accepted a cluster-CA client cert");
+    let wrong = etcdctl(
+        &client_url,
+        &paths.etcd_ca.cert,
+        &paths.admin.cert,
+        &paths.admin.key,
+        &["get", "/mke/test"],
+    );
+    assert!(
+        !wrong.status.success(),
+        "etcd accepted a cluster-CA client cert"
+    );
 }
-

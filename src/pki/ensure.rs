@@ -85,7 +85,11 @@ pub fn ensure_at(spec: &PkiSpec, now: SystemTime) -> Result<PkiReport, PkiError>
             tracing::info!(component = COMPONENT, cert = leaf.name(), %reason, "renewed certificate");
             report.renewed.push(leaf.name().to_string());
         } else {
-            tracing::info!(component = COMPONENT, cert = leaf.name(), "created certificate");
+            tracing::info!(
+                component = COMPONENT,
+                cert = leaf.name(),
+                "created certificate"
+            );
             report.created.push(leaf.name().to_string());
         }
     }
@@ -138,7 +142,11 @@ fn ensure_service_account_keys(paths: &PkiPaths, spec: &PkiSpec) -> Result<bool,
             (key, true)
         }
     };
-    fsutil::write_atomic(&paths.sa_pub, key.public_key_pem().as_bytes(), PUBLIC_FILE_MODE)?;
+    fsutil::write_atomic(
+        &paths.sa_pub,
+        key.public_key_pem().as_bytes(),
+        PUBLIC_FILE_MODE,
+    )?;
     Ok(created)
 }
 

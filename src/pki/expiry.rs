@@ -82,6 +82,10 @@ pub fn next_renewal_due(
     Ok(list_certificates(pki_dir)?
         .iter()
         .filter(|c| !c.is_ca)
-        .map(|c| c.not_after.checked_sub(renew_before).unwrap_or(SystemTime::UNIX_EPOCH))
+        .map(|c| {
+            c.not_after
+                .checked_sub(renew_before)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        })
         .min())
 }

@@ -29,8 +29,8 @@ pub(crate) fn generate(key_type: KeyType, what: &str) -> Result<KeyPair, PkiErro
                 reason,
             };
             let mut rng = rsa::rand_core::OsRng;
-            let key = rsa::RsaPrivateKey::new(&mut rng, RSA_BITS)
-                .map_err(|e| rsa_err(e.to_string()))?;
+            let key =
+                rsa::RsaPrivateKey::new(&mut rng, RSA_BITS).map_err(|e| rsa_err(e.to_string()))?;
             let der = key.to_pkcs8_der().map_err(|e| rsa_err(e.to_string()))?;
             KeyPair::from_pkcs8_der_and_sign_algo(
                 &PrivatePkcs8KeyDer::from(der.as_bytes()),

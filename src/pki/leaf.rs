@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, PublicKeyData, PKCS_RSA_SHA256, PKCS_RSA_SHA384, PKCS_RSA_SHA512,
+    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, PublicKeyData, PKCS_RSA_SHA256,
+    PKCS_RSA_SHA384, PKCS_RSA_SHA512,
 };
 
 use super::ca::{self, Ca, LoadedCa};

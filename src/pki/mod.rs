@@ -63,8 +63,8 @@ mod kubeconfig;
 mod leaf;
 mod paths;
 mod spec;
-mod subject;
 mod store;
+mod subject;
 mod x509;
 
 pub use ca::Ca;

@@ -54,7 +54,11 @@ pub(crate) fn write_key(path: &Path, pem: &str) -> Result<bool, PkiError> {
 }
 
 pub(crate) fn write_cert(path: &Path, pem: &str) -> Result<bool, PkiError> {
-    Ok(fsutil::write_atomic(path, pem.as_bytes(), PUBLIC_FILE_MODE)?)
+    Ok(fsutil::write_atomic(
+        path,
+        pem.as_bytes(),
+        PUBLIC_FILE_MODE,
+    )?)
 }
 
 /// Forces 0600 on a key and 0644 on its certificate (no content change, so

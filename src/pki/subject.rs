@@ -52,7 +52,10 @@ fn read_tlv(buf: &[u8]) -> Result<(u8, usize, usize), String> {
             return Err("unsupported DER length".to_string());
         }
         let bytes = buf.get(2..2 + n).ok_or_else(short)?;
-        (2 + n, bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize))
+        (
+            2 + n,
+            bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize),
+        )
     };
     if buf.len() < header + len {
         return Err(short());

@@ -49,7 +49,9 @@ impl San {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                return Err(bad("only letters, digits, '-', '_' and a leading '*.' are allowed"));
+                return Err(bad(
+                    "only letters, digits, '-', '_' and a leading '*.' are allowed",
+                ));
             }
             if label.starts_with('-') || label.ends_with('-') {
                 return Err(bad("a label must not start or end with '-'"));
@@ -61,12 +63,14 @@ impl San {
     pub(crate) fn to_rcgen(&self) -> Result<SanType, PkiError> {
         Ok(match self {
             San::Ip(ip) => SanType::IpAddress(*ip),
-            San::Dns(name) => SanType::DnsName(name.clone().try_into().map_err(
-                |e: rcgen::Error| PkiError::InvalidSan {
-                    value: name.clone(),
-                    reason: e.to_string(),
-                },
-            )?),
+            San::Dns(name) => {
+                SanType::DnsName(name.clone().try_into().map_err(|e: rcgen::Error| {
+                    PkiError::InvalidSan {
+                        value: name.clone(),
+                        reason: e.to_string(),
+                    }
+                })?)
+            }
         })
     }
 }
@@ -173,10 +177,11 @@ impl CertFacts {
                 }
             }
         }
-        let (server_auth, client_auth) = match cert.extended_key_usage().map_err(|e| e.to_string())? {
-            Some(eku) => (eku.value.server_auth, eku.value.client_auth),
-            None => (false, false),
-        };
+        let (server_auth, client_auth) =
+            match cert.extended_key_usage().map_err(|e| e.to_string())? {
+                Some(eku) => (eku.value.server_auth, eku.value.client_auth),
+                None => (false, false),
+            };
         let is_ca = cert
             .basic_constraints()
             .map_err(|e| e.to_string())?
@@ -239,10 +244,22 @@ mod tests {
 
     #[test]
     fn sans_are_classified_and_validated() {
-        assert_eq!(San::parse("10.0.0.1").unwrap(), San::Ip("10.0.0.1".parse().unwrap()));
-        assert_eq!(San::parse("fd00::1").unwrap(), San::Ip("fd00::1".parse().unwrap()));
-        assert_eq!(San::parse("API.Example.com").unwrap(), San::Dns("api.example.com".into()));
-        assert_eq!(San::parse("*.apps.example.com").unwrap(), San::Dns("*.apps.example.com".into()));
+        assert_eq!(
+            San::parse("10.0.0.1").unwrap(),
+            San::Ip("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            San::parse("fd00::1").unwrap(),
+            San::Ip("fd00::1".parse().unwrap())
+        );
+        assert_eq!(
+            San::parse("API.Example.com").unwrap(),
+            San::Dns("api.example.com".into())
+        );
+        assert_eq!(
+            San::parse("*.apps.example.com").unwrap(),
+            San::Dns("*.apps.example.com".into())
+        );
         for bad in ["", "a..b", "bad name", "-x.example", "a.*.b", "x/y"] {
             assert!(San::parse(bad).is_err(), "{bad:?} accepted");
         }
