@@ -927,14 +927,20 @@ fn etcd_accepts_the_generated_certificates() {
     let mut spec = spec(tmp.path());
     spec.node_addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
     pki::ensure(&spec).unwrap();
-    let paths = PkiPaths::new(&spec.dir);
-    let data = tmp.path().join("etcd-data");
+    etcd_roundtrip(&PkiPaths::new(&spec.dir), tmp.path());
+}
+
+/// Starts the real etcd 3.4 with the etcd server/peer certificates and
+/// client-cert auth, then writes and reads a key with the
+/// apiserver-etcd-client certificate through etcdctl.
+fn etcd_roundtrip(paths: &PkiPaths, tmp: &Path) {
+    let data = tmp.join("etcd-data");
     fs::create_dir(&data).unwrap();
     fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
     let (client_port, peer_port) = (free_port(), free_port());
     let client_url = format!("https://127.0.0.1:{client_port}");
     let peer_url = format!("https://127.0.0.1:{peer_port}");
-    let log = tmp.path().join("etcd.log");
+    let log = tmp.join("etcd.log");
     let log_file = fs::File::create(&log).unwrap();
     let child = Command::new("/usr/bin/etcd")
         .args([

@@ -4,7 +4,7 @@
 
 use std::io::ErrorKind;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::SerialNumber;
 use ring::rand::SecureRandom;
@@ -84,25 +84,40 @@ pub(crate) fn random_serial() -> Result<SerialNumber, PkiError> {
 }
 
 /// The validity window of a certificate issued at `now` for `lifetime`,
-/// truncated to whole seconds (X.509 times have second precision).
+/// in whole seconds (X.509 times have second precision). Back-dated by
+/// [`CLOCK_SKEW_ALLOWANCE`].
 pub(crate) fn validity(
     now: SystemTime,
     lifetime: Duration,
 ) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
+    let out_of_range = || PkiError::InvalidSpec {
+        field: "lifetime",
+        reason: "certificate validity would fall outside the years 1970..9999".to_string(),
+    };
     let to_odt = |t: SystemTime| -> Result<OffsetDateTime, PkiError> {
-        let odt = OffsetDateTime::from(t);
-        odt.replace_nanosecond(0)
-            .map_err(|e| PkiError::InvalidSpec {
-                field: "lifetime",
-                reason: e.to_string(),
-            })
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| out_of_range())?
+            .as_secs();
+        let secs = i64::try_from(secs).map_err(|_| out_of_range())?;
+        OffsetDateTime::from_unix_timestamp(secs).map_err(|_| out_of_range())
     };
     let not_before = now.checked_sub(CLOCK_SKEW_ALLOWANCE).unwrap_or(now);
-    let not_after = now
-        .checked_add(lifetime)
-        .ok_or_else(|| PkiError::InvalidSpec {
-            field: "lifetime",
-            reason: "too long".to_string(),
-        })?;
+    let not_after = now.checked_add(lifetime).ok_or_else(out_of_range)?;
     Ok((to_odt(not_before)?, to_odt(not_after)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity_is_backdated_and_range_checked() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (nb, na) = validity(now, Duration::from_secs(3600)).unwrap();
+        assert_eq!(nb.unix_timestamp(), 1_800_000_000 - 300);
+        assert_eq!(na.unix_timestamp(), 1_800_003_600);
+        let huge = Duration::from_secs(20_000 * 365 * 24 * 3600);
+        assert!(validity(now, huge).is_err());
+    }
 }
