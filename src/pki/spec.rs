@@ -1,0 +1,150 @@
+//! What the PKI must look like: key type, lifetimes and the names that go
+//! into certificates. The controller's config supplies the values; the
+//! defaults here are the named constants it falls back to.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::PkiError;
+use super::x509::San;
+
+/// CA lifetime when the config sets none: 10 years.
+pub const DEFAULT_CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Leaf lifetime when the config sets none: 1 year.
+pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Leaves are renewed this long before they expire: 30 days.
+pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Cluster name used in kubeconfigs.
+pub const DEFAULT_CLUSTER_NAME: &str = "mke";
+/// Cluster DNS domain (`kubernetes.default.svc.<domain>`).
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// First IP of the default service CIDR 10.96.0.0/12: the `kubernetes` service.
+pub const DEFAULT_FIRST_SERVICE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1));
+
+/// Key algorithm of every key the PKI generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum KeyType {
+    /// ECDSA on P-256 with SHA-256 signatures: small and fast (the default).
+    #[default]
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    /// RSA 2048 with PKCS#1 v1.5 SHA-256 signatures, for environments that
+    /// require RSA.
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+}
+
+impl KeyType {
+    /// The config spelling (`ecdsa-p256`, `rsa-2048`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::Rsa2048 => "rsa-2048",
+        }
+    }
+}
+
+impl std::fmt::Display for KeyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The desired PKI of one controller node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiSpec {
+    /// `<data-dir>/pki`; created 0700 with its subdirectories.
+    pub dir: PathBuf,
+    pub key_type: KeyType,
+    pub ca_lifetime: Duration,
+    pub leaf_lifetime: Duration,
+    /// Leaves expiring within this window are renewed; CAs within it only warn.
+    pub renew_before: Duration,
+    /// Cluster name in kubeconfigs, e.g. `mke`.
+    pub cluster_name: String,
+    /// Cluster DNS domain, e.g. `cluster.local`.
+    pub cluster_domain: String,
+    /// ClusterIP of the `kubernetes` service (first IP of the service CIDR).
+    pub first_service_ip: IpAddr,
+    /// Host name of this node; goes in the SANs of the apiserver, etcd and
+    /// konnectivity serving certificates.
+    pub node_name: String,
+    /// Addresses of this node (API address, etcd peer address, ...).
+    pub node_addresses: Vec<IpAddr>,
+    /// Extra apiserver (and konnectivity) SANs: IP addresses or DNS names.
+    pub extra_sans: Vec<String>,
+    /// Server URL written into the admin, controller-manager and scheduler
+    /// kubeconfigs.
+    pub api_server_url: String,
+}
+
+impl PkiSpec {
+    /// A spec with every default filled in; callers override fields as their
+    /// config says.
+    pub fn new(dir: impl Into<PathBuf>, node_name: impl Into<String>) -> Self {
+        PkiSpec {
+            dir: dir.into(),
+            key_type: KeyType::default(),
+            ca_lifetime: DEFAULT_CA_LIFETIME,
+            leaf_lifetime: DEFAULT_LEAF_LIFETIME,
+            renew_before: DEFAULT_RENEW_BEFORE,
+            cluster_name: DEFAULT_CLUSTER_NAME.to_string(),
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_string(),
+            first_service_ip: DEFAULT_FIRST_SERVICE_IP,
+            node_name: node_name.into(),
+            node_addresses: Vec::new(),
+            extra_sans: Vec::new(),
+            api_server_url: "https://127.0.0.1:6443".to_string(),
+        }
+    }
+
+    /// Checks the spec before anything is written, naming the bad field.
+    pub fn validate(&self) -> Result<(), PkiError> {
+        let invalid = |field: &'static str, reason: &str| PkiError::InvalidSpec {
+            field,
+            reason: reason.to_string(),
+        };
+        if self.dir.as_os_str().is_empty() {
+            return Err(invalid("dir", "must not be empty"));
+        }
+        if self.ca_lifetime.is_zero() {
+            return Err(invalid("ca_lifetime", "must be positive"));
+        }
+        if self.leaf_lifetime.is_zero() {
+            return Err(invalid("leaf_lifetime", "must be positive"));
+        }
+        // Otherwise every freshly issued leaf would already be due and each
+        // run would reissue it.
+        if self.renew_before >= self.leaf_lifetime {
+            return Err(invalid(
+                "renew_before",
+                "must be shorter than leaf_lifetime",
+            ));
+        }
+        if self.cluster_name.trim().is_empty() {
+            return Err(invalid("cluster_name", "must not be empty"));
+        }
+        if self.cluster_domain.trim().is_empty() {
+            return Err(invalid("cluster_domain", "must not be empty"));
+        }
+        if self.node_name.trim().is_empty() {
+            return Err(invalid("node_name", "must not be empty"));
+        }
+        San::parse(&self.node_name)?;
+        San::parse(&format!("kubernetes.default.svc.{}", self.cluster_domain))?;
+        for s in &self.extra_sans {
+            San::parse(s)?;
+        }
+        let url = self.api_server_url.trim();
+        if !url.starts_with("https://") || url.len() <= "https://".len() {
+            return Err(invalid(
+                "api_server_url",
+                "must be an https:// URL with a host",
+            ));
+        }
+        Ok(())
+    }
+}
