@@ -117,10 +117,7 @@ pub fn pki_spec(cfg: &ClusterConfig, paths: &NodePaths, node_name: &str) -> pki:
     let pki = &cfg.spec.pki;
     pki::PkiSpec {
         dir: paths.pki_dir(),
-        key_type: match pki.key_type {
-            crate::config::KeyType::EcdsaP256 => pki::KeyType::EcdsaP256,
-            crate::config::KeyType::Rsa2048 => pki::KeyType::Rsa2048,
-        },
+        key_type: pki.key_type,
         ca_lifetime: pki.ca_lifetime.as_duration(),
         leaf_lifetime: pki.leaf_lifetime.as_duration(),
         renew_before: pki.renew_before.as_duration(),
@@ -156,15 +153,15 @@ fn etcd_settings(
         peer_port: cfg.spec.etcd.peer_port,
         initial_cluster: None,
         initial_cluster_state: "new".into(),
-        trusted_ca: pki.etcd_ca_cert(),
-        server_cert: pki.etcd_server_cert(),
-        server_key: pki.etcd_server_key(),
-        peer_cert: pki.etcd_peer_cert(),
-        peer_key: pki.etcd_peer_key(),
+        trusted_ca: pki.etcd_ca.cert.clone(),
+        server_cert: pki.etcd_server.cert.clone(),
+        server_key: pki.etcd_server.key.clone(),
+        peer_cert: pki.etcd_peer.cert.clone(),
+        peer_key: pki.etcd_peer.key.clone(),
         probe_client: etcd::EtcdClientTls {
-            ca: pki.etcd_ca_cert(),
-            cert: pki.apiserver_etcd_client_cert(),
-            key: pki.apiserver_etcd_client_key(),
+            ca: pki.etcd_ca.cert.clone(),
+            cert: pki.apiserver_etcd_client.cert.clone(),
+            key: pki.apiserver_etcd_client.key.clone(),
         },
         extra_args: cfg.spec.etcd.extra_args.clone(),
     }

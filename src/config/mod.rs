@@ -18,6 +18,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::pki::KeyType;
 pub use duration::ConfigDuration;
 pub use paths::NodePaths;
 
@@ -153,15 +154,6 @@ pub struct KonnectivitySpec {
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct JoinApiSpec {
     pub port: u16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum KeyType {
-    #[default]
-    #[serde(rename = "ecdsa-p256")]
-    EcdsaP256,
-    #[serde(rename = "rsa-2048")]
-    Rsa2048,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
