@@ -67,13 +67,12 @@ impl Launcher for OsLauncher {
 
     async fn launch(&self) -> Result<OsInstance, SupervisorError> {
         let cmd = self.spec.command(&self.marker);
-        let spawned =
-            spawner::spawn(cmd)
-                .await
-                .map_err(|source| SupervisorError::Spawn {
-                    program: self.spec.program.clone(),
-                    source,
-                })?;
+        let spawned = spawner::spawn(cmd)
+            .await
+            .map_err(|source| SupervisorError::Spawn {
+                program: self.spec.program.clone(),
+                source,
+            })?;
         let mut child = spawned.child;
         let pid = child.id() as i32;
         if let Some(out) = child.stdout.take() {

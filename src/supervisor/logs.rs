@@ -146,7 +146,12 @@ mod tests {
     fn lines_across_chunks() {
         assert_eq!(
             split(100, &[b"ab", b"c\nde", b"f\r\n\n", b"tail"]),
-            vec![l("abc", false), l("def", false), l("", false), l("tail", false)]
+            vec![
+                l("abc", false),
+                l("def", false),
+                l("", false),
+                l("tail", false)
+            ]
         );
     }
 
@@ -186,7 +191,9 @@ mod tests {
     async fn forward_reads_to_the_end() {
         let (mut w, r) = tokio::io::duplex(64);
         let task = tokio::spawn(forward(r, Arc::from("t"), "stdout"));
-        tokio::io::AsyncWriteExt::write_all(&mut w, b"x\n").await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut w, b"x\n")
+            .await
+            .unwrap();
         drop(w);
         task.await.unwrap();
     }

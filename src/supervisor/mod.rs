@@ -250,7 +250,12 @@ impl Supervised {
     /// the new instance was spawned (or its spawn failed and backoff began).
     pub async fn restart(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.requests.send(task::Request::Restart(tx)).await.is_err() {
+        if self
+            .requests
+            .send(task::Request::Restart(tx))
+            .await
+            .is_err()
+        {
             tracing::debug!(component = %self.name, "restart ignored: already stopped");
             return;
         }

@@ -27,12 +27,16 @@ pub fn pid_file_path(run_dir: &Path, name: &str) -> PathBuf {
 
 /// Writes `pid` atomically (temp file + rename), mode 0644.
 pub(crate) fn write(path: &Path, pid: i32) -> Result<(), SupervisorError> {
-    fsutil::write_atomic(path, format!("{pid}\n").as_bytes(), fsutil::PUBLIC_FILE_MODE)
-        .map(|_| ())
-        .map_err(|source| SupervisorError::PidFileWrite {
-            path: path.to_path_buf(),
-            source,
-        })
+    fsutil::write_atomic(
+        path,
+        format!("{pid}\n").as_bytes(),
+        fsutil::PUBLIC_FILE_MODE,
+    )
+    .map(|_| ())
+    .map_err(|source| SupervisorError::PidFileWrite {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Removes the pid file; a missing file is fine. Returns whether it existed.

@@ -121,7 +121,11 @@ pub(crate) fn live_group_members(pgid: i32) -> io::Result<Vec<i32>> {
     let mut members = Vec::new();
     for entry in fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         // Processes vanish while we scan; a failed read means "gone".
@@ -144,7 +148,8 @@ pub(crate) fn environ_has(pid: i32, key: &str, value: &OsStr) -> bool {
     wanted.extend_from_slice(key.as_bytes());
     wanted.push(b'=');
     wanted.extend_from_slice(value.as_bytes());
-    env.split(|&b| b == 0).any(|entry| entry == wanted.as_slice())
+    env.split(|&b| b == 0)
+        .any(|entry| entry == wanted.as_slice())
 }
 
 #[cfg(test)]

@@ -53,10 +53,7 @@ fn serve(rx: mpsc::Receiver<Job>) {
         if let Err(Ok(mut orphan)) = job.reply.send(result) {
             // The requester went away (its future was dropped): do not leave
             // an unsupervised child behind.
-            let _ = proc::signal_group(
-                orphan.child.id() as i32,
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = proc::signal_group(orphan.child.id() as i32, nix::sys::signal::Signal::SIGKILL);
             let _ = orphan.child.wait();
         }
     }
@@ -80,7 +77,13 @@ pub(crate) async fn spawn(mut cmd: Command) -> io::Result<Spawned> {
     // errno (no allocation).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
             {
                 return Err(io::Error::last_os_error());
             }

@@ -591,7 +591,8 @@ mod tests {
         h.stop().await;
         assert_eq!(Instant::now() - t0, ms(2000));
         let log = h.log.lock().unwrap();
-        let sigs: Vec<(Duration, Signal)> = log.signals.iter().map(|(t, s)| (*t - t0, *s)).collect();
+        let sigs: Vec<(Duration, Signal)> =
+            log.signals.iter().map(|(t, s)| (*t - t0, *s)).collect();
         assert_eq!(
             sigs,
             vec![(ms(0), Signal::SIGTERM), (ms(2000), Signal::SIGKILL)]
@@ -619,7 +620,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn restart_replaces_the_instance_and_resets_backoff() {
-        let h = run(vec![CRASH, CRASH, CRASH, FOREVER], BackoffPolicy::default(), ms(100)).await;
+        let h = run(
+            vec![CRASH, CRASH, CRASH, FOREVER],
+            BackoffPolicy::default(),
+            ms(100),
+        )
+        .await;
         tokio::time::sleep(ms(350)).await;
         assert_eq!(h.spawn_offsets(), [0, 0, 100, 300].map(ms).to_vec());
         h.restart().await;
@@ -633,10 +639,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn restart_during_backoff_spawns_at_once() {
-        let h = run(vec![CRASH, CRASH, FOREVER], BackoffPolicy::default(), ms(100)).await;
+        let h = run(
+            vec![CRASH, CRASH, FOREVER],
+            BackoffPolicy::default(),
+            ms(100),
+        )
+        .await;
         tokio::time::sleep(ms(10)).await;
         // Second instance crashed at 0; next spawn due at 100 ms.
-        assert!(matches!(h.status.borrow().state, ChildState::Backoff { .. }));
+        assert!(matches!(
+            h.status.borrow().state,
+            ChildState::Backoff { .. }
+        ));
         h.restart().await;
         assert_eq!(h.spawn_offsets(), [0, 0, 10].map(ms).to_vec());
         h.stop().await;
@@ -648,7 +662,10 @@ mod tests {
         *h.fail_spawns.lock().unwrap() = 2;
         tokio::time::sleep(ms(5)).await;
         let st = h.status.borrow().clone();
-        assert!(st.last_error.as_deref().unwrap().contains("/fake"), "{st:?}");
+        assert!(
+            st.last_error.as_deref().unwrap().contains("/fake"),
+            "{st:?}"
+        );
         tokio::time::sleep(ms(1000)).await;
         // crash at 0 → attempt at 0 fails → +100 fails → +200 succeeds.
         assert_eq!(h.spawn_offsets(), [0, 300].map(ms).to_vec());
