@@ -231,3 +231,79 @@ impl Drop for OsInstance {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The fallbacks for kernels without pidfds, forced on purpose.
+
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    async fn spawn_true() -> Child {
+        let mut cmd = Command::new("true");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        spawner::spawn(cmd).await.unwrap().child
+    }
+
+    async fn exits_with_code_zero(inst: &mut OsInstance) {
+        tokio::time::timeout(Duration::from_secs(20), inst.exited())
+            .await
+            .expect("exit noticed");
+        // Repeatable, and the child is still unreaped (a zombie) here.
+        inst.exited().await;
+        assert!(proc::has_exited_no_reap(inst.pid).unwrap());
+    }
+
+    #[tokio::test]
+    async fn thread_fallback_notices_exit_without_reaping() {
+        let child = spawn_true().await;
+        let pid = child.id() as i32;
+        let exit = ExitWatch::new(pid, Err(io::Error::from_raw_os_error(libc::ENOSYS)), "t");
+        assert!(matches!(exit, ExitWatch::Thread(_)));
+        let mut inst = OsInstance {
+            child: Some(child),
+            pid,
+            exit,
+        };
+        exits_with_code_zero(&mut inst).await;
+        assert_eq!(inst.reap().code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn poll_fallback_notices_exit_without_reaping() {
+        let child = spawn_true().await;
+        let pid = child.id() as i32;
+        let mut inst = OsInstance {
+            child: Some(child),
+            pid,
+            exit: ExitWatch::Poll,
+        };
+        exits_with_code_zero(&mut inst).await;
+        assert_eq!(inst.reap().code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn dropping_an_unreaped_instance_kills_it() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("1000").stdin(Stdio::null());
+        let spawned = spawner::spawn(cmd).await.unwrap();
+        let pid = spawned.child.id() as i32;
+        let inst = OsInstance {
+            child: Some(spawned.child),
+            pid,
+            exit: ExitWatch::new(pid, spawned.pidfd, "t"),
+        };
+        assert!(proc::is_alive(pid));
+        drop(inst);
+        let start = std::time::Instant::now();
+        while proc::stat(pid).is_some() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "not killed and reaped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
