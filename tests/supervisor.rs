@@ -281,7 +281,8 @@ fn canonical_marker(run_dir: &Path, name: &str) -> String {
 #[tokio::test]
 async fn pid_file_marker_and_group_are_set_up_and_cleaned() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = child_spec("setup", dir.path(), "forever");
+    let mut spec = child_spec("setup", dir.path(), "forever");
+    spec.cwd = Some(dir.path().to_path_buf());
     let run_dir = spec.run_dir.clone();
     let sup = supervisor::start(spec).await.unwrap();
     let st = sup.status();
@@ -297,6 +298,10 @@ async fn pid_file_marker_and_group_are_set_up_and_cleaned() {
         format!("{pid}\n")
     );
     assert!(has_marker(pid, &canonical_marker(&run_dir, "setup")));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        std::fs::canonicalize(dir.path()).unwrap()
+    );
     // Leader of its own process group.
     assert_eq!(proc_stat(pid).unwrap().1, pid);
     // The environment is filtered: nothing of ours but what was asked for.
@@ -341,6 +346,13 @@ async fn spawn_failures_are_returned_not_retried() {
         "{err:?}"
     );
     assert!(err.to_string().contains("not-executable"), "{err}");
+    let mut bad_cwd = child_spec("badcwd", dir.path(), "forever");
+    bad_cwd.cwd = Some(dir.path().join("nowhere"));
+    let err = supervisor::start(bad_cwd).await.unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::InvalidSpec { .. }) && err.to_string().contains("nowhere"),
+        "{err:?}"
+    );
     assert!(!pid_file_path(&dir.path().join("run"), "denied").exists());
 }
 

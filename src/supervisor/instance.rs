@@ -35,6 +35,15 @@ impl OsLauncher {
     /// Prepares the run directory and the marker. The marker uses the
     /// canonical run dir so two spellings of one directory agree.
     pub(crate) fn new(spec: ChildSpec) -> Result<Self, SupervisorError> {
+        if let Some(cwd) = &spec.cwd {
+            // Otherwise exec's ENOENT would be reported against the program.
+            if !cwd.is_dir() {
+                return Err(SupervisorError::InvalidSpec {
+                    name: spec.name.clone(),
+                    reason: format!("cwd {} is not a directory", cwd.display()),
+                });
+            }
+        }
         if !spec.run_dir.is_dir() {
             fsutil::ensure_dir(&spec.run_dir, fsutil::PRIVATE_DIR_MODE).map_err(|source| {
                 SupervisorError::RunDir {
