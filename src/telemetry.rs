@@ -26,6 +26,7 @@ pub fn init(format: LogFormat, verbosity: u8) {
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     // try_init: a second call (tests) keeps the first subscriber.
     let _ = match format {

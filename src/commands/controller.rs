@@ -69,14 +69,23 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             return Ok(());
         }
 
-        for name in manager.names() {
-            if let Some(pid) = supervisor::cleanup_stale(&paths.run_dir, name)? {
-                warn!(
-                    component = name,
-                    pid, "stopped a stale child left by an earlier mkectl"
-                );
+        // A crashed mkectl may have left children (PDEATHSIG covers the
+        // leader, not always its group); find them by their marker.
+        let run_dir = paths.run_dir.clone();
+        let names = manager.names();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            for name in names {
+                if let Some(pgid) = supervisor::cleanup_stale(&run_dir, name)? {
+                    warn!(
+                        component = name,
+                        pgid, "stopped a stale child left by an earlier mkectl"
+                    );
+                }
             }
-        }
+            Ok(())
+        })
+        .await
+        .context("stale child cleanup task")??;
 
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone())?;

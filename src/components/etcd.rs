@@ -150,6 +150,16 @@ impl EtcdSettings {
     }
 }
 
+/// etcd 3.4 refuses to start on architectures other than amd64 (and warns
+/// about an unknown variable on amd64), so the override is set only there.
+fn unsupported_arch_env() -> Vec<(String, String)> {
+    match std::env::consts::ARCH {
+        "x86_64" => Vec::new(),
+        "aarch64" => vec![("ETCD_UNSUPPORTED_ARCH".into(), "arm64".into())],
+        other => vec![("ETCD_UNSUPPORTED_ARCH".into(), other.into())],
+    }
+}
+
 pub struct Etcd {
     settings: EtcdSettings,
     paths: NodePaths,
