@@ -219,11 +219,7 @@ impl Component for Etcd {
             name: NAME.into(),
             program,
             args: self.settings.args(),
-            // etcd 3.4 on arm64 etc. refuses to start without this; harmless elsewhere.
-            env: vec![(
-                "ETCD_UNSUPPORTED_ARCH".into(),
-                std::env::consts::ARCH.into(),
-            )],
+            env: unsupported_arch_env(),
             cwd: Some(self.settings.data_dir.clone()),
             run_dir: self.paths.run_dir.clone(),
             stop_grace: STOP_GRACE,
