@@ -56,13 +56,14 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             renewed = report.renewed.len(),
             "PKI in place"
         );
-        let pki_paths = pki::PkiPaths::new(&paths.pki_dir());
-
-        let mut manager = Manager::new();
-        if enabled(etcd::NAME) {
-            let settings = etcd_settings(&cfg, &paths, &pki_paths, &node_name);
-            manager.add(Box::new(etcd::Etcd::new(settings, paths.clone())));
-        }
+        let ctx = ControllerContext {
+            pki: pki::PkiPaths::new(&paths.pki_dir()),
+            cfg: cfg.clone(),
+            paths: paths.clone(),
+            node_name: node_name.clone(),
+            node_address,
+        };
+        let mut manager = build_components(&ctx, &enabled);
         manager.init_all().await?;
         if args.init_only {
             info!("--init-only: PKI and configuration written, exiting");
@@ -109,6 +110,26 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
     }
     .instrument(span)
     .await
+}
+
+/// Everything components are built from, resolved once at start.
+pub struct ControllerContext {
+    pub cfg: ClusterConfig,
+    pub paths: NodePaths,
+    pub pki: pki::PkiPaths,
+    pub node_name: String,
+    pub node_address: std::net::IpAddr,
+}
+
+/// The controller's components in start order (DESIGN.md "Process model"),
+/// minus the disabled ones.
+fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> Manager {
+    let mut manager = Manager::new();
+    if enabled(etcd::NAME) {
+        let settings = etcd_settings(&ctx.cfg, &ctx.paths, &ctx.pki, &ctx.node_name);
+        manager.add(Box::new(etcd::Etcd::new(settings, ctx.paths.clone())));
+    }
+    manager
 }
 
 /// Maps the cluster config onto the PKI's inputs.
