@@ -67,3 +67,64 @@ impl<R: AsyncRead + Unpin + Send> ChunkRead for BufRead<R> {
         }
     }
 }
+
+/// When a tunnel's queue last moved: stamped by the shared-stream reader on
+/// every successful enqueue and by the tunnel's consumer on every dequeue.
+/// A full queue that has not moved for a whole stall budget belongs to a
+/// stuck consumer: the reader waits only for the rest of the budget, so
+/// tunnels that got stuck together cost the other tunnels one budget in
+/// total, and a slow but live consumer (its queue keeps moving) is waited
+/// for, never cut off.
+#[derive(Debug)]
+pub struct Progress(std::sync::atomic::AtomicU64);
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress(std::sync::atomic::AtomicU64::new(now_ms()))
+    }
+}
+
+impl Progress {
+    /// Records that the queue moved now.
+    pub fn touch(&self) {
+        self.0.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the queue has not moved.
+    pub fn idle_for(&self) -> std::time::Duration {
+        let last = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        std::time::Duration::from_millis(now_ms().saturating_sub(last))
+    }
+
+    /// How much longer a full queue may be waited for within `budget`.
+    pub fn remaining(&self, budget: std::time::Duration) -> std::time::Duration {
+        budget.saturating_sub(self.idle_for())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn progress_measures_idle_time() {
+        let p = Progress::default();
+        assert!(p.idle_for() < Duration::from_secs(1));
+        p.0.store(0, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(p.idle_for() >= Duration::from_millis(20));
+        assert_eq!(p.remaining(Duration::from_millis(10)), Duration::ZERO);
+        p.touch();
+        assert!(p.remaining(Duration::from_secs(3)) > Duration::from_secs(2));
+    }
+}

@@ -28,13 +28,16 @@
 //! The protocol has no flow control of its own: all tunnels to one agent share
 //! one HTTP/2 stream. Every queue here is bounded. The task reading a shared
 //! stream (server: an agent stream; agent: a server stream) hands each packet
-//! to the tunnel's own bounded queue. When that queue is full it waits at most
-//! the *stall budget* ([`server::DEFAULT_STALL_TIMEOUT`],
-//! [`agent::DEFAULT_STALL_TIMEOUT`]) for that one tunnel; if the tunnel still
-//! cannot take the packet it is closed (CLOSE_REQ to the peer, an error to the
-//! frontend) and the stream moves on. A stuck reader therefore delays the
-//! other tunnels of the same agent by at most one stall budget and never
-//! stops them; unknown connection ids are answered, never buffered.
+//! to the tunnel's own bounded queue. When that queue is full it waits for
+//! that tunnel only while the queue keeps moving: a queue that has not moved
+//! for a whole stall budget ([`server::DEFAULT_STALL_TIMEOUT`],
+//! [`agent::DEFAULT_STALL_TIMEOUT`]; see [`io::Progress`]) belongs to a stuck
+//! reader, and that tunnel is closed (CLOSE_REQ to the peer, an error to the
+//! frontend) while the stream moves on. Tunnels that get stuck together cost
+//! the other tunnels of the agent one budget in total; a slow but live
+//! reader is waited for (without protocol flow control the alternative would
+//! be cutting it off or buffering without bound). Unknown connection ids are
+//! answered, never buffered.
 //!
 //! EOF in either direction is a full close (the protocol has no half-close).
 //! All DATA of a connection is queued before its CLOSE_RSP on the same ordered

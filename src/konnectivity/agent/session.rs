@@ -16,7 +16,7 @@ use tonic::transport::Endpoint;
 use tonic::Streaming;
 
 use super::{ServerAddr, ServerConn, Shared, COMPONENT, CONNECT_TIMEOUT};
-use crate::konnectivity::io::ChunkRead;
+use crate::konnectivity::io::{ChunkRead, Progress};
 use crate::konnectivity::metrics::{FROM_SERVER, TO_SERVER};
 use crate::konnectivity::proto::agent_service_client::AgentServiceClient;
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
@@ -200,6 +200,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 struct ConnCtl {
     stop_read: CancellationToken,
     close_error: OnceLock<String>,
+    /// When the writer queue last moved (stall detection).
+    progress: Progress,
 }
 
 /// The map's entry: the writer's queue (dropping it lets the writer flush
@@ -314,14 +316,21 @@ pub(crate) async fn run(shared: Arc<Shared>, sess: Session) -> Ended {
                     continue;
                 }
                 match conn.tx.try_send(d.data) {
-                    Ok(()) => {}
+                    Ok(()) => conn.ctl.progress.touch(),
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                     Err(mpsc::error::TrySendError::Full(b)) => {
-                        let stalled = tokio::select! {
-                            r = conn.tx.send(b) => { let _ = r; false }
-                            _ = tokio::time::sleep(shared.stall_timeout) => true,
-                            _ = cancel.cancelled() => false,
-                        };
+                        let wait = conn.ctl.progress.remaining(shared.stall_timeout);
+                        let stalled = wait.is_zero()
+                            || tokio::select! {
+                                r = conn.tx.send(b) => {
+                                    if r.is_ok() {
+                                        conn.ctl.progress.touch();
+                                    }
+                                    false
+                                }
+                                _ = tokio::time::sleep(wait) => true,
+                                _ = cancel.cancelled() => false,
+                            };
                         if stalled {
                             shared
                                 .metrics
@@ -424,6 +433,7 @@ async fn endpoint(
     let ctl = Arc::new(ConnCtl {
         stop_read: session.child_token(),
         close_error: OnceLock::new(),
+        progress: Progress::default(),
     });
     lock(&conns).insert(
         cid,
@@ -441,6 +451,7 @@ async fn endpoint(
     // Writer: server → endpoint. Ends when the connection is removed from
     // the map (sender dropped, queue flushed first) or on a write error.
     let stop_read = ctl.stop_read.clone();
+    let wctl = ctl.clone();
     let g2 = guard.clone();
     let s2 = shared.clone();
     let sess2 = session.clone();
@@ -454,6 +465,7 @@ async fn endpoint(
             };
             match b {
                 Some(b) => {
+                    wctl.progress.touch();
                     if wr.write_all(&b).await.is_err() {
                         stop_read.cancel();
                         break;

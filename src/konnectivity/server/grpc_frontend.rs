@@ -76,28 +76,36 @@ impl ProxyService for ProxySvc {
             kind: FrontendKind::Grpc,
             tx,
             kill: kill.clone(),
+            progress: Default::default(),
         });
         shared.tunnels.register(link.clone());
         shared.grpc_streams.fetch_add(1, Ordering::Relaxed);
         shared.metrics.grpc_connections.add(&["Proxy"], 1);
+        // The response side only needs the progress stamp, not the link
+        // (which holds the sender: keeping it would keep the stream open).
+        let link_for_out = link.progress.clone();
         shared
             .tracker
             .spawn(frontend_reader(shared.clone(), link, inbound));
         let metrics = shared.metrics.clone();
-        let out = futures::stream::unfold(Some((rx, kill, metrics)), |state| async move {
-            let (mut rx, kill, metrics) = state?;
-            tokio::select! {
-                biased;
-                _ = kill.cancelled() => Some((
-                    Err(Status::aborted("tunnel closed by the proxy server")),
-                    None,
-                )),
-                p = rx.recv() => p.map(|p| {
-                    metrics.stream_packets.inc(TO_CLIENT, p.r#type);
-                    (Ok(p), Some((rx, kill, metrics)))
-                }),
-            }
-        });
+        let out = futures::stream::unfold(
+            Some((rx, kill, metrics, link_for_out)),
+            |state| async move {
+                let (mut rx, kill, metrics, link) = state?;
+                tokio::select! {
+                    biased;
+                    _ = kill.cancelled() => Some((
+                        Err(Status::aborted("tunnel closed by the proxy server")),
+                        None,
+                    )),
+                    p = rx.recv() => p.map(|p| {
+                        link.touch();
+                        metrics.stream_packets.inc(TO_CLIENT, p.r#type);
+                        (Ok(p), Some((rx, kill, metrics, link)))
+                    }),
+                }
+            },
+        );
         Ok(Response::new(Box::pin(out) as PacketStream))
     }
 }
@@ -157,6 +165,9 @@ async fn frontend_reader(
                     "UNKNOWN",
                 ]);
                 tracing::debug!(component = COMPONENT, error = %status.message(), "frontend stream failed");
+                // End the response with an error status too (e.g. an
+                // undecodable or oversized packet): only this stream dies.
+                link.kill.cancel();
                 break;
             }
         }

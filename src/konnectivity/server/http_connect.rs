@@ -217,6 +217,7 @@ async fn serve_conn<R: ChunkRead, W: AsyncWrite + Unpin + Send>(
         kind: FrontendKind::HttpConnect,
         tx,
         kill: shared.cancel.child_token(),
+        progress: Default::default(),
     });
     shared.tunnels.register(link.clone());
     let fid = link.id;
@@ -371,6 +372,7 @@ async fn tunnel<R: ChunkRead, W: AsyncWrite + Unpin + Send>(
     };
     let down = async {
         while let Some(p) = rx.recv().await {
+            link.progress.touch();
             match (p.kind(), p.payload) {
                 (Some(PacketType::Data), Some(Payload::Data(d))) => {
                     if wr.write_all(&d.data).await.is_err() {

@@ -201,10 +201,14 @@ impl Shared {
     }
 
     /// Hands `p` (from an agent stream) to a frontend under the stall policy:
-    /// never waits longer than the stall budget.
+    /// waits on a full queue only while the queue has moved within the stall
+    /// budget (see [`super::io::Progress`]).
     pub async fn deliver(&self, link: &FrontendLink, p: Packet) -> Delivery {
         match link.tx.try_send(p) {
-            Ok(()) => Delivery::Delivered,
+            Ok(()) => {
+                link.progress.touch();
+                Delivery::Delivered
+            }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
             Err(tokio::sync::mpsc::error::TrySendError::Full(p)) => {
                 let method = match link.kind {
@@ -212,11 +216,19 @@ impl Shared {
                     tunnels::FrontendKind::HttpConnect => "HTTPConnect",
                 };
                 self.metrics.full_receive_channels.add(&[method], 1);
-                let r = tokio::select! {
-                    r = link.tx.send(p) => if r.is_ok() { Delivery::Delivered } else { Delivery::Gone },
-                    _ = link.kill.cancelled() => Delivery::Gone,
-                    _ = tokio::time::sleep(self.stall_timeout) => Delivery::Stalled,
+                let wait = link.progress.remaining(self.stall_timeout);
+                let r = if wait.is_zero() {
+                    Delivery::Stalled
+                } else {
+                    tokio::select! {
+                        r = link.tx.send(p) => if r.is_ok() { Delivery::Delivered } else { Delivery::Gone },
+                        _ = link.kill.cancelled() => Delivery::Gone,
+                        _ = tokio::time::sleep(wait) => Delivery::Stalled,
+                    }
                 };
+                if r == Delivery::Delivered {
+                    link.progress.touch();
+                }
                 self.metrics.full_receive_channels.add(&[method], -1);
                 r
             }

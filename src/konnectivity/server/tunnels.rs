@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::Backend;
+use crate::konnectivity::io::Progress;
 use crate::konnectivity::metrics::ServerMetrics;
 use crate::konnectivity::proto::Packet;
 
@@ -31,6 +32,8 @@ pub struct FrontendLink {
     pub kind: FrontendKind,
     pub tx: mpsc::Sender<Packet>,
     pub kill: CancellationToken,
+    /// When `tx`'s queue last moved (stall detection).
+    pub progress: Arc<Progress>,
 }
 
 #[derive(Debug)]
