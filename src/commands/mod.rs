@@ -1,1 +1,2 @@
-//! placeholder
+//! One file per subcommand.
+pub mod konnectivity;

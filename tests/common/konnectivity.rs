@@ -66,7 +66,7 @@ pub fn pki() -> Pki {
     let (sc, sk) = leaf(
         &issuer,
         "konnectivity-server",
-        vec!["127.0.0.1".into(), "localhost".into()],
+        vec!["127.0.0.1".into(), "127.0.0.2".into(), "localhost".into()],
         ExtendedKeyUsagePurpose::ServerAuth,
     );
     let (ac, ak) = leaf(
@@ -441,4 +441,21 @@ pub fn expected_download_sha(len: usize, seed: u64) -> String {
         ctx.update(&c);
     }
     hex::encode(ctx.finish().as_ref())
+}
+
+/// `GET path` on a plain-HTTP admin port; returns (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (status, body) = http_request(
+        &mut s,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    (code, String::from_utf8_lossy(&body).to_string())
 }
