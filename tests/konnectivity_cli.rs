@@ -132,8 +132,17 @@ async fn killed_agent_process_fails_its_tunnels_and_leaks_nothing() {
     })
     .await;
     assert_eq!(s.handle.agents()[0].0, "proc-agent");
-    let (code, body) = http_get(admin, "/readyz").await;
-    assert_eq!((code, body.as_str()), (200, "ok"));
+    // The agent marks itself ready once it has read the server's headers,
+    // a moment after the server registered it.
+    let mut ready = (0, String::new());
+    for _ in 0..500 {
+        ready = http_get(admin, "/readyz").await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((ready.0, ready.1.as_str()), (200, "ok"));
 
     let client = ProxyClient::connect_uds(&s.grpc_uds).await.unwrap();
     let mut conns = Vec::new();

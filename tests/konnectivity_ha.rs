@@ -44,7 +44,7 @@ async fn agent_connects_to_both_servers_and_survives_one() {
     for s in [&s1, &s2] {
         let (code, body) = http_get(s.handle.admin_addr().unwrap(), "/readyz?verbose").await;
         assert_eq!(code, 200, "{body}");
-        assert!(body.contains(&format!("agent agent-")), "{body}");
+        assert!(body.contains("agent agent-"), "{body}");
         assert_eq!(
             s.handle.ready_backends(),
             1,

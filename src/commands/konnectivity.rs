@@ -29,9 +29,9 @@ pub const STOP_DEADLINE: Duration = Duration::from_secs(15);
 #[derive(Debug, Subcommand)]
 pub enum KonnectivityCommand {
     /// Run a konnectivity server (upstream `proxy-server`).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a konnectivity agent (upstream `proxy-agent`).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -199,7 +199,10 @@ async fn pump(
         };
         match (p.kind(), p.payload) {
             (Some(PacketType::Data), Some(Payload::Data(d))) if d.connect_id == connect_id => {
-                if !d.data.is_empty() && out.send(Ok(d.data)).await.is_err() {
+                if d.data.is_empty() {
+                    continue;
+                }
+                if out.send(Ok(d.data)).await.is_err() {
                     return;
                 }
             }

@@ -176,8 +176,8 @@ impl Backend {
             return Err(SendError::Gone);
         }
         match self.data.try_send(p) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendError::Gone),
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Gone),
             Err(mpsc::error::TrySendError::Full(p)) => {
                 tokio::select! {
                     r = self.data.send(p) => r.map_err(|_| SendError::Gone),

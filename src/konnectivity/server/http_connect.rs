@@ -334,26 +334,21 @@ async fn tunnel<R: ChunkRead, W: AsyncWrite + Unpin + Send>(
                 return;
             }
         }
-        loop {
-            match rd.read_chunk().await {
-                Ok(Some(chunk)) => {
-                    shared
-                        .metrics
-                        .stream_packets
-                        .inc(FROM_CLIENT, PacketType::Data as i32);
-                    shared
-                        .metrics
-                        .stream_packets
-                        .inc(TO_AGENT, PacketType::Data as i32);
-                    if backend
-                        .send(Packet::data(connect_id, chunk), DEFAULT_SEND_TIMEOUT)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                _ => break,
+        while let Ok(Some(chunk)) = rd.read_chunk().await {
+            shared
+                .metrics
+                .stream_packets
+                .inc(FROM_CLIENT, PacketType::Data as i32);
+            shared
+                .metrics
+                .stream_packets
+                .inc(TO_AGENT, PacketType::Data as i32);
+            if backend
+                .send(Packet::data(connect_id, chunk), DEFAULT_SEND_TIMEOUT)
+                .await
+                .is_err()
+            {
+                return;
             }
         }
         // Client EOF: full close, CLOSE_REQ ordered after the data.
@@ -374,10 +369,10 @@ async fn tunnel<R: ChunkRead, W: AsyncWrite + Unpin + Send>(
         while let Some(p) = rx.recv().await {
             link.progress.touch();
             match (p.kind(), p.payload) {
-                (Some(PacketType::Data), Some(Payload::Data(d))) => {
-                    if wr.write_all(&d.data).await.is_err() {
-                        return;
-                    }
+                (Some(PacketType::Data), Some(Payload::Data(d)))
+                    if wr.write_all(&d.data).await.is_err() =>
+                {
+                    return;
                 }
                 (Some(PacketType::CloseRsp), _) | (Some(PacketType::DialCls), _) => return,
                 _ => {}
