@@ -313,3 +313,64 @@ async fn five_hundred_concurrent_tunnels() {
     s.token.cancel();
     a.token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connect_over_tcp_requires_a_client_certificate() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (target, _t) = http_target().await;
+    let mut cfg = server_config(&pki, dir.path(), "s1", "127.0.0.1:0".parse().unwrap());
+    cfg.http_connect_tcp = Some(("127.0.0.1:0".parse().unwrap(), pki.server.clone()));
+    let s = start_server_with(cfg).await;
+    let a = start_agent(&pki.agent, &[s.handle.agent_addr()]).await;
+    let h = &s.handle;
+    wait_until(Duration::from_secs(10), "agent connected", || {
+        h.ready_backends() == 1
+    })
+    .await;
+    let addr = s.handle.http_connect_tcp_addr().unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+
+    // With a certificate from the konnectivity CA: tunnel works.
+    let tls = mkectl::konnectivity::tls::client_config(&pki.agent, &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut st = tokio_rustls::TlsConnector::from(tls)
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap();
+    st.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 39];
+    st.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 Connection Established\r\n\r\n");
+    let (status, body) = http_request(&mut st, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(
+        (status.as_str(), body.as_slice()),
+        ("HTTP/1.1 200 OK", &b"hello"[..])
+    );
+
+    // With a certificate from another CA: refused during the handshake.
+    let tls = mkectl::konnectivity::tls::client_config(&pki.foreign_agent, &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let refused = match tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+    {
+        Err(_) => true,
+        // TLS 1.3: the client finishes first; the refusal shows on first use.
+        Ok(mut st) => {
+            let _ = st
+                .write_all(
+                    format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+                )
+                .await;
+            let mut b = [0u8; 1];
+            !matches!(st.read(&mut b).await, Ok(1))
+        }
+    };
+    assert!(refused, "foreign client certificate must be refused");
+    assert_no_leaks(&s.handle, Some(&a.handle)).await;
+    s.token.cancel();
+    a.token.cancel();
+}
