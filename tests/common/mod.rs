@@ -2,6 +2,8 @@
 //! directories, the mkectl binary as a real process, bounded waits.
 #![allow(dead_code)]
 
+pub mod konnectivity;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
