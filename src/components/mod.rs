@@ -22,6 +22,7 @@
 
 pub mod binary;
 pub mod etcd;
+pub mod konnectivity_server;
 pub mod manager;
 
 use std::time::Duration;
