@@ -1,10 +1,14 @@
 //! One file per subcommand. Each `run` returns `anyhow::Result`; `main`
 //! maps the error chain to an exit code.
 
+pub mod backup;
 pub mod certs;
 pub mod config;
 pub mod controller;
 pub mod konnectivity;
+pub mod kubeconfig;
+pub mod restore;
+pub mod status;
 pub mod version;
 
 use crate::cli::{Cli, Command};
@@ -17,6 +21,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Controller(args) => runtime()?.block_on(controller::run(&global, &args)),
         Command::Config(cmd) => config::run(&global, &cmd),
         Command::Certs(cmd) => certs::run(&global, &cmd),
+        Command::Status(args) => runtime()?.block_on(status::run(&global, &args)),
+        Command::Kubeconfig(cmd) => kubeconfig::run(&global, &cmd),
+        Command::Backup(args) => runtime()?.block_on(backup::run(&global, &args)),
+        Command::Restore(args) => restore::run(&global, &args),
         Command::Version => version::run(),
         Command::Konnectivity(cmd) => runtime()?.block_on(konnectivity::run(&cmd)),
     }

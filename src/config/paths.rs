@@ -56,6 +56,11 @@ impl NodePaths {
     pub fn egress_selector_file(&self) -> PathBuf {
         self.generated_config_dir().join("egress-selector.yaml")
     }
+    /// `<run-dir>/status.sock` (0600): `mkectl status` and `certs renew`
+    /// talk to the running node over it.
+    pub fn status_socket(&self) -> PathBuf {
+        self.run_dir.join("status.sock")
+    }
     /// `<run-dir>/mkectl.lock`: one mkectl per data/run dir pair.
     pub fn lock_file(&self) -> PathBuf {
         self.run_dir.join("mkectl.lock")
