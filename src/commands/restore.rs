@@ -21,14 +21,11 @@ pub fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<()> {
         BackupError::DataDirNotEmpty { .. } => UsageError(e.to_string()).into(),
         other => anyhow::Error::from(other),
     })?;
-    let parent = match data_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    if !parent.is_dir() {
+    let staging = restore::staging_parent(data_dir);
+    if !staging.is_dir() {
         anyhow::bail!(
             "the parent of the data directory, {}, does not exist",
-            parent.display()
+            staging.display()
         );
     }
     let etcdctl = binary::find("etcdctl", &paths)?;
@@ -36,7 +33,7 @@ pub fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<()> {
         Some(n) => n.clone(),
         None => hostname()?,
     };
-    let staged = restore::unpack(&args.archive, &parent)?;
+    let staged = restore::unpack(&args.archive, &staging)?;
     // The controller's config wins; else the one in the archive.
     let cfg = match (&global.config, &staged.config) {
         (Some(p), _) => ClusterConfig::load(Some(p))?,

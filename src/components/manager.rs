@@ -473,6 +473,7 @@ mod tests {
         fail_start: bool,
         ready_after: Option<Duration>,
         started_at: Option<Instant>,
+        uses: Vec<Leaf>,
     }
 
     impl Fake {
@@ -483,6 +484,7 @@ mod tests {
                 fail_start: false,
                 ready_after: Some(Duration::ZERO),
                 started_at: None,
+                uses: Vec::new(),
             }
         }
     }
@@ -523,6 +525,73 @@ mod tests {
         fn ready_timeout(&self) -> Duration {
             Duration::from_secs(10)
         }
+        fn uses_certs(&self) -> &[Leaf] {
+            &self.uses
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn handle_reports_phases_and_probes_readiness() {
+        let log = Log::default();
+        let mut m = Manager::new();
+        m.add(Box::new(Fake::new("a", &log)));
+        let mut b = Fake::new("b", &log);
+        b.ready_after = None;
+        m.add(Box::new(b));
+        let h = m.handle();
+        let st = h.status(Duration::from_secs(1)).await;
+        assert_eq!(st[0].state, "created");
+        assert!(!st[0].ready);
+        m.init_all().await.unwrap();
+        let cancel = CancellationToken::new();
+        // b never turns ready: while start_all waits on it, status is
+        // readable and shows a running, b starting.
+        let run = tokio::spawn(async move {
+            let r = m.start_all(&cancel).await;
+            (m, r)
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let st = h.status(Duration::from_secs(1)).await;
+        assert_eq!((st[0].state.as_str(), st[0].ready), ("running", true));
+        assert!(st[0].uptime_seconds.is_some());
+        assert_eq!((st[1].state.as_str(), st[1].ready), ("starting", false));
+        let (_m, r) = run.await.unwrap();
+        assert!(r.is_err());
+        let st = h.status(Duration::from_secs(1)).await;
+        assert_eq!(st[0].state, "stopped");
+        assert_eq!(st[1].state, "stopped");
+        assert!(!st[1].ready);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restart_using_restarts_only_the_users_of_renewed_certs() {
+        let log = Log::default();
+        let mut m = Manager::new();
+        let mut a = Fake::new("a", &log);
+        a.uses = vec![Leaf::EtcdServer, Leaf::EtcdPeer];
+        m.add(Box::new(a));
+        let mut b = Fake::new("b", &log);
+        b.uses = vec![Leaf::KonnectivityServer];
+        m.add(Box::new(b));
+        m.add(Box::new(Fake::new("c", &log)));
+        let cancel = CancellationToken::new();
+        m.start_all(&cancel).await.unwrap();
+        log.take();
+        let h = m.handle();
+        let done = h
+            .restart_using(&[Leaf::EtcdPeer, Leaf::Admin], &cancel)
+            .await;
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].0, "a");
+        assert!(done[0].1.is_ok());
+        // Not supervised: the default restart is stop + start.
+        assert_eq!(log.take(), ["stop a", "start a"]);
+        assert!(h
+            .status(Duration::from_secs(1))
+            .await
+            .iter()
+            .all(|c| c.ready));
+        assert!(h.restart_using(&[Leaf::Admin], &cancel).await.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

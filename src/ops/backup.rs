@@ -261,6 +261,12 @@ async fn snapshot_to(input: &BackupInput, out: &Path) -> Result<(u64, String), B
     Ok((size, sha))
 }
 
+/// Where an archive member's bytes come from.
+pub(crate) enum Source {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
 /// Takes the snapshot and writes the archive to `dest` (0600, atomically:
 /// a partial archive is never left at `dest`). `dest` must not exist.
 pub async fn create(input: &BackupInput, dest: &Path) -> Result<BackupSummary, BackupError> {
@@ -269,10 +275,7 @@ pub async fn create(input: &BackupInput, dest: &Path) -> Result<BackupSummary, B
             path: dest.to_path_buf(),
         });
     }
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = parent_of(dest);
     let staging = tempfile::Builder::new()
         .prefix(".mkectl-backup-")
         .tempdir_in(&parent)
@@ -283,37 +286,31 @@ pub async fn create(input: &BackupInput, dest: &Path) -> Result<BackupSummary, B
     let snap_path = staging.path().join("snapshot.db");
     let (snapshot_bytes, snapshot_sha) = snapshot_to(input, &snap_path).await?;
 
-    let pki_list = pki_files(&input.pki_dir)?;
-    let mut entries = vec![FileEntry {
-        path: SNAPSHOT.into(),
-        mode: fsutil::PRIVATE_FILE_MODE,
-        size: snapshot_bytes,
-        sha256: snapshot_sha,
-    }];
-    let mut blobs: Vec<Vec<u8>> = Vec::new();
-    for (rel, p) in &pki_list {
-        let bytes = fsutil::read(p)?;
-        let meta = std::fs::metadata(p).map_err(|source| BackupError::Io {
+    let mut members = vec![(
+        FileEntry {
+            path: SNAPSHOT.into(),
+            mode: fsutil::PRIVATE_FILE_MODE,
+            size: snapshot_bytes,
+            sha256: snapshot_sha,
+        },
+        Source::File(snap_path),
+    )];
+    for (rel, p) in pki_files(&input.pki_dir)? {
+        let bytes = fsutil::read(&p)?;
+        let meta = std::fs::metadata(&p).map_err(|source| BackupError::Io {
             path: p.clone(),
             source,
         })?;
-        entries.push(FileEntry {
-            path: rel.clone(),
-            mode: mode_of(&meta),
-            size: bytes.len() as u64,
-            sha256: sha256_hex(&bytes),
-        });
-        blobs.push(bytes);
+        members.push((
+            entry_for(&rel, mode_of(&meta), &bytes),
+            Source::Bytes(bytes),
+        ));
     }
     if let Some(bytes) = &input.config {
-        let bytes = bytes.clone();
-        entries.push(FileEntry {
-            path: CONFIG.into(),
-            mode: fsutil::PRIVATE_FILE_MODE,
-            size: bytes.len() as u64,
-            sha256: sha256_hex(&bytes),
-        });
-        blobs.push(bytes);
+        members.push((
+            entry_for(CONFIG, fsutil::PRIVATE_FILE_MODE, bytes),
+            Source::Bytes(bytes.clone()),
+        ));
     }
     let ca = pki::PkiPaths::new(&input.pki_dir).ca.cert;
     let manifest = Manifest {
@@ -323,13 +320,45 @@ pub async fn create(input: &BackupInput, dest: &Path) -> Result<BackupSummary, B
         mkectl_version: env!("CARGO_PKG_VERSION").into(),
         cluster_name: input.cluster_name.clone(),
         cluster_ca_sha256: pki::spki_sha256(&fsutil::read(&ca)?)?,
-        files: entries.clone(),
+        files: members.iter().map(|(e, _)| e.clone()).collect(),
     };
-    let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Io {
+    let archive_bytes = write_archive(dest, &manifest, &members)?;
+    Ok(BackupSummary {
+        path: dest.to_path_buf(),
+        archive_bytes,
+        snapshot_bytes,
+        files: members.len(),
+    })
+}
+
+pub(crate) fn entry_for(rel: &str, mode: u32, bytes: &[u8]) -> FileEntry {
+    FileEntry {
+        path: rel.into(),
+        mode,
+        size: bytes.len() as u64,
+        sha256: sha256_hex(bytes),
+    }
+}
+
+fn parent_of(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes manifest + members as a tar.gz at `dest` through a temporary file
+/// beside it (0600), never replacing an existing `dest`. Returns its size.
+pub(crate) fn write_archive(
+    dest: &Path,
+    manifest: &Manifest,
+    members: &[(FileEntry, Source)],
+) -> Result<u64, BackupError> {
+    let parent = parent_of(dest);
+    let manifest_json = serde_json::to_vec_pretty(manifest).map_err(|e| BackupError::Io {
         path: dest.to_path_buf(),
         source: e.into(),
     })?;
-
     let tmp = tempfile::Builder::new()
         .prefix(".mkectl-backup-")
         .suffix(".tar.gz.tmp")
@@ -356,30 +385,26 @@ pub async fn create(input: &BackupInput, dest: &Path) -> Result<BackupSummary, B
         &manifest_json[..],
         dest,
     )?;
-    let snap = std::fs::File::open(&snap_path).map_err(io)?;
-    append(
-        &mut tar,
-        SNAPSHOT,
-        entries[0].mode,
-        snapshot_bytes,
-        std::io::BufReader::new(snap),
-        dest,
-    )?;
-    for (entry, bytes) in entries[1..].iter().zip(&blobs) {
-        append(
-            &mut tar,
-            &entry.path,
-            entry.mode,
-            entry.size,
-            &bytes[..],
-            dest,
-        )?;
+    for (entry, source) in members {
+        match source {
+            Source::Bytes(b) => {
+                append(&mut tar, &entry.path, entry.mode, entry.size, &b[..], dest)?
+            }
+            Source::File(p) => {
+                let f = std::fs::File::open(p).map_err(|source| BackupError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
+                let r = std::io::BufReader::new(f);
+                append(&mut tar, &entry.path, entry.mode, entry.size, r, dest)?
+            }
+        }
     }
     let gz = tar.into_inner().map_err(io)?;
     let buf = gz.finish().map_err(io)?;
     buf.into_inner().map_err(|e| io(e.into_error()))?;
     tmp.as_file().sync_all().map_err(io)?;
-    let archive_bytes = tmp.as_file().metadata().map_err(io)?.len();
+    let size = tmp.as_file().metadata().map_err(io)?.len();
     tmp.persist_noclobber(dest).map_err(|e| {
         if e.error.kind() == std::io::ErrorKind::AlreadyExists {
             BackupError::Exists {
@@ -395,12 +420,7 @@ pub async fn create(input: &BackupInput, dest: &Path) -> Result<BackupSummary, B
     if let Ok(d) = std::fs::File::open(&parent) {
         let _ = d.sync_all();
     }
-    Ok(BackupSummary {
-        path: dest.to_path_buf(),
-        archive_bytes,
-        snapshot_bytes,
-        files: entries.len(),
-    })
+    Ok(size)
 }
 
 /// Checks that an archive member path is ours: under [`ROOT`], relative,

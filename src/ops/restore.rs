@@ -23,14 +23,23 @@ pub const RESTORED_CONFIG: &str = "restored-config.yaml";
 /// gzip's magic bytes.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// Prefix of the staging directory.
+const STAGING_PREFIX: &str = ".mkectl-restore-";
+
 /// Refuses a data dir that exists and holds anything.
 pub fn check_target(data_dir: &Path) -> Result<(), BackupError> {
+    check_target_except(data_dir, None)
+}
+
+fn check_target_except(data_dir: &Path, ours: Option<&Path>) -> Result<(), BackupError> {
     match std::fs::read_dir(data_dir) {
-        Ok(mut rd) => {
-            if rd.next().is_some() {
-                return Err(BackupError::DataDirNotEmpty {
-                    path: data_dir.to_path_buf(),
-                });
+        Ok(rd) => {
+            for e in rd.flatten() {
+                if Some(e.path().as_path()) != ours {
+                    return Err(BackupError::DataDirNotEmpty {
+                        path: data_dir.to_path_buf(),
+                    });
+                }
             }
             Ok(())
         }
@@ -39,6 +48,19 @@ pub fn check_target(data_dir: &Path) -> Result<(), BackupError> {
             path: data_dir.to_path_buf(),
             source,
         }),
+    }
+}
+
+/// Where to stage: inside an existing (empty) data dir, which may be a mount
+/// point of its own, else beside it; either way on the data dir's file system
+/// so installing is a rename.
+pub fn staging_parent(data_dir: &Path) -> PathBuf {
+    if data_dir.is_dir() {
+        return data_dir.to_path_buf();
+    }
+    match data_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -93,9 +115,10 @@ impl Staged {
         Ok(())
     }
 
-    /// Moves the PKI (and config) into the staged data dir, then renames it
-    /// onto `data_dir`, which must be absent or empty. Returns the path of
-    /// the restored config, if the archive had one.
+    /// Moves the PKI (and config) into the staged data dir, then into place:
+    /// one rename of the whole dir when `data_dir` is absent, else one
+    /// rename per entry into the existing empty `data_dir`. Returns the path
+    /// of the restored config, if the archive had one.
     pub fn install(self, data_dir: &Path) -> Result<Option<PathBuf>, BackupError> {
         let data = self.data();
         fsutil::ensure_dir(&data, fsutil::PRIVATE_DIR_MODE)?;
@@ -114,13 +137,23 @@ impl Staged {
             )?;
             config_path = Some(data_dir.join(RESTORED_CONFIG));
         }
-        check_target(data_dir)?;
-        // rename(2) replaces an empty directory atomically.
-        std::fs::rename(&data, data_dir).map_err(io(data_dir))?;
+        let inside = self.dir.path().parent() == Some(data_dir);
+        check_target_except(data_dir, inside.then(|| self.dir.path()))?;
+        if inside {
+            // etcd last: a data dir with etcd data but no PKI never exists.
+            for name in [PKI_PREFIX, RESTORED_CONFIG, "etcd"] {
+                let from = data.join(name);
+                if from.exists() {
+                    std::fs::rename(&from, data_dir.join(name)).map_err(io(&from))?;
+                }
+            }
+        } else {
+            std::fs::rename(&data, data_dir).map_err(io(data_dir))?;
+        }
         fsutil::set_mode(data_dir, fsutil::PRIVATE_DIR_MODE)?;
-        if let Some(parent) = data_dir.parent() {
-            if let Ok(d) = std::fs::File::open(parent) {
-                let _ = d.sync_all();
+        for d in [Some(data_dir), data_dir.parent()].into_iter().flatten() {
+            if let Ok(f) = std::fs::File::open(d) {
+                let _ = f.sync_all();
             }
         }
         Ok(config_path)
@@ -151,7 +184,7 @@ pub fn unpack(archive: &Path, staging_parent: &Path) -> Result<Staged, BackupErr
         source,
     })?;
     let dir = tempfile::Builder::new()
-        .prefix(".mkectl-restore-")
+        .prefix(STAGING_PREFIX)
         .tempdir_in(staging_parent)
         .map_err(|source| BackupError::Io {
             path: staging_parent.to_path_buf(),
@@ -285,4 +318,157 @@ pub fn unpack(archive: &Path, staging_parent: &Path) -> Result<Staged, BackupErr
         manifest,
         config,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::backup::{entry_for, write_archive, FileEntry, Source};
+    use super::*;
+    use crate::pki;
+
+    /// A real PKI and a fake snapshot, archived as `backup` does.
+    fn archive(dir: &Path, tweak: impl Fn(&mut Manifest)) -> PathBuf {
+        let mut spec = pki::PkiSpec::new(dir.join("src-pki"), "n1");
+        spec.node_addresses = vec!["127.0.0.1".parse().unwrap()];
+        pki::ensure(&spec).unwrap();
+        let snap = b"not really bolt".to_vec();
+        let mut members = vec![(
+            entry_for(SNAPSHOT, 0o600, &snap),
+            Source::Bytes(snap.clone()),
+        )];
+        for rel in ["ca.crt", "ca.key", "etcd/ca.crt"] {
+            let bytes = std::fs::read(spec.dir.join(rel)).unwrap();
+            let mode = if rel.ends_with(".key") { 0o600 } else { 0o644 };
+            members.push((
+                entry_for(&format!("{PKI_PREFIX}/{rel}"), mode, &bytes),
+                Source::Bytes(bytes),
+            ));
+        }
+        let cfg = b"apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\n".to_vec();
+        members.push((entry_for(CONFIG, 0o600, &cfg), Source::Bytes(cfg)));
+        let ca = std::fs::read(spec.dir.join("ca.crt")).unwrap();
+        let mut manifest = Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            mkectl_version: "test".into(),
+            cluster_name: "mke".into(),
+            cluster_ca_sha256: pki::spki_sha256(&ca).unwrap(),
+            files: members.iter().map(|(e, _)| e.clone()).collect(),
+        };
+        tweak(&mut manifest);
+        let dest = dir.join(format!("b-{}.tar.gz", rand::random::<u32>()));
+        write_archive(&dest, &manifest, &members).unwrap();
+        dest
+    }
+
+    fn no_staging_left(dir: &Path) {
+        let left: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(STAGING_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn round_trip_into_an_absent_and_into_an_empty_data_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = archive(tmp.path(), |_| {});
+        for existing in [false, true] {
+            let data = tmp.path().join(format!("data-{existing}"));
+            if existing {
+                std::fs::create_dir(&data).unwrap();
+            }
+            let staged = unpack(&a, &staging_parent(&data)).unwrap();
+            assert_eq!(staged.manifest.files.len(), 5);
+            assert!(staged.config.as_deref().unwrap().contains("ClusterConfig"));
+            let cfg = staged.install(&data).unwrap();
+            assert_eq!(cfg, Some(data.join(RESTORED_CONFIG)));
+            let mode = |p: &Path| {
+                std::os::unix::fs::PermissionsExt::mode(
+                    &std::fs::metadata(p).unwrap().permissions(),
+                ) & 0o777
+            };
+            assert_eq!(mode(&data), 0o700);
+            assert_eq!(mode(&data.join("pki/ca.key")), 0o600);
+            assert_eq!(mode(&data.join("pki/ca.crt")), 0o644);
+            assert_eq!(mode(&data.join("pki/etcd")), 0o700);
+            assert_eq!(
+                std::fs::read(data.join("pki/ca.crt")).unwrap(),
+                std::fs::read(tmp.path().join("src-pki/ca.crt")).unwrap()
+            );
+            no_staging_left(&data);
+            no_staging_left(tmp.path());
+            assert!(matches!(
+                check_target(&data),
+                Err(BackupError::DataDirNotEmpty { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn bad_archives_are_refused_and_leave_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cases: Vec<(PathBuf, &str)> = vec![
+            (
+                archive(tmp.path(), |m| m.files[1].sha256 = "00".repeat(32)),
+                "checksum",
+            ),
+            (
+                archive(tmp.path(), |m| m.format = "other".into()),
+                "not an mkectl backup",
+            ),
+            (
+                archive(tmp.path(), |m| m.format_version = 99),
+                "not supported",
+            ),
+            (
+                archive(tmp.path(), |m| m.cluster_ca_sha256 = "sha256:00".into()),
+                "not the one the manifest names",
+            ),
+            (
+                archive(tmp.path(), |m| {
+                    m.files.push(FileEntry {
+                        path: "../escape".into(),
+                        mode: 0o600,
+                        size: 0,
+                        sha256: String::new(),
+                    })
+                }),
+                "bad path",
+            ),
+            (
+                archive(tmp.path(), |m| {
+                    m.files.push(FileEntry {
+                        path: "pki/missing.key".into(),
+                        mode: 0o600,
+                        size: 1,
+                        sha256: String::new(),
+                    })
+                }),
+                "missing",
+            ),
+        ];
+        for (path, want) in cases {
+            let e = unpack(&path, tmp.path())
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+            no_staging_left(tmp.path());
+        }
+        // Truncated at every tenth of its length.
+        let good = std::fs::read(archive(tmp.path(), |_| {})).unwrap();
+        for i in 1..10 {
+            let cut = tmp.path().join("cut.tar.gz");
+            std::fs::write(&cut, &good[..good.len() * i / 10]).unwrap();
+            let e = unpack(&cut, tmp.path()).err().expect("refused").to_string();
+            assert!(
+                e.contains("damaged or truncated") || e.contains("not an mkectl backup"),
+                "{e}"
+            );
+            no_staging_left(tmp.path());
+        }
+    }
 }
