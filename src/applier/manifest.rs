@@ -322,6 +322,13 @@ fn to_manifest(
         Some(_) => return Err(bad("metadata is not a mapping")),
         None => return Err(bad("missing metadata")),
     };
+    for key in ["name", "namespace"] {
+        if meta.get(key).is_some_and(|v| !v.is_string() && !v.is_null()) {
+            return Err(bad(&format!(
+                "metadata.{key} is not a string (quote it: YAML reads y/n/yes/no/on/off/true/false as booleans and digits as numbers)"
+            )));
+        }
+    }
     let name = str_field(meta, "name").ok_or_else(|| {
         if meta.contains_key("generateName") {
             bad("metadata.generateName cannot be applied; set metadata.name")

@@ -190,7 +190,9 @@ impl Applier {
 
         let (leader_tx, mut leader_rx) = watch::channel(false);
         let election_cancel = cancel.child_token();
-        let election = tokio::spawn(
+        // Aborted if this future is dropped (a crash-like stop: the lease then
+        // expires), released if it is cancelled.
+        let mut election = AbortOnDrop(tokio::spawn(
             run_election(
                 cfg.client.clone(),
                 LeaseConfig {
@@ -204,7 +206,7 @@ impl Applier {
                 election_cancel.clone(),
             )
             .in_current_span(),
-        );
+        ));
 
         let engine = Engine::new(
             cfg.client.clone(),
@@ -291,7 +293,7 @@ impl Applier {
         }
         drop(watcher);
         election_cancel.cancel();
-        if tokio::time::timeout(STOP_GRACE, election).await.is_err() {
+        if tokio::time::timeout(STOP_GRACE, &mut election.0).await.is_err() {
             warn!("lease release did not finish in time");
         }
         self.status.set_leader(false);
@@ -395,6 +397,14 @@ impl Applier {
         warn!(stack, objects, result = "error", error = %e, "stack not applied; nothing in it was pruned");
         self.status
             .set_stack(stack, StackState::Error { message: e.to_string() }, objects);
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
