@@ -27,6 +27,7 @@ fn config(fake: &FakeKube, dir: &Path, identity: &str) -> ApplierConfig {
     c.retry_period = RETRY;
     c.debounce = Duration::from_millis(100);
     c.crd_establish_timeout = Duration::from_secs(10);
+    c.error_retry = Duration::from_millis(300);
     c
 }
 
@@ -66,7 +67,10 @@ async fn wait(
 ) -> ApplierStatus {
     match tokio::time::timeout(WAIT, status.wait_until(pred)).await {
         Ok(s) => s,
-        Err(_) => panic!("timed out waiting for {what}; status: {:#?}", status.snapshot()),
+        Err(_) => panic!(
+            "timed out waiting for {what}; status: {:#?}",
+            status.snapshot()
+        ),
     }
 }
 
@@ -98,7 +102,12 @@ fn label(obj: &Value) -> Option<&str> {
 }
 
 fn record(fake: &FakeKube, stack: &str) -> Option<Vec<Value>> {
-    let cm = fake.get("", "configmaps", Some("kube-system"), &format!("mkectl-stack-{stack}"))?;
+    let cm = fake.get(
+        "",
+        "configmaps",
+        Some("kube-system"),
+        &format!("mkectl-stack-{stack}"),
+    )?;
     Some(serde_json::from_str(cm["data"]["resources"].as_str().unwrap()).unwrap())
 }
 
@@ -132,7 +141,8 @@ async fn applies_multi_document_stacks_in_order_with_labels() {
     );
     let a = start(config(&fake, &dir, "ctrl-1"));
     let s = wait(&a.status, "app applied", |s| {
-        s.stack("app").is_some_and(|x| x.state == StackState::Applied)
+        s.stack("app")
+            .is_some_and(|x| x.state == StackState::Applied)
     })
     .await;
     assert!(s.leader);
@@ -140,7 +150,9 @@ async fn applies_multi_document_stacks_in_order_with_labels() {
     assert_eq!(app.objects, 5);
     assert!(app.last_applied.is_some());
 
-    let settings = fake.get("", "configmaps", Some("demo"), "settings").expect("configmap");
+    let settings = fake
+        .get("", "configmaps", Some("demo"), "settings")
+        .expect("configmap");
     assert_eq!(settings["data"]["mode"], "fast");
     assert_eq!(label(&settings), Some("app"));
     let managers: Vec<&str> = settings["metadata"]["managedFields"]
@@ -150,14 +162,35 @@ async fn applies_multi_document_stacks_in_order_with_labels() {
         .map(|m| m["manager"].as_str().unwrap())
         .collect();
     assert_eq!(managers, ["mkectl"]);
-    assert_eq!(label(&fake.get("apps", "deployments", Some("demo"), "web").unwrap()), Some("app"));
-    assert_eq!(label(&fake.get("", "namespaces", None, "demo").unwrap()), Some("app"));
     assert_eq!(
-        label(&fake.get("rbac.authorization.k8s.io", "clusterroles", None, "demo:reader").unwrap()),
+        label(
+            &fake
+                .get("apps", "deployments", Some("demo"), "web")
+                .unwrap()
+        ),
+        Some("app")
+    );
+    assert_eq!(
+        label(&fake.get("", "namespaces", None, "demo").unwrap()),
+        Some("app")
+    );
+    assert_eq!(
+        label(
+            &fake
+                .get(
+                    "rbac.authorization.k8s.io",
+                    "clusterroles",
+                    None,
+                    "demo:reader"
+                )
+                .unwrap()
+        ),
         Some("app")
     );
     // A namespaced object without a namespace lands in "default".
-    assert!(fake.get("", "configmaps", Some("default"), "no-namespace").is_some());
+    assert!(fake
+        .get("", "configmaps", Some("default"), "no-namespace")
+        .is_some());
 
     // Every write was a server-side apply by field manager mkectl, and the
     // namespace was applied before the objects in it.
@@ -166,7 +199,10 @@ async fn applies_multi_document_stacks_in_order_with_labels() {
     assert!(!patches.is_empty());
     for p in &patches {
         assert_eq!(p.content_type, "application/apply-patch+yaml", "{p:?}");
-        assert!(p.query.contains("fieldManager=mkectl") && p.query.contains("force=true"), "{p:?}");
+        assert!(
+            p.query.contains("fieldManager=mkectl") && p.query.contains("force=true"),
+            "{p:?}"
+        );
     }
     let pos = |suffix: &str| {
         reqs.iter()
@@ -181,8 +217,13 @@ async fn applies_multi_document_stacks_in_order_with_labels() {
     assert_eq!(rec.len(), 4, "{rec:?}");
     a.stop().await;
     assert_eq!(
-        fake.get("coordination.k8s.io", "leases", Some("kube-system"), "mkectl-applier").unwrap()["spec"]
-            ["holderIdentity"],
+        fake.get(
+            "coordination.k8s.io",
+            "leases",
+            Some("kube-system"),
+            "mkectl-applier"
+        )
+        .unwrap()["spec"]["holderIdentity"],
         Value::Null,
         "a graceful stop releases the lease"
     );
@@ -215,10 +256,13 @@ async fn updates_fields_and_prunes_only_what_it_created() {
     );
     let a = start(config(&fake, &dir, "ctrl-1"));
     wait(&a.status, "first apply", |s| {
-        s.stack("app").is_some_and(|x| x.state == StackState::Applied)
+        s.stack("app")
+            .is_some_and(|x| x.state == StackState::Applied)
     })
     .await;
-    let rv_before = fake.get("", "configmaps", Some("default"), "a").unwrap()["metadata"]["resourceVersion"].clone();
+    let rv_before = fake.get("", "configmaps", Some("default"), "a").unwrap()["metadata"]
+        ["resourceVersion"]
+        .clone();
 
     // Update a, drop b and the deployment.
     let t1 = SystemTime::now();
@@ -228,14 +272,32 @@ async fn updates_fields_and_prunes_only_what_it_created() {
     assert_eq!(st.objects, 1);
 
     let a_obj = fake.get("", "configmaps", Some("default"), "a").unwrap();
-    assert_eq!(a_obj["data"], serde_json::json!({"k1": "v1-new"}), "k2 left the manifest, so it left the object");
+    assert_eq!(
+        a_obj["data"],
+        serde_json::json!({"k1": "v1-new"}),
+        "k2 left the manifest, so it left the object"
+    );
     assert_ne!(a_obj["metadata"]["resourceVersion"], rv_before);
-    assert!(fake.get("", "configmaps", Some("default"), "b").is_none(), "b pruned");
-    assert!(fake.get("apps", "deployments", Some("default"), "web").is_none(), "web pruned");
-    assert!(fake.get("", "configmaps", Some("default"), "foreign").is_some());
-    assert!(fake.get("", "configmaps", Some("default"), "unlabelled").is_some());
+    assert!(
+        fake.get("", "configmaps", Some("default"), "b").is_none(),
+        "b pruned"
+    );
+    assert!(
+        fake.get("apps", "deployments", Some("default"), "web")
+            .is_none(),
+        "web pruned"
+    );
+    assert!(fake
+        .get("", "configmaps", Some("default"), "foreign")
+        .is_some());
+    assert!(fake
+        .get("", "configmaps", Some("default"), "unlabelled")
+        .is_some());
     // The record narrowed to the one type still in use.
-    assert_eq!(record(&fake, "app").unwrap(), vec![serde_json::json!({"group": "", "kind": "ConfigMap"})]);
+    assert_eq!(
+        record(&fake, "app").unwrap(),
+        vec![serde_json::json!({"group": "", "kind": "ConfigMap"})]
+    );
     // Prunes only ever deleted the two objects that left the stack.
     let deletes: Vec<String> = fake
         .requests()
@@ -272,37 +334,69 @@ async fn crds_are_established_before_their_custom_resources() {
     fake.set_crd_delay(Duration::from_millis(600));
     let (_t, dir) = tmpdir();
     // Custom resources first in the file, their CRD last.
-    write(&dir, "widgets/all.yaml", &format!("{}---\n{}---\n{WIDGET_CRD}", widget("w1"), widget("w2")));
+    write(
+        &dir,
+        "widgets/all.yaml",
+        &format!("{}---\n{}---\n{WIDGET_CRD}", widget("w1"), widget("w2")),
+    );
     let a = start(config(&fake, &dir, "ctrl-1"));
     let s = wait(&a.status, "widgets settled", |s| {
         s.stack("widgets").is_some()
     })
     .await;
-    assert_eq!(s.stack("widgets").unwrap().state, StackState::Applied, "{s:#?}");
-    assert!(fake.get("example.com", "widgets", Some("default"), "w1").is_some());
-    assert!(fake.get("example.com", "widgets", Some("default"), "w2").is_some());
+    assert_eq!(
+        s.stack("widgets").unwrap().state,
+        StackState::Applied,
+        "{s:#?}"
+    );
+    assert!(fake
+        .get("example.com", "widgets", Some("default"), "w1")
+        .is_some());
+    assert!(fake
+        .get("example.com", "widgets", Some("default"), "w2")
+        .is_some());
 
     let reqs = fake.requests();
     let crd_patch = reqs
         .iter()
-        .position(|r| r.method == "PATCH" && r.path.ends_with("/customresourcedefinitions/widgets.example.com"))
+        .position(|r| {
+            r.method == "PATCH"
+                && r.path
+                    .ends_with("/customresourcedefinitions/widgets.example.com")
+        })
         .unwrap();
-    let first_widget = reqs.iter().position(|r| r.path.contains("/widgets/")).unwrap();
+    let first_widget = reqs
+        .iter()
+        .position(|r| r.path.contains("/widgets/"))
+        .unwrap();
     assert!(crd_patch < first_widget);
     // Between the two, the applier polled the CRD until it was Established.
     assert!(reqs[crd_patch + 1..first_widget]
         .iter()
-        .any(|r| r.method == "GET" && r.path.ends_with("/customresourcedefinitions/widgets.example.com")));
+        .any(|r| r.method == "GET"
+            && r.path
+                .ends_with("/customresourcedefinitions/widgets.example.com")));
     // No custom resource request ever failed for lack of its type.
-    assert!(reqs.iter().filter(|r| r.path.contains("/widgets/")).all(|r| r.method == "PATCH"));
+    assert!(reqs
+        .iter()
+        .filter(|r| r.path.contains("/widgets/"))
+        .all(|r| r.method == "PATCH"));
 
     // A custom resource leaving the stack is pruned; the CRD stays.
     let t1 = SystemTime::now();
-    write(&dir, "widgets/all.yaml", &format!("{}---\n{WIDGET_CRD}", widget("w1")));
+    write(
+        &dir,
+        "widgets/all.yaml",
+        &format!("{}---\n{WIDGET_CRD}", widget("w1")),
+    );
     let st = wait_stack(&a.status, "widgets", t1).await;
     assert_eq!(st.state, StackState::Applied, "{st:?}");
-    assert!(fake.get("example.com", "widgets", Some("default"), "w2").is_none());
-    assert!(fake.get("example.com", "widgets", Some("default"), "w1").is_some());
+    assert!(fake
+        .get("example.com", "widgets", Some("default"), "w2")
+        .is_none());
+    assert!(fake
+        .get("example.com", "widgets", Some("default"), "w1")
+        .is_some());
     assert!(fake.serves("example.com", "widgets"));
     a.stop().await;
 }
@@ -311,54 +405,148 @@ async fn crds_are_established_before_their_custom_resources() {
 async fn errors_never_prune_and_other_stacks_continue() {
     let fake = FakeKube::start().await;
     let (_t, dir) = tmpdir();
-    write(&dir, "one/main.yaml", &format!("{}---\n{}", cm("cm-x", "default", "  a: '1'"), cm("cm-y", "default", "  a: '1'")));
+    write(
+        &dir,
+        "one/main.yaml",
+        &format!(
+            "{}---\n{}",
+            cm("cm-x", "default", "  a: '1'"),
+            cm("cm-y", "default", "  a: '1'")
+        ),
+    );
     write(&dir, "two/main.yaml", &cm("cm-z", "default", "  v: old"));
     let a = start(config(&fake, &dir, "ctrl-1"));
     wait(&a.status, "both applied", |s| {
-        ["one", "two"].iter().all(|n| s.stack(n).is_some_and(|x| x.state == StackState::Applied))
+        ["one", "two"]
+            .iter()
+            .all(|n| s.stack(n).is_some_and(|x| x.state == StackState::Applied))
     })
     .await;
 
     // 1. A parse error: y left the stack, but nothing may be pruned; the
     //    other stack still applies its change.
     let t1 = SystemTime::now();
-    write(&dir, "one/main.yaml", &format!("{}---\nkind: [unclosed\n", cm("cm-x", "default", "  a: '1'")));
+    write(
+        &dir,
+        "one/main.yaml",
+        &format!(
+            "{}---\nkind: [unclosed\n",
+            cm("cm-x", "default", "  a: '1'")
+        ),
+    );
     write(&dir, "two/main.yaml", &cm("cm-z", "default", "  v: new"));
     let one = wait_stack(&a.status, "one", t1).await;
-    let StackState::Error { message } = &one.state else { panic!("{one:?}") };
-    assert!(message.contains("one/main.yaml: document index 1 (line 9)"), "{message}");
+    let StackState::Error { message } = &one.state else {
+        panic!("{one:?}")
+    };
+    assert!(
+        message.contains("one/main.yaml: document index 1 (line 9)"),
+        "{message}"
+    );
     let two = wait_stack(&a.status, "two", t1).await;
     assert_eq!(two.state, StackState::Applied);
-    assert_eq!(fake.get("", "configmaps", Some("default"), "cm-z").unwrap()["data"]["v"], "new");
-    assert!(fake.get("", "configmaps", Some("default"), "cm-y").is_some(), "parse error must not prune");
+    assert_eq!(
+        fake.get("", "configmaps", Some("default"), "cm-z").unwrap()["data"]["v"],
+        "new"
+    );
+    assert!(
+        fake.get("", "configmaps", Some("default"), "cm-y")
+            .is_some(),
+        "parse error must not prune"
+    );
 
     // 2. An apply error (the API rejects an invalid name).
     let t2 = SystemTime::now();
-    write(&dir, "one/main.yaml", &format!("{}---\n{}", cm("cm-x", "default", "  a: '1'"), cm("Bad_Name", "default", "  a: '1'")));
+    write(
+        &dir,
+        "one/main.yaml",
+        &format!(
+            "{}---\n{}",
+            cm("cm-x", "default", "  a: '1'"),
+            cm("Bad_Name", "default", "  a: '1'")
+        ),
+    );
     let one = wait_stack(&a.status, "one", t2).await;
-    let StackState::Error { message } = &one.state else { panic!("{one:?}") };
-    assert!(message.contains("one/main.yaml: document index 1: applying ConfigMap default/Bad_Name"), "{message}");
-    assert!(message.contains("422") || message.contains("Invalid"), "{message}");
-    assert!(fake.get("", "configmaps", Some("default"), "cm-y").is_some(), "apply error must not prune");
+    let StackState::Error { message } = &one.state else {
+        panic!("{one:?}")
+    };
+    assert!(
+        message.contains("one/main.yaml: document index 1: applying ConfigMap default/Bad_Name"),
+        "{message}"
+    );
+    assert!(
+        message.contains("422") || message.contains("Invalid"),
+        "{message}"
+    );
+    assert!(
+        fake.get("", "configmaps", Some("default"), "cm-y")
+            .is_some(),
+        "apply error must not prune"
+    );
 
     // 3. A kind the API does not serve.
     let t3 = SystemTime::now();
     write(
         &dir,
         "one/main.yaml",
-        &format!("{}---\napiVersion: nope.example.com/v1\nkind: Gadget\nmetadata: {{name: g}}\n", cm("cm-x", "default", "  a: '1'")),
+        &format!(
+            "{}---\napiVersion: nope.example.com/v1\nkind: Gadget\nmetadata: {{name: g}}\n",
+            cm("cm-x", "default", "  a: '1'")
+        ),
     );
     let one = wait_stack(&a.status, "one", t3).await;
-    let StackState::Error { message } = &one.state else { panic!("{one:?}") };
-    assert!(message.contains("document index 1") && message.contains("Gadget"), "{message}");
-    assert!(fake.get("", "configmaps", Some("default"), "cm-y").is_some(), "unknown kind must not prune");
+    let StackState::Error { message } = &one.state else {
+        panic!("{one:?}")
+    };
+    assert!(
+        message.contains("document index 1") && message.contains("Gadget"),
+        "{message}"
+    );
+    assert!(
+        fake.get("", "configmaps", Some("default"), "cm-y")
+            .is_some(),
+        "unknown kind must not prune"
+    );
 
     // 4. Fixed: now y goes.
     let t4 = SystemTime::now();
     write(&dir, "one/main.yaml", &cm("cm-x", "default", "  a: '1'"));
     let one = wait_stack(&a.status, "one", t4).await;
     assert_eq!(one.state, StackState::Applied);
-    assert!(fake.get("", "configmaps", Some("default"), "cm-y").is_none());
+    assert!(fake
+        .get("", "configmaps", Some("default"), "cm-y")
+        .is_none());
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn failed_stacks_are_retried_without_a_file_change() {
+    let fake = FakeKube::start().await;
+    let (_t, dir) = tmpdir();
+    // "aa" needs a namespace that "zz" creates later in the same pass.
+    write(&dir, "aa/main.yaml", &cm("needs-ns", "zz-ns", "  a: b"));
+    write(
+        &dir,
+        "zz/main.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: zz-ns}\n",
+    );
+    let a = start(config(&fake, &dir, "ctrl-1"));
+    let s = wait(&a.status, "first pass", |s| s.passes >= 1).await;
+    let StackState::Error { message } = &s.stack("aa").unwrap().state else {
+        panic!("{s:#?}")
+    };
+    assert!(
+        message.contains("namespaces \"zz-ns\" not found"),
+        "{message}"
+    );
+    wait(&a.status, "aa applied on retry", |s| {
+        s.stack("aa")
+            .is_some_and(|x| x.state == StackState::Applied)
+    })
+    .await;
+    assert!(fake
+        .get("", "configmaps", Some("zz-ns"), "needs-ns")
+        .is_some());
     a.stop().await;
 }
 
@@ -370,7 +558,9 @@ async fn empty_or_missing_stack_dirs_at_startup_delete_nothing() {
     write(&dir1, "gone/main.yaml", &cm("g1", "default", "  a: b"));
     let a = start(config(&fake, &dir1, "ctrl-1"));
     wait(&a.status, "seeded", |s| {
-        ["keep", "gone"].iter().all(|n| s.stack(n).is_some_and(|x| x.state == StackState::Applied))
+        ["keep", "gone"]
+            .iter()
+            .all(|n| s.stack(n).is_some_and(|x| x.state == StackState::Applied))
     })
     .await;
     a.stop().await;
@@ -380,7 +570,10 @@ async fn empty_or_missing_stack_dirs_at_startup_delete_nothing() {
     let (_t2, dir2) = tmpdir();
     std::fs::create_dir_all(dir2.join("keep")).unwrap();
     let b = start(config(&fake, &dir2, "ctrl-1"));
-    let s = wait(&b.status, "a full pass as leader", |s| s.leader && s.passes >= 1).await;
+    let s = wait(&b.status, "a full pass as leader", |s| {
+        s.leader && s.passes >= 1
+    })
+    .await;
     assert!(s.stacks.is_empty(), "{s:#?}");
     assert!(fake.get("", "configmaps", Some("default"), "k1").is_some());
     assert!(fake.get("", "configmaps", Some("default"), "g1").is_some());
@@ -406,7 +599,9 @@ async fn removing_a_stack_while_running_removes_its_objects() {
     write(&dir, "emptied/main.yaml", &cm("e", "default", "  a: b"));
     let a = start(config(&fake, &dir, "ctrl-1"));
     wait(&a.status, "applied", |s| {
-        ["tmp", "stay", "emptied"].iter().all(|n| s.stack(n).is_some_and(|x| x.state == StackState::Applied))
+        ["tmp", "stay", "emptied"]
+            .iter()
+            .all(|n| s.stack(n).is_some_and(|x| x.state == StackState::Applied))
     })
     .await;
 
@@ -421,13 +616,30 @@ async fn removing_a_stack_while_running_removes_its_objects() {
     assert_eq!(emptied.state, StackState::Pruned);
     assert!(fake.get("", "namespaces", None, "tmp-ns").is_none());
     assert!(fake.get("", "configmaps", Some("tmp-ns"), "c").is_none());
-    assert!(fake.get("rbac.authorization.k8s.io", "clusterroles", None, "tmp-role").is_none());
+    assert!(fake
+        .get(
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            None,
+            "tmp-role"
+        )
+        .is_none());
     assert!(fake.get("", "configmaps", Some("default"), "e").is_none());
-    assert!(record(&fake, "tmp").is_none(), "the record goes with the stack");
-    assert!(fake.get("", "configmaps", Some("default"), "s").is_some(), "other stacks untouched");
+    assert!(
+        record(&fake, "tmp").is_none(),
+        "the record goes with the stack"
+    );
+    assert!(
+        fake.get("", "configmaps", Some("default"), "s").is_some(),
+        "other stacks untouched"
+    );
     // The namespace went last, after the objects in it.
     let reqs = fake.requests();
-    let del = |suffix: &str| reqs.iter().position(|r| r.method == "DELETE" && r.path.ends_with(suffix)).unwrap();
+    let del = |suffix: &str| {
+        reqs.iter()
+            .position(|r| r.method == "DELETE" && r.path.ends_with(suffix))
+            .unwrap()
+    };
     assert!(del("/configmaps/c") < del("/namespaces/tmp-ns"));
     a.stop().await;
 }
@@ -436,9 +648,17 @@ async fn removing_a_stack_while_running_removes_its_objects() {
 async fn stacks_removed_by_config_are_pruned_at_startup() {
     let fake = FakeKube::start().await;
     let (_t, dir) = tmpdir();
-    write(&dir, "kube-proxy/kube-proxy.yaml", &cm("kp", "kube-system", "  a: b"));
+    write(
+        &dir,
+        "kube-proxy/kube-proxy.yaml",
+        &cm("kp", "kube-system", "  a: b"),
+    );
     let a = start(config(&fake, &dir, "ctrl-1"));
-    wait(&a.status, "applied", |s| s.stack("kube-proxy").is_some_and(|x| x.state == StackState::Applied)).await;
+    wait(&a.status, "applied", |s| {
+        s.stack("kube-proxy")
+            .is_some_and(|x| x.state == StackState::Applied)
+    })
+    .await;
     a.stop().await;
 
     // The controller disabled kube-proxy and removed its directory before
@@ -449,7 +669,9 @@ async fn stacks_removed_by_config_are_pruned_at_startup() {
     let b = start(cfg);
     let s = wait(&b.status, "pruned", |s| s.stack("kube-proxy").is_some()).await;
     assert_eq!(s.stack("kube-proxy").unwrap().state, StackState::Pruned);
-    assert!(fake.get("", "configmaps", Some("kube-system"), "kp").is_none());
+    assert!(fake
+        .get("", "configmaps", Some("kube-system"), "kp")
+        .is_none());
     // A stack without a record in the cluster is nothing to report.
     let s = wait(&b.status, "a pass", |s| s.passes >= 1).await;
     assert!(s.stack("never-existed").is_none());
@@ -457,7 +679,13 @@ async fn stacks_removed_by_config_are_pruned_at_startup() {
 }
 
 fn lease(fake: &FakeKube) -> Value {
-    fake.get("coordination.k8s.io", "leases", Some("kube-system"), "mkectl-applier").unwrap()
+    fake.get(
+        "coordination.k8s.io",
+        "leases",
+        Some("kube-system"),
+        "mkectl-applier",
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -465,27 +693,52 @@ async fn leader_hands_over_when_cancelled() {
     let fake = FakeKube::start().await;
     let (_ta, dir_a) = tmpdir();
     let (_tb, dir_b) = tmpdir();
-    write(&dir_a, "a-stack/main.yaml", &cm("from-a", "default", "  a: b"));
-    write(&dir_b, "b-stack/main.yaml", &cm("from-b", "default", "  a: b"));
+    write(
+        &dir_a,
+        "a-stack/main.yaml",
+        &cm("from-a", "default", "  a: b"),
+    );
+    write(
+        &dir_b,
+        "b-stack/main.yaml",
+        &cm("from-b", "default", "  a: b"),
+    );
     let a = start(config(&fake, &dir_a, "ctrl-a"));
-    wait(&a.status, "a leads and applies", |s| s.leader && s.stack("a-stack").is_some()).await;
+    wait(&a.status, "a leads and applies", |s| {
+        s.leader && s.stack("a-stack").is_some()
+    })
+    .await;
     let b = start(config(&fake, &dir_b, "ctrl-b"));
     // Absence over time needs a window: during a full lease duration (while
     // A renews) B must neither lead nor apply.
     tokio::time::sleep(LEASE + RETRY).await;
     assert!(!b.status.is_leader());
     assert!(b.status.snapshot().stacks.is_empty());
-    assert!(fake.get("", "configmaps", Some("default"), "from-b").is_none());
+    assert!(fake
+        .get("", "configmaps", Some("default"), "from-b")
+        .is_none());
     assert_eq!(lease(&fake)["spec"]["holderIdentity"], "ctrl-a");
 
     let t0 = Instant::now();
     a.stop().await;
     wait(&b.status, "b takes over", |s| s.leader).await;
-    assert!(t0.elapsed() < LEASE, "released lease taken over in {:?}", t0.elapsed());
-    wait(&b.status, "b applies", |s| s.stack("b-stack").is_some_and(|x| x.state == StackState::Applied)).await;
-    assert!(fake.get("", "configmaps", Some("default"), "from-b").is_some());
+    assert!(
+        t0.elapsed() < LEASE,
+        "released lease taken over in {:?}",
+        t0.elapsed()
+    );
+    wait(&b.status, "b applies", |s| {
+        s.stack("b-stack")
+            .is_some_and(|x| x.state == StackState::Applied)
+    })
+    .await;
+    assert!(fake
+        .get("", "configmaps", Some("default"), "from-b")
+        .is_some());
     // B never saw a-stack on its disk, so it leaves it alone.
-    assert!(fake.get("", "configmaps", Some("default"), "from-a").is_some());
+    assert!(fake
+        .get("", "configmaps", Some("default"), "from-a")
+        .is_some());
     let l = lease(&fake);
     assert_eq!(l["spec"]["holderIdentity"], "ctrl-b");
     assert!(l["spec"]["leaseTransitions"].as_i64().unwrap() >= 1);
@@ -497,7 +750,11 @@ async fn a_crashed_leader_is_replaced_after_the_lease_expires() {
     let fake = FakeKube::start().await;
     let (_ta, dir_a) = tmpdir();
     let (_tb, dir_b) = tmpdir();
-    write(&dir_b, "b-stack/main.yaml", &cm("from-b", "default", "  a: b"));
+    write(
+        &dir_b,
+        "b-stack/main.yaml",
+        &cm("from-b", "default", "  a: b"),
+    );
     let a = start(config(&fake, &dir_a, "ctrl-a"));
     wait(&a.status, "a leads", |s| s.leader && s.passes >= 1).await;
     let b = start(config(&fake, &dir_b, "ctrl-b"));
@@ -511,7 +768,11 @@ async fn a_crashed_leader_is_replaced_after_the_lease_expires() {
     // B waits for the lease to run out (observed locally), not for less.
     assert!(took >= LEASE - RETRY * 2, "took over after only {took:?}");
     assert!(took <= LEASE * 3, "took over after {took:?}");
-    wait(&b.status, "b applies", |s| s.stack("b-stack").is_some_and(|x| x.state == StackState::Applied)).await;
+    wait(&b.status, "b applies", |s| {
+        s.stack("b-stack")
+            .is_some_and(|x| x.state == StackState::Applied)
+    })
+    .await;
     assert_eq!(lease(&fake)["spec"]["holderIdentity"], "ctrl-b");
     b.stop().await;
 }
@@ -522,7 +783,9 @@ async fn a_crashed_leader_is_replaced_after_the_lease_expires() {
 #[ignore = "needs upstream kube-apiserver"]
 async fn real_apiserver_apply_prune_and_remove() {
     let kubeconfig = std::env::var("MKECTL_E2E_KUBECONFIG").expect("MKECTL_E2E_KUBECONFIG");
-    let client = mkectl::applier::client_from_kubeconfig(Path::new(&kubeconfig)).await.unwrap();
+    let client = mkectl::applier::client_from_kubeconfig(Path::new(&kubeconfig))
+        .await
+        .unwrap();
     let (_t, dir) = tmpdir();
     let ns = format!("mkectl-e2e-{}", std::process::id());
     write(
@@ -535,19 +798,31 @@ async fn real_apiserver_apply_prune_and_remove() {
             cm("two", &ns, "  a: b")
         ),
     );
-    let mut cfg = ApplierConfig::new(dir.clone(), client.clone(), format!("e2e-{}", std::process::id()));
+    let mut cfg = ApplierConfig::new(
+        dir.clone(),
+        client.clone(),
+        format!("e2e-{}", std::process::id()),
+    );
     cfg.lease_name = format!("mkectl-applier-e2e-{}", std::process::id());
     cfg.debounce = Duration::from_millis(200);
     let a = start(cfg);
-    wait(&a.status, "e2e applied", |s| s.stack("e2e").is_some_and(|x| x.state == StackState::Applied)).await;
-    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client.clone(), &ns);
+    wait(&a.status, "e2e applied", |s| {
+        s.stack("e2e")
+            .is_some_and(|x| x.state == StackState::Applied)
+    })
+    .await;
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), &ns);
     assert!(cms.get_opt("two").await.unwrap().is_some());
 
     let t1 = SystemTime::now();
     write(
         &dir,
         "e2e/main.yaml",
-        &format!("{}---\n{WIDGET_CRD}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n", cm("one", &ns, "  a: c")),
+        &format!(
+            "{}---\n{WIDGET_CRD}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n",
+            cm("one", &ns, "  a: c")
+        ),
     );
     let st = wait_stack(&a.status, "e2e", t1).await;
     assert_eq!(st.state, StackState::Applied, "{st:?}");

@@ -324,7 +324,11 @@ impl Engine {
                 });
             }
             if !logged && started.elapsed() >= Duration::from_secs(2) {
-                info!(component = "applier", crd = name, "waiting for CRD to be Established");
+                info!(
+                    component = "applier",
+                    crd = name,
+                    "waiting for CRD to be Established"
+                );
                 logged = true;
             }
             tokio::time::sleep(CRD_POLL).await;
@@ -459,7 +463,10 @@ impl Engine {
         Ok(self.read_record_opt(stack).await?.unwrap_or_default())
     }
 
-    async fn read_record_opt(&self, stack: &str) -> Result<Option<BTreeSet<TypeRef>>, ApplierError> {
+    async fn read_record_opt(
+        &self,
+        stack: &str,
+    ) -> Result<Option<BTreeSet<TypeRef>>, ApplierError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.state_namespace);
         let cm = api
             .get_opt(&record_name(stack))
@@ -477,7 +484,11 @@ impl Engine {
         Ok(Some(types.into_iter().collect()))
     }
 
-    async fn write_record(&self, stack: &str, types: &BTreeSet<TypeRef>) -> Result<(), ApplierError> {
+    async fn write_record(
+        &self,
+        stack: &str,
+        types: &BTreeSet<TypeRef>,
+    ) -> Result<(), ApplierError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.state_namespace);
         let list: Vec<&TypeRef> = types.iter().collect();
         let body = json!({
@@ -521,10 +532,10 @@ fn crd_established(data: &Value) -> bool {
 }
 
 fn managed_by_us(obj: &DynamicObject) -> bool {
-    obj.metadata
-        .managed_fields
-        .as_ref()
-        .is_some_and(|mf| mf.iter().any(|f| f.manager.as_deref() == Some(FIELD_MANAGER)))
+    obj.metadata.managed_fields.as_ref().is_some_and(|mf| {
+        mf.iter()
+            .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
+    })
 }
 
 pub(crate) fn is_not_found(e: &kube::Error) -> bool {

@@ -77,7 +77,11 @@ impl Elector {
 
     /// One round: acquire, renew or observe. Returns whether we hold the lease.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, ApplierError> {
-        let existing = self.api.get_opt(&self.cfg.name).await.map_err(|e| self.err(e))?;
+        let existing = self
+            .api
+            .get_opt(&self.cfg.name)
+            .await
+            .map_err(|e| self.err(e))?;
         let Some(mut lease) = existing else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -113,8 +117,11 @@ impl Elector {
         let holder = spec.holder_identity.clone().unwrap_or_default();
         if holder != self.cfg.identity {
             let held_for = Duration::from_secs(
-                u64::try_from(spec.lease_duration_seconds.unwrap_or(self.cfg.duration_secs()))
-                    .unwrap_or(0),
+                u64::try_from(
+                    spec.lease_duration_seconds
+                        .unwrap_or(self.cfg.duration_secs()),
+                )
+                .unwrap_or(0),
             );
             if !holder.is_empty() && seen_at.elapsed() < held_for {
                 return Ok(false);
@@ -128,7 +135,11 @@ impl Elector {
         lease.spec = Some(spec);
         // The resourceVersion in `lease` makes this a compare-and-swap: a
         // concurrent candidate's write turns ours into a 409.
-        match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(updated) => {
                 if let Some(rv) = updated.metadata.resource_version {
                     self.observed = Some((rv, Instant::now()));
@@ -142,7 +153,12 @@ impl Elector {
 
     /// Gives the lease up if we hold it (best effort).
     pub async fn release(&mut self) -> Result<(), ApplierError> {
-        let Some(mut lease) = self.api.get_opt(&self.cfg.name).await.map_err(|e| self.err(e))? else {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.cfg.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
             return Ok(());
         };
         let mut spec = lease.spec.take().unwrap_or_default();
@@ -153,7 +169,11 @@ impl Elector {
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(now());
         lease.spec = Some(spec);
-        match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if is_conflict(&e) || is_not_found(&e) => Ok(()),
             Err(e) => Err(self.err(e)),
@@ -223,8 +243,13 @@ pub async fn run_election(
     if last_renew.is_some() {
         match tokio::time::timeout(cfg.duration, elector.release()).await {
             Ok(Ok(())) => info!(component = "applier", lease = %cfg.name, "released applier lease"),
-            Ok(Err(e)) => warn!(component = "applier", error = %e, "releasing the applier lease failed"),
-            Err(_) => warn!(component = "applier", "releasing the applier lease timed out"),
+            Ok(Err(e)) => {
+                warn!(component = "applier", error = %e, "releasing the applier lease failed")
+            }
+            Err(_) => warn!(
+                component = "applier",
+                "releasing the applier lease timed out"
+            ),
         }
     }
 }

@@ -315,7 +315,9 @@ fn to_manifest(
     let api_version = str_field(&object, "apiVersion").ok_or_else(|| bad("missing apiVersion"))?;
     let kind = str_field(&object, "kind").ok_or_else(|| bad("missing kind"))?;
     if kind.ends_with("List") && object.contains_key("items") {
-        return Err(bad("List objects are not supported; write each item as its own document"));
+        return Err(bad(
+            "List objects are not supported; write each item as its own document",
+        ));
     }
     let meta = match object.get_mut("metadata") {
         Some(Value::Object(m)) => m,
@@ -323,7 +325,10 @@ fn to_manifest(
         None => return Err(bad("missing metadata")),
     };
     for key in ["name", "namespace"] {
-        if meta.get(key).is_some_and(|v| !v.is_string() && !v.is_null()) {
+        if meta
+            .get(key)
+            .is_some_and(|v| !v.is_string() && !v.is_null())
+        {
             return Err(bad(&format!(
                 "metadata.{key} is not a string (quote it: YAML reads y/n/yes/no/on/off/true/false as booleans and digits as numbers)"
             )));
@@ -376,9 +381,15 @@ mod tests {
         let errs = parse_file(Path::new("/m/s/f.yaml"), y.as_bytes()).unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
         let first = errs[0].to_string();
-        assert!(first.starts_with("/m/s/f.yaml: document index 1 (line 5)"), "{first}");
+        assert!(
+            first.starts_with("/m/s/f.yaml: document index 1 (line 5)"),
+            "{first}"
+        );
         let second = errs[1].to_string();
-        assert!(second.contains("document index 2") && second.contains("missing apiVersion"), "{second}");
+        assert!(
+            second.contains("document index 2") && second.contains("missing apiVersion"),
+            "{second}"
+        );
     }
 
     #[test]

@@ -178,7 +178,10 @@ fn placeholder_values(
             &format!("not inside the service CIDR {}", i.service_cidr),
         ));
     }
-    let host = i.api_server_host.trim_start_matches('[').trim_end_matches(']');
+    let host = i
+        .api_server_host
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.parse::<IpAddr>().is_err() {
         check_dns_name("apiServerHost", host)?;
     }
@@ -205,7 +208,11 @@ fn placeholder_values(
         check_image("addons.coredns.image", &s.coredns.image)?,
     );
     if s.coredns.replicas == 0 {
-        return Err(invalid("addons.coredns.replicas", "0", "must be at least 1"));
+        return Err(invalid(
+            "addons.coredns.replicas",
+            "0",
+            "must be at least 1",
+        ));
     }
     v.insert("COREDNS_REPLICAS", s.coredns.replicas.to_string());
     v.insert(

@@ -34,6 +34,11 @@ const MAX_DEBOUNCE_FACTOR: u32 = 10;
 /// Full re-apply of every stack, which heals drift and missed events.
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_CRD_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// First retry after a pass with errors (transient apiserver trouble, a
+/// namespace another stack creates later in the same pass); doubles per
+/// failed pass up to [`MAX_ERROR_RETRY`].
+pub const DEFAULT_ERROR_RETRY: Duration = Duration::from_secs(2);
+pub const MAX_ERROR_RETRY: Duration = Duration::from_secs(60);
 /// How long a stopping applier waits for the lease release.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -54,6 +59,8 @@ pub struct ApplierConfig {
     pub debounce: Duration,
     pub resync_interval: Duration,
     pub crd_establish_timeout: Duration,
+    /// First retry delay after a pass with errors (then doubling).
+    pub error_retry: Duration,
     /// Namespace of the per-stack record ConfigMaps.
     pub state_namespace: String,
     /// Stacks the controller removed on purpose before the applier started
@@ -76,6 +83,7 @@ impl ApplierConfig {
             debounce: DEFAULT_DEBOUNCE,
             resync_interval: DEFAULT_RESYNC_INTERVAL,
             crd_establish_timeout: DEFAULT_CRD_ESTABLISH_TIMEOUT,
+            error_retry: DEFAULT_ERROR_RETRY,
             state_namespace: DEFAULT_STATE_NAMESPACE.to_string(),
             removed_stacks: Vec::new(),
         }
@@ -92,8 +100,8 @@ impl ApplierConfig {
         if self.retry_period.is_zero() || self.retry_period * 3 > self.lease_duration * 2 {
             return bad("retry period must be positive and at most 2/3 of the lease duration");
         }
-        if self.resync_interval.is_zero() {
-            return bad("resync interval must be positive");
+        if self.resync_interval.is_zero() || self.error_retry.is_zero() {
+            return bad("resync interval and error retry must be positive");
         }
         if let Some(s) = self.removed_stacks.iter().find(|s| !valid_stack_name(s)) {
             return Err(ApplierError::InvalidStackName { name: s.clone() });
@@ -136,6 +144,8 @@ struct Tracker {
     /// Stack contents as last applied successfully (skip unchanged stacks on
     /// change-triggered passes).
     applied: BTreeMap<String, Vec<SourceFile>>,
+    /// Stack contents that failed to parse (not retried until they change).
+    unparsable: BTreeMap<String, Vec<SourceFile>>,
 }
 
 impl Applier {
@@ -152,7 +162,8 @@ impl Applier {
     }
 
     pub async fn run(self, cancel: CancellationToken) -> Result<(), ApplierError> {
-        let span = tracing::info_span!("applier", component = "applier", identity = %self.cfg.identity);
+        let span =
+            tracing::info_span!("applier", component = "applier", identity = %self.cfg.identity);
         self.run_inner(cancel).instrument(span).await
     }
 
@@ -229,13 +240,14 @@ impl Applier {
         }
         info!(dir = %cfg.manifests_dir.display(), stacks = tracker.seen.len(), "applier started; waiting for the lease");
 
-        let mut resync = tokio::time::interval_at(
-            Instant::now() + cfg.resync_interval,
-            cfg.resync_interval,
-        );
+        let mut resync =
+            tokio::time::interval_at(Instant::now() + cfg.resync_interval, cfg.resync_interval);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Pending file changes: (first event, deadline after the last event).
         let mut pending: Option<(Instant, Instant)> = None;
+        // Retry of stacks that failed: (when, current backoff).
+        let mut retry: Option<Instant> = None;
+        let mut backoff = cfg.error_retry;
         let mut full = true;
         let mut dirty = false;
         let mut leader = false;
@@ -252,6 +264,10 @@ impl Applier {
                 }
                 _ = async { tokio::time::sleep_until(debounce_at.unwrap_or_else(Instant::now)).await }, if debounce_at.is_some() => {
                     pending = None;
+                    dirty = true;
+                }
+                _ = async { tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)).await }, if retry.is_some() => {
+                    retry = None;
                     dirty = true;
                 }
                 _ = resync.tick() => {
@@ -286,14 +302,24 @@ impl Applier {
                     warn!("lost the lease during an apply pass; stopping it");
                     full = true;
                 }
-                _ = self.pass(&engine, &mut tracker, do_full) => {
+                failed = self.pass(&engine, &mut tracker, do_full) => {
                     self.status.pass_done();
+                    if failed {
+                        retry = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(MAX_ERROR_RETRY.max(cfg.error_retry));
+                    } else {
+                        retry = None;
+                        backoff = cfg.error_retry;
+                    }
                 }
             }
         }
         drop(watcher);
         election_cancel.cancel();
-        if tokio::time::timeout(STOP_GRACE, &mut election.0).await.is_err() {
+        if tokio::time::timeout(STOP_GRACE, &mut election.0)
+            .await
+            .is_err()
+        {
             warn!("lease release did not finish in time");
         }
         self.status.set_leader(false);
@@ -316,24 +342,37 @@ impl Applier {
         tracker.seen = present;
     }
 
-    /// One apply pass over the directory (as leader).
-    async fn pass(&self, engine: &Engine, tracker: &mut Tracker, full: bool) {
+    /// One apply pass over the directory (as leader). Returns whether
+    /// anything failed (and so deserves a retry).
+    async fn pass(&self, engine: &Engine, tracker: &mut Tracker, full: bool) -> bool {
         let scan = match scan(&self.cfg.manifests_dir) {
             Ok(s) => s,
             Err(e) => {
                 // Unreadable directory: do nothing at all, above all no pruning.
                 warn!(error = %e, "cannot read the manifests directory; nothing applied or pruned");
-                return;
+                return true;
             }
         };
+        let mut failed = false;
         if full {
             tracker.applied.clear();
+            tracker.unparsable.clear();
         }
         for name in &scan.invalid {
             let e = ApplierError::InvalidStackName { name: name.clone() };
-            if self.status.stack(name).map(|s| s.state) != Some(StackState::Error { message: e.to_string() }) {
+            if self.status.stack(name).map(|s| s.state)
+                != Some(StackState::Error {
+                    message: e.to_string(),
+                })
+            {
                 warn!(stack = %name, error = %e, "ignoring directory");
-                self.status.set_stack(name, StackState::Error { message: e.to_string() }, 0);
+                self.status.set_stack(
+                    name,
+                    StackState::Error {
+                        message: e.to_string(),
+                    },
+                    0,
+                );
             }
         }
         let present: BTreeSet<String> = scan.non_empty().map(str::to_string).collect();
@@ -349,16 +388,23 @@ impl Applier {
                 let e = ApplierError::from_many(errors.iter().map(clone_err).collect());
                 self.report_error(name, e, files.len());
                 tracker.applied.remove(name);
+                failed = true;
                 continue;
             }
-            if tracker.applied.get(name) == Some(&files) {
+            // Unchanged since it last applied, or since it last failed to
+            // parse (only an edit can fix that; no need to log it again).
+            if tracker.applied.get(name) == Some(&files)
+                || tracker.unparsable.get(name) == Some(&files)
+            {
                 continue;
             }
+            tracker.unparsable.remove(name);
             let manifests = match parse_stack(&files) {
                 Ok(m) => m,
                 Err(errors) => {
                     self.report_error(name, ApplierError::from_many(errors), files.len());
                     tracker.applied.remove(name);
+                    tracker.unparsable.insert(name.clone(), files);
                     continue;
                 }
             };
@@ -371,6 +417,7 @@ impl Applier {
                 Err(e) => {
                     self.report_error(name, e, manifests.len());
                     tracker.applied.remove(name);
+                    failed = true;
                 }
             }
         }
@@ -383,20 +430,30 @@ impl Applier {
                     self.status.set_stack(&name, StackState::Pruned, n);
                     tracker.removals.remove(&name);
                     tracker.applied.remove(&name);
+                    tracker.unparsable.remove(&name);
                 }
                 Ok(None) => {
                     tracker.removals.remove(&name);
                     tracker.applied.remove(&name);
                 }
-                Err(e) => self.report_error(&name, e, 0),
+                Err(e) => {
+                    self.report_error(&name, e, 0);
+                    failed = true;
+                }
             }
         }
+        failed
     }
 
     fn report_error(&self, stack: &str, e: ApplierError, objects: usize) {
         warn!(stack, objects, result = "error", error = %e, "stack not applied; nothing in it was pruned");
-        self.status
-            .set_stack(stack, StackState::Error { message: e.to_string() }, objects);
+        self.status.set_stack(
+            stack,
+            StackState::Error {
+                message: e.to_string(),
+            },
+            objects,
+        );
     }
 }
 
@@ -412,7 +469,12 @@ impl Drop for AbortOnDrop {
 /// (it carries sources), so keep the message.
 fn clone_err(e: &ApplierError) -> ApplierError {
     match e {
-        ApplierError::Parse { file, index, line, message } => ApplierError::Parse {
+        ApplierError::Parse {
+            file,
+            index,
+            line,
+            message,
+        } => ApplierError::Parse {
             file: file.clone(),
             index: *index,
             line: *line,

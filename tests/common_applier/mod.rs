@@ -117,13 +117,43 @@ fn builtin_types() -> Vec<ResType> {
         t("apps", "v1", "Deployment", "deployments", true),
         t("apps", "v1", "DaemonSet", "daemonsets", true),
         t("apps", "v1", "StatefulSet", "statefulsets", true),
-        t("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false),
-        t("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false),
+        t(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+        ),
+        t(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+        ),
         t("rbac.authorization.k8s.io", "v1", "Role", "roles", true),
-        t("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true),
+        t(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+        ),
         t("coordination.k8s.io", "v1", "Lease", "leases", true),
-        t("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true),
-        t("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false),
+        t(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+        ),
+        t(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+        ),
     ]
 }
 
@@ -179,7 +209,12 @@ impl FakeKube {
     pub fn get(&self, group: &str, plural: &str, ns: Option<&str>, name: &str) -> Option<Value> {
         let g = self.inner.lock().unwrap();
         g.objects
-            .get(&(group.into(), plural.into(), ns.unwrap_or("").into(), name.into()))
+            .get(&(
+                group.into(),
+                plural.into(),
+                ns.unwrap_or("").into(),
+                name.into(),
+            ))
             .map(|s| s.obj.clone())
     }
 
@@ -195,7 +230,9 @@ impl FakeKube {
 
     pub fn serves(&self, group: &str, plural: &str) -> bool {
         let g = self.inner.lock().unwrap();
-        g.types.iter().any(|t| t.group == group && t.plural == plural)
+        g.types
+            .iter()
+            .any(|t| t.group == group && t.plural == plural)
     }
 
     /// Stores an object as if `manager` had created it (not through apply).
@@ -213,7 +250,10 @@ impl FakeKube {
             .find(|t| t.group == group && t.version == version && t.kind == kind)
             .cloned()
             .unwrap_or_else(|| panic!("fake does not serve {api_version} {kind}"));
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let name = obj["metadata"]["name"].as_str().unwrap().to_string();
         let mut obj = obj;
         g.rv += 1;
@@ -313,17 +353,20 @@ fn query_map(q: &str) -> BTreeMap<String, String> {
 
 /// Equality-based label selectors: `k=v`, `k==v`, `k!=v`, `k`, `!k`.
 fn selector_matches(sel: &str, labels: &Map<String, Value>) -> bool {
-    sel.split(',').map(str::trim).filter(|s| !s.is_empty()).all(|term| {
-        if let Some((k, v)) = term.split_once("!=") {
-            labels.get(k.trim()).and_then(Value::as_str) != Some(v.trim())
-        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-            labels.get(k.trim()).and_then(Value::as_str) == Some(v.trim())
-        } else if let Some(k) = term.strip_prefix('!') {
-            !labels.contains_key(k.trim())
-        } else {
-            labels.contains_key(term)
-        }
-    })
+    sel.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .all(|term| {
+            if let Some((k, v)) = term.split_once("!=") {
+                labels.get(k.trim()).and_then(Value::as_str) != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                labels.get(k.trim()).and_then(Value::as_str) == Some(v.trim())
+            } else if let Some(k) = term.strip_prefix('!') {
+                !labels.contains_key(k.trim())
+            } else {
+                labels.contains_key(term)
+            }
+        })
 }
 
 fn valid_name(name: &str) -> bool {
@@ -331,7 +374,8 @@ fn valid_name(name: &str) -> bool {
         && name.len() <= 253
         && name.split('.').all(|l| {
             !l.is_empty()
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -351,13 +395,28 @@ enum Route {
     Groups,
     Group(String),
     Resources(String, String),
-    Collection { group: String, version: String, plural: String, ns: Option<String> },
-    Object { group: String, version: String, plural: String, ns: Option<String>, name: String },
+    Collection {
+        group: String,
+        version: String,
+        plural: String,
+        ns: Option<String>,
+    },
+    Object {
+        group: String,
+        version: String,
+        plural: String,
+        ns: Option<String>,
+        name: String,
+    },
     Unknown,
 }
 
 fn route(path: &str) -> Route {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api"] => return Route::CoreVersions,
         ["apis"] => return Route::Groups,
@@ -369,10 +428,32 @@ fn route(path: &str) -> Route {
     let s = |x: &&str| x.to_string();
     match rest {
         [] => Route::Resources(group, version),
-        [p] => Route::Collection { group, version, plural: s(p), ns: None },
-        ["namespaces", ns, p] => Route::Collection { group, version, plural: s(p), ns: Some(s(ns)) },
-        ["namespaces", ns, p, n] => Route::Object { group, version, plural: s(p), ns: Some(s(ns)), name: s(n) },
-        [p, n] => Route::Object { group, version, plural: s(p), ns: None, name: s(n) },
+        [p] => Route::Collection {
+            group,
+            version,
+            plural: s(p),
+            ns: None,
+        },
+        ["namespaces", ns, p] => Route::Collection {
+            group,
+            version,
+            plural: s(p),
+            ns: Some(s(ns)),
+        },
+        ["namespaces", ns, p, n] => Route::Object {
+            group,
+            version,
+            plural: s(p),
+            ns: Some(s(ns)),
+            name: s(n),
+        },
+        [p, n] => Route::Object {
+            group,
+            version,
+            plural: s(p),
+            ns: None,
+            name: s(n),
+        },
         _ => Route::Unknown,
     }
 }
@@ -406,8 +487,14 @@ async fn handle(
                     "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}),
         ),
         Route::Groups if method == Method::GET => {
-            let groups: Vec<Value> = group_names(&g.types).iter().map(|n| group_json(&g.types, n)).collect();
-            ok_json(200, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+            let groups: Vec<Value> = group_names(&g.types)
+                .iter()
+                .map(|n| group_json(&g.types, n))
+                .collect();
+            ok_json(
+                200,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            )
         }
         Route::Group(name) if method == Method::GET => {
             if group_names(&g.types).contains(&name) {
@@ -416,7 +503,11 @@ async fn handle(
                 v["apiVersion"] = json!("v1");
                 ok_json(200, &v)
             } else {
-                status(404, "NotFound", "the server could not find the requested resource".into())
+                status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource".into(),
+                )
             }
         }
         Route::Resources(group, version) if method == Method::GET => {
@@ -431,39 +522,99 @@ async fn handle(
                 })
                 .collect();
             if res.is_empty() {
-                return status(404, "NotFound", "the server could not find the requested resource".into());
+                return status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource".into(),
+                );
             }
-            let gv = if group.is_empty() { version.clone() } else { format!("{group}/{version}") };
-            ok_json(200, &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": res}))
+            let gv = if group.is_empty() {
+                version.clone()
+            } else {
+                format!("{group}/{version}")
+            };
+            ok_json(
+                200,
+                &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": res}),
+            )
         }
-        Route::Collection { group, version, plural, ns } => {
+        Route::Collection {
+            group,
+            version,
+            plural,
+            ns,
+        } => {
             let Some(t) = find_type(&g.types, &group, &version, &plural) else {
-                return status(404, "NotFound", "the server could not find the requested resource".into());
+                return status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource".into(),
+                );
             };
             if !t.namespaced && ns.is_some() {
-                return status(404, "NotFound", "the server could not find the requested resource".into());
+                return status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource".into(),
+                );
             }
             match method {
-                Method::GET => list(&g, &t, ns.as_deref(), q.get("labelSelector").map(String::as_str)),
+                Method::GET => list(
+                    &g,
+                    &t,
+                    ns.as_deref(),
+                    q.get("labelSelector").map(String::as_str),
+                ),
                 Method::POST => {
                     let Ok(obj) = serde_json::from_slice::<Value>(&body) else {
                         return status(400, "BadRequest", "body is not JSON".into());
                     };
                     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-                    let manager = q.get("fieldManager").cloned().unwrap_or_else(|| "unknown".into());
-                    create(&mut g, &t, ns, &name, obj, &manager, "Update", inner.clone())
+                    let manager = q
+                        .get("fieldManager")
+                        .cloned()
+                        .unwrap_or_else(|| "unknown".into());
+                    create(
+                        &mut g,
+                        &t,
+                        ns,
+                        &name,
+                        obj,
+                        &manager,
+                        "Update",
+                        inner.clone(),
+                    )
                 }
                 _ => status(405, "MethodNotAllowed", "method not allowed".into()),
             }
         }
-        Route::Object { group, version, plural, ns, name } => {
+        Route::Object {
+            group,
+            version,
+            plural,
+            ns,
+            name,
+        } => {
             let Some(t) = find_type(&g.types, &group, &version, &plural) else {
-                return status(404, "NotFound", "the server could not find the requested resource".into());
+                return status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource".into(),
+                );
             };
             if t.namespaced != ns.is_some() {
-                return status(404, "NotFound", "the server could not find the requested resource".into());
+                return status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource".into(),
+                );
             }
-            let key: Key = (t.group.clone(), t.plural.clone(), ns.clone().unwrap_or_default(), name.clone());
+            let key: Key = (
+                t.group.clone(),
+                t.plural.clone(),
+                ns.clone().unwrap_or_default(),
+                name.clone(),
+            );
             match method {
                 Method::GET => match g.objects.get(&key) {
                     Some(s) => ok_json(200, &s.obj),
@@ -499,9 +650,14 @@ async fn handle(
                 }
                 Method::PATCH => {
                     if !content_type.starts_with("application/apply-patch+yaml") {
-                        return status(415, "UnsupportedMediaType", format!("this fake only serves server-side apply, not {content_type}"));
+                        return status(
+                            415,
+                            "UnsupportedMediaType",
+                            format!("this fake only serves server-side apply, not {content_type}"),
+                        );
                     }
-                    let Some(manager) = q.get("fieldManager").cloned().filter(|m| !m.is_empty()) else {
+                    let Some(manager) = q.get("fieldManager").cloned().filter(|m| !m.is_empty())
+                    else {
                         return status(400, "BadRequest", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into());
                     };
                     let text = String::from_utf8_lossy(&body).into_owned();
@@ -509,30 +665,73 @@ async fn handle(
                         Ok(v) => v,
                         Err(_) => match serde_saphyr::from_str(&text) {
                             Ok(v) => v,
-                            Err(e) => return status(400, "BadRequest", format!("error decoding YAML: {e}")),
+                            Err(e) => {
+                                return status(
+                                    400,
+                                    "BadRequest",
+                                    format!("error decoding YAML: {e}"),
+                                )
+                            }
                         },
                     };
-                    if obj["apiVersion"].as_str() != Some(t.gv().as_str()) || obj["kind"].as_str() != Some(t.kind.as_str()) {
-                        return status(400, "BadRequest", format!("apiVersion/kind {}/{} do not match the URL ({} {})", obj["apiVersion"], obj["kind"], t.gv(), t.kind));
+                    if obj["apiVersion"].as_str() != Some(t.gv().as_str())
+                        || obj["kind"].as_str() != Some(t.kind.as_str())
+                    {
+                        return status(
+                            400,
+                            "BadRequest",
+                            format!(
+                                "apiVersion/kind {}/{} do not match the URL ({} {})",
+                                obj["apiVersion"],
+                                obj["kind"],
+                                t.gv(),
+                                t.kind
+                            ),
+                        );
                     }
                     if obj["metadata"]["name"].as_str() != Some(name.as_str()) {
-                        return status(400, "BadRequest", "the name of the object does not match the name on the URL".into());
+                        return status(
+                            400,
+                            "BadRequest",
+                            "the name of the object does not match the name on the URL".into(),
+                        );
                     }
-                    if let (Some(body_ns), Some(url_ns)) = (obj["metadata"]["namespace"].as_str(), ns.as_deref()) {
+                    if let (Some(body_ns), Some(url_ns)) =
+                        (obj["metadata"]["namespace"].as_str(), ns.as_deref())
+                    {
                         if body_ns != url_ns {
                             return status(400, "BadRequest", "the namespace of the object does not match the namespace on the URL".into());
                         }
                     }
                     if !t.namespaced && obj["metadata"]["namespace"].is_string() {
-                        return status(400, "BadRequest", "a cluster-scoped object must not set metadata.namespace".into());
+                        return status(
+                            400,
+                            "BadRequest",
+                            "a cluster-scoped object must not set metadata.namespace".into(),
+                        );
                     }
                     if !g.objects.contains_key(&key) {
-                        return create(&mut g, &t, ns, &name, obj, &manager, "Apply", inner.clone());
+                        return create(
+                            &mut g,
+                            &t,
+                            ns,
+                            &name,
+                            obj,
+                            &manager,
+                            "Apply",
+                            inner.clone(),
+                        );
                     }
                     let mut applied = obj.clone();
                     applied.as_object_mut().unwrap().remove("status");
                     let stored = g.objects.get(&key).unwrap();
-                    let merged = apply_merge(&stored.obj, stored.applied.get(&manager), &applied, &manager, &t.gv());
+                    let merged = apply_merge(
+                        &stored.obj,
+                        stored.applied.get(&manager),
+                        &applied,
+                        &manager,
+                        &t.gv(),
+                    );
                     let changed = merged != stored.obj;
                     let mut merged = merged;
                     if changed {
@@ -555,25 +754,42 @@ async fn handle(
                         g.objects.retain(|k, _| k.2 != name);
                     }
                     if t.group == "apiextensions.k8s.io" {
-                        let gone: Vec<ResType> = g.types.iter().filter(|x| x.crd.as_deref() == Some(name.as_str())).cloned().collect();
+                        let gone: Vec<ResType> = g
+                            .types
+                            .iter()
+                            .filter(|x| x.crd.as_deref() == Some(name.as_str()))
+                            .cloned()
+                            .collect();
                         g.types.retain(|x| x.crd.as_deref() != Some(name.as_str()));
                         for x in gone {
-                            g.objects.retain(|k, _| !(k.0 == x.group && k.1 == x.plural));
+                            g.objects
+                                .retain(|k, _| !(k.0 == x.group && k.1 == x.plural));
                         }
                     }
                     let _ = s;
-                    ok_json(200, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                                          "details": {"name": name, "kind": t.plural}}))
+                    ok_json(
+                        200,
+                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                          "details": {"name": name, "kind": t.plural}}),
+                    )
                 }
                 _ => status(405, "MethodNotAllowed", "method not allowed".into()),
             }
         }
-        _ => status(404, "NotFound", "the server could not find the requested resource".into()),
+        _ => status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        ),
     }
 }
 
 fn not_found(t: &ResType, name: &str) -> Response {
-    let what = if t.group.is_empty() { t.plural.clone() } else { format!("{}.{}", t.plural, t.group) };
+    let what = if t.group.is_empty() {
+        t.plural.clone()
+    } else {
+        format!("{}.{}", t.plural, t.group)
+    };
     status(404, "NotFound", format!("{what} \"{name}\" not found"))
 }
 
@@ -585,14 +801,22 @@ fn find_type(types: &[ResType], group: &str, version: &str, plural: &str) -> Opt
 }
 
 fn group_names(types: &[ResType]) -> Vec<String> {
-    let mut names: Vec<String> = types.iter().filter(|t| !t.group.is_empty()).map(|t| t.group.clone()).collect();
+    let mut names: Vec<String> = types
+        .iter()
+        .filter(|t| !t.group.is_empty())
+        .map(|t| t.group.clone())
+        .collect();
     names.sort();
     names.dedup();
     names
 }
 
 fn group_json(types: &[ResType], name: &str) -> Value {
-    let mut versions: Vec<String> = types.iter().filter(|t| t.group == name).map(|t| t.version.clone()).collect();
+    let mut versions: Vec<String> = types
+        .iter()
+        .filter(|t| t.group == name)
+        .map(|t| t.version.clone())
+        .collect();
     versions.sort();
     versions.dedup();
     let vs: Vec<Value> = versions
@@ -649,17 +873,37 @@ fn create(
         );
     }
     if let Some(ns) = &ns {
-        if !g.objects.contains_key(&(String::new(), "namespaces".into(), String::new(), ns.clone())) {
+        if !g.objects.contains_key(&(
+            String::new(),
+            "namespaces".into(),
+            String::new(),
+            ns.clone(),
+        )) {
             return status(404, "NotFound", format!("namespaces \"{ns}\" not found"));
         }
     }
-    let key: Key = (t.group.clone(), t.plural.clone(), ns.clone().unwrap_or_default(), name.to_string());
+    let key: Key = (
+        t.group.clone(),
+        t.plural.clone(),
+        ns.clone().unwrap_or_default(),
+        name.to_string(),
+    );
     if g.objects.contains_key(&key) {
-        return status(409, "AlreadyExists", format!("{} \"{name}\" already exists", t.plural));
+        return status(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", t.plural),
+        );
     }
     if t.group == "apiextensions.k8s.io" {
         if let Err(msg) = check_crd(&obj, name) {
-            return status(422, "Invalid", format!("CustomResourceDefinition.apiextensions.k8s.io \"{name}\" is invalid: {msg}"));
+            return status(
+                422,
+                "Invalid",
+                format!(
+                    "CustomResourceDefinition.apiextensions.k8s.io \"{name}\" is invalid: {msg}"
+                ),
+            );
         }
     }
     obj.as_object_mut().unwrap().remove("status");
@@ -674,7 +918,13 @@ fn create(
     if operation == "Apply" {
         applied_by.insert(manager.to_string(), applied);
     }
-    g.objects.insert(key, Stored { obj: obj.clone(), applied: applied_by });
+    g.objects.insert(
+        key,
+        Stored {
+            obj: obj.clone(),
+            applied: applied_by,
+        },
+    );
     if t.group == "apiextensions.k8s.io" {
         schedule_crd(inner, name.to_string(), g.crd_delay);
     }
@@ -684,21 +934,39 @@ fn create(
 fn check_crd(obj: &Value, name: &str) -> Result<(), String> {
     let spec = &obj["spec"];
     let group = spec["group"].as_str().ok_or("spec.group: Required value")?;
-    let plural = spec["names"]["plural"].as_str().ok_or("spec.names.plural: Required value")?;
-    spec["names"]["kind"].as_str().ok_or("spec.names.kind: Required value")?;
+    let plural = spec["names"]["plural"]
+        .as_str()
+        .ok_or("spec.names.plural: Required value")?;
+    spec["names"]["kind"]
+        .as_str()
+        .ok_or("spec.names.kind: Required value")?;
     if name != format!("{plural}.{group}") {
-        return Err(format!("metadata.name: Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"));
+        return Err(format!(
+            "metadata.name: Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"
+        ));
     }
     match spec["scope"].as_str() {
         Some("Namespaced") | Some("Cluster") => {}
         _ => return Err("spec.scope: Unsupported value".into()),
     }
-    let versions = spec["versions"].as_array().ok_or("spec.versions: Required value")?;
-    if versions.iter().filter(|v| v["storage"].as_bool() == Some(true)).count() != 1 {
-        return Err("spec.versions: Invalid value: must have exactly one version marked as storage version".into());
+    let versions = spec["versions"]
+        .as_array()
+        .ok_or("spec.versions: Required value")?;
+    if versions
+        .iter()
+        .filter(|v| v["storage"].as_bool() == Some(true))
+        .count()
+        != 1
+    {
+        return Err(
+            "spec.versions: Invalid value: must have exactly one version marked as storage version"
+                .into(),
+        );
     }
     if (group.ends_with(".k8s.io") || group.ends_with(".kubernetes.io"))
-        && obj["metadata"]["annotations"]["api-approved.kubernetes.io"].as_str().is_none()
+        && obj["metadata"]["annotations"]["api-approved.kubernetes.io"]
+            .as_str()
+            .is_none()
     {
         return Err("metadata.annotations[api-approved.kubernetes.io]: Required value: protected groups must have approval annotation".into());
     }
@@ -710,7 +978,12 @@ fn schedule_crd(inner: Arc<Mutex<Inner>>, name: String, delay: Duration) {
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         let mut g = inner.lock().unwrap();
-        let key: Key = ("apiextensions.k8s.io".into(), "customresourcedefinitions".into(), String::new(), name.clone());
+        let key: Key = (
+            "apiextensions.k8s.io".into(),
+            "customresourcedefinitions".into(),
+            String::new(),
+            name.clone(),
+        );
         let Some(spec) = g.objects.get(&key).map(|s| s.obj["spec"].clone()) else {
             return;
         };
@@ -748,7 +1021,13 @@ fn schedule_crd(inner: Arc<Mutex<Inner>>, name: String, delay: Duration) {
 
 /// Server-side apply, simplified to per-manager ownership of top-level
 /// fields and of individual label/annotation keys.
-fn apply_merge(existing: &Value, prev: Option<&Value>, applied: &Value, manager: &str, api_version: &str) -> Value {
+fn apply_merge(
+    existing: &Value,
+    prev: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    api_version: &str,
+) -> Value {
     let mut out = existing.clone();
     let skip = ["metadata", "status", "apiVersion", "kind"];
     let o = out.as_object_mut().unwrap();
@@ -765,8 +1044,14 @@ fn apply_merge(existing: &Value, prev: Option<&Value>, applied: &Value, manager:
         }
     }
     for field in ["labels", "annotations"] {
-        let mut m = out["metadata"][field].as_object().cloned().unwrap_or_default();
-        let new = applied["metadata"][field].as_object().cloned().unwrap_or_default();
+        let mut m = out["metadata"][field]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let new = applied["metadata"][field]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         if let Some(p) = prev.and_then(|p| p["metadata"][field].as_object()) {
             for k in p.keys() {
                 if !new.contains_key(k) {
@@ -783,12 +1068,19 @@ fn apply_merge(existing: &Value, prev: Option<&Value>, applied: &Value, manager:
             out["metadata"][field] = Value::Object(m);
         }
     }
-    let mf = out["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
-    let has = mf.iter().any(|e| e["manager"] == manager && e["operation"] == "Apply");
+    let mf = out["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let has = mf
+        .iter()
+        .any(|e| e["manager"] == manager && e["operation"] == "Apply");
     if !has {
         let mut mf = mf;
-        mf.push(json!({"manager": manager, "operation": "Apply", "apiVersion": api_version,
-                       "fieldsType": "FieldsV1", "fieldsV1": {}, "time": now_rfc3339()}));
+        mf.push(
+            json!({"manager": manager, "operation": "Apply", "apiVersion": api_version,
+                       "fieldsType": "FieldsV1", "fieldsV1": {}, "time": now_rfc3339()}),
+        );
         out["metadata"]["managedFields"] = Value::Array(mf);
     }
     out
