@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tracing::{debug, info};
 
 use super::manifest::Manifest;
-use super::{ApplierError, FIELD_MANAGER, RECORD_LABEL, STACK_LABEL};
+use super::{ApplierError, ADOPTED_ANNOTATION, FIELD_MANAGER, RECORD_LABEL, STACK_LABEL};
 
 const CRD_GROUP: &str = "apiextensions.k8s.io";
 const CRD_KIND: &str = "CustomResourceDefinition";
@@ -259,6 +259,32 @@ impl Engine {
             meta.remove("namespace");
             Api::all_with(self.client.clone(), &ar)
         };
+        // An object someone else created is adopted, and stays marked so
+        // (the annotation is re-applied every time, or SSA would drop it).
+        let existing = api
+            .get_opt(&m.name)
+            .await
+            .map_err(|source| ApplierError::Apply {
+                file: m.file.clone(),
+                index: m.index,
+                object: m.describe(),
+                source,
+            })?;
+        let adopted = existing
+            .as_ref()
+            .is_some_and(|o| is_adopted(o) || !managed_by_us(o));
+        if adopted {
+            let ann = meta.entry("annotations").or_insert_with(|| json!({}));
+            if ann.is_null() {
+                *ann = json!({});
+            }
+            if let Some(a) = ann.as_object_mut() {
+                a.insert(ADOPTED_ANNOTATION.to_string(), Value::String("true".into()));
+            }
+            if existing.as_ref().is_some_and(|o| !managed_by_us(o)) {
+                info!(component = "applier", stack, object = %m.describe(), "adopting an existing object; it will never be pruned");
+            }
+        }
         // Force: the stack on disk is the source of truth for the fields it sets.
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         api.patch(&m.name, &pp, &Patch::Apply(&Value::Object(obj)))
@@ -411,6 +437,10 @@ impl Engine {
                     debug!(component = "applier", stack, object = %key.name, "labelled but not applied by mkectl; left alone");
                     continue;
                 }
+                if is_adopted(&obj) {
+                    info!(component = "applier", stack, object = %key.name, "left the stack but was adopted, not created, by mkectl; left in place");
+                    continue;
+                }
                 // Delete dependents before what contains them.
                 let order = if t.group == CRD_GROUP && t.kind == CRD_KIND {
                     2
@@ -529,6 +559,13 @@ fn crd_established(data: &Value) -> bool {
                     && c.get("status").and_then(Value::as_str) == Some("True")
             })
         })
+}
+
+fn is_adopted(obj: &DynamicObject) -> bool {
+    obj.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.get(ADOPTED_ANNOTATION).map(String::as_str) == Some("true"))
 }
 
 fn managed_by_us(obj: &DynamicObject) -> bool {

@@ -4,7 +4,10 @@
 //! One controller applies at a time (a `coordination.k8s.io` Lease). Every
 //! object carries the label [`STACK_LABEL`] = `<stack>`; pruning deletes only
 //! objects that carry it *and* list [`FIELD_MANAGER`] in their managed fields,
-//! so nothing the applier did not create is ever touched.
+//! so nothing the applier did not create is ever touched. An object that
+//! already existed when a stack first named it is *adopted* (annotation
+//! [`ADOPTED_ANNOTATION`]): its fields follow the stack, but leaving the stack
+//! never deletes it.
 //!
 //! Safety rules (see [`Applier`]):
 //! - a parse or apply error anywhere in a stack leaves that stack unpruned;
@@ -40,6 +43,9 @@ pub use status::{ApplierStatus, StackState, StackStatus, StatusHandle};
 pub const FIELD_MANAGER: &str = "mkectl";
 /// Label on every applied object: the stack it belongs to.
 pub const STACK_LABEL: &str = "mkectl.io/stack";
+/// Annotation on objects that existed before a stack named them: the applier
+/// manages their fields but, not having created them, never deletes them.
+pub const ADOPTED_ANNOTATION: &str = "mkectl.io/adopted";
 /// Label on the per-stack record ConfigMaps (never a prune candidate).
 pub const RECORD_LABEL: &str = "mkectl.io/stack-record";
 

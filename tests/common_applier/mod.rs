@@ -68,6 +68,8 @@ pub struct Req {
     pub path: String,
     pub query: String,
     pub content_type: String,
+    /// HTTP status of the answer.
+    pub status: u16,
 }
 
 struct Stored {
@@ -465,21 +467,33 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = uri.path().to_string();
-    let query = uri.query().unwrap_or("").to_string();
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let q = query_map(&query);
     let mut g = inner.lock().unwrap();
+    let resp = serve(&mut g, &inner, &method, &uri, &content_type, &body);
     g.log.push(Req {
         method: method.to_string(),
-        path: path.clone(),
-        query: query.clone(),
-        content_type: content_type.clone(),
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or("").to_string(),
+        content_type,
+        status: resp.status().as_u16(),
     });
+    resp
+}
+
+fn serve(
+    g: &mut Inner,
+    inner: &Arc<Mutex<Inner>>,
+    method: &Method,
+    uri: &Uri,
+    content_type: &str,
+    body: &[u8],
+) -> Response {
+    let path = uri.path().to_string();
+    let q = query_map(uri.query().unwrap_or(""));
     match route(&path) {
         Route::CoreVersions if method == Method::GET => ok_json(
             200,
@@ -558,7 +572,7 @@ async fn handle(
                     "the server could not find the requested resource".into(),
                 );
             }
-            match method {
+            match *method {
                 Method::GET => list(
                     &g,
                     &t,
@@ -574,16 +588,7 @@ async fn handle(
                         .get("fieldManager")
                         .cloned()
                         .unwrap_or_else(|| "unknown".into());
-                    create(
-                        &mut g,
-                        &t,
-                        ns,
-                        &name,
-                        obj,
-                        &manager,
-                        "Update",
-                        inner.clone(),
-                    )
+                    create(g, &t, ns, &name, obj, &manager, "Update", inner.clone())
                 }
                 _ => status(405, "MethodNotAllowed", "method not allowed".into()),
             }
@@ -615,7 +620,7 @@ async fn handle(
                 ns.clone().unwrap_or_default(),
                 name.clone(),
             );
-            match method {
+            match *method {
                 Method::GET => match g.objects.get(&key) {
                     Some(s) => ok_json(200, &s.obj),
                     None => not_found(&t, &name),
@@ -711,16 +716,7 @@ async fn handle(
                         );
                     }
                     if !g.objects.contains_key(&key) {
-                        return create(
-                            &mut g,
-                            &t,
-                            ns,
-                            &name,
-                            obj,
-                            &manager,
-                            "Apply",
-                            inner.clone(),
-                        );
+                        return create(g, &t, ns, &name, obj, &manager, "Apply", inner.clone());
                     }
                     let mut applied = obj.clone();
                     applied.as_object_mut().unwrap().remove("status");
