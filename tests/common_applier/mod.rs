@@ -574,13 +574,13 @@ fn serve(
             }
             match *method {
                 Method::GET => list(
-                    &g,
+                    g,
                     &t,
                     ns.as_deref(),
                     q.get("labelSelector").map(String::as_str),
                 ),
                 Method::POST => {
-                    let Ok(obj) = serde_json::from_slice::<Value>(&body) else {
+                    let Ok(obj) = serde_json::from_slice::<Value>(body) else {
                         return status(400, "BadRequest", "body is not JSON".into());
                     };
                     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -626,7 +626,7 @@ fn serve(
                     None => not_found(&t, &name),
                 },
                 Method::PUT => {
-                    let Ok(mut obj) = serde_json::from_slice::<Value>(&body) else {
+                    let Ok(mut obj) = serde_json::from_slice::<Value>(body) else {
                         return status(400, "BadRequest", "body is not JSON".into());
                     };
                     let Some(cur) = g.objects.get(&key).map(|s| s.obj.clone()) else {
@@ -665,7 +665,7 @@ fn serve(
                     else {
                         return status(400, "BadRequest", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into());
                     };
-                    let text = String::from_utf8_lossy(&body).into_owned();
+                    let text = String::from_utf8_lossy(body).into_owned();
                     let obj: Value = match serde_json::from_str(&text) {
                         Ok(v) => v,
                         Err(_) => match serde_saphyr::from_str(&text) {
