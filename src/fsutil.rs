@@ -132,10 +132,7 @@ mod tests {
         assert_eq!(fs::metadata(&p).unwrap().modified().unwrap(), mtime);
         assert!(write_atomic(&p, b"other", PRIVATE_FILE_MODE).unwrap());
         assert_eq!(fs::read(&p).unwrap(), b"other");
-        let dmode = fs::metadata(p.parent().unwrap())
-            .unwrap()
-            .permissions()
-            .mode();
+        let dmode = fs::metadata(p.parent().unwrap()).unwrap().permissions().mode();
         assert_eq!(dmode & 0o777, 0o700);
     }
 }
