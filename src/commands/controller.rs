@@ -9,14 +9,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::cli::{ControllerArgs, GlobalArgs};
-use crate::components::{etcd, konnectivity_server, Manager};
+use crate::components::{applier, etcd, konnectivity_server, Manager};
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
 use crate::{fsutil, ops, pki, supervisor};
 
 /// Every component a controller can run, in start order; the names
 /// `--disable-components` accepts.
-pub const COMPONENTS: &[&str] = &[etcd::NAME, konnectivity_server::NAME];
+pub const COMPONENTS: &[&str] = &[etcd::NAME, konnectivity_server::NAME, applier::NAME];
+
+/// The component the applier talks to.
+const KUBE_APISERVER: &str = "kube-apiserver";
 
 /// Upper bound for stopping every component on shutdown.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
@@ -164,6 +167,19 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
             settings,
             ctx.paths.clone(),
         )));
+    }
+    if enabled(applier::NAME) {
+        if manager.names().contains(&KUBE_APISERVER) {
+            manager.add(Box::new(applier::ApplierComponent::new(
+                &ctx.cfg,
+                ctx.node_address,
+                ctx.paths.clone(),
+                ctx.pki.admin_kubeconfig.clone(),
+                ctx.node_name.clone(),
+            )));
+        } else {
+            info!("applier not started: it needs kube-apiserver, which is not running here");
+        }
     }
     manager
 }
