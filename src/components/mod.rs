@@ -131,7 +131,11 @@ pub trait Component: Send + Sync {
             child.restart().await;
             return Ok(());
         }
-        self.stop().await?;
+        // Start even when the stop reported a problem (e.g. a slow drain):
+        // a component left stopped serves nobody.
+        if let Err(e) = self.stop().await {
+            tracing::warn!(component = self.name(), error = %e, "stop before restart failed; starting anyway");
+        }
         self.start().await
     }
 
