@@ -9,17 +9,29 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::cli::{ControllerArgs, GlobalArgs};
-use crate::components::{etcd, Manager};
+use crate::components::{
+    binary, etcd, kube_apiserver as kas, kube_controller_manager as kcm, kube_scheduler as ksch,
+    Manager,
+};
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
 use crate::{fsutil, pki, supervisor};
 
 /// Every component a controller can run, in start order; the names
 /// `--disable-components` accepts.
-pub const COMPONENTS: &[&str] = &[etcd::NAME];
+pub const COMPONENTS: &[&str] = &[etcd::NAME, kas::NAME, kcm::NAME, ksch::NAME];
 
-/// Upper bound for stopping every component on shutdown.
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// Upstream binaries that only exist with the bundle: checked before anything
+/// starts rather than in `init`, so `--init-only` works without them.
+const KUBE_BINARIES: &[&str] = &[kas::NAME, kcm::NAME, ksch::NAME];
+
+/// Controllers in the cluster. One until controller join lands; it drives
+/// leader election and the apiserver's shutdown delay.
+const CONTROLLER_COUNT: usize = 1;
+
+/// Upper bound for stopping every component on shutdown: covers the
+/// apiserver's drain (`kube_apiserver` stop grace, 70 s by default) plus etcd.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(120);
 
 pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -68,6 +80,12 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         if args.init_only {
             info!("--init-only: PKI and configuration written, exiting");
             return Ok(());
+        }
+
+        for name in manager.names() {
+            if KUBE_BINARIES.contains(&name) {
+                binary::find(name, &paths)?;
+            }
         }
 
         // A crashed mkectl may have left children (PDEATHSIG covers the
@@ -128,6 +146,19 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
     if enabled(etcd::NAME) {
         let settings = etcd_settings(&ctx.cfg, &ctx.paths, &ctx.pki, &ctx.node_name);
         manager.add(Box::new(etcd::Etcd::new(settings, ctx.paths.clone())));
+    }
+    let (cfg, paths, pki, n) = (&ctx.cfg, &ctx.paths, &ctx.pki, CONTROLLER_COUNT);
+    if enabled(kas::NAME) {
+        let s = kas::KubeApiserverSettings::from_config(cfg, paths, pki, ctx.node_address, n);
+        manager.add(Box::new(kas::KubeApiserver::new(s, paths.clone())));
+    }
+    if enabled(kcm::NAME) {
+        let s = kcm::KubeControllerManagerSettings::from_config(cfg, paths, pki, n);
+        manager.add(Box::new(kcm::KubeControllerManager::new(s, paths.clone())));
+    }
+    if enabled(ksch::NAME) {
+        let s = ksch::KubeSchedulerSettings::from_config(cfg, paths, pki, n);
+        manager.add(Box::new(ksch::KubeScheduler::new(s, paths.clone())));
     }
     manager
 }

@@ -22,6 +22,11 @@
 
 pub mod binary;
 pub mod etcd;
+pub mod https_probe;
+pub mod kube_apiserver;
+pub mod kube_common;
+pub mod kube_controller_manager;
+pub mod kube_scheduler;
 pub mod manager;
 
 use std::time::Duration;

@@ -41,6 +41,26 @@ impl NodePaths {
     pub fn generated_config_dir(&self) -> PathBuf {
         self.data_dir.join("config")
     }
+    /// `<run-dir>/konnectivity-server.sock`: the konnectivity server's UDS
+    /// frontend, the `udsName` the apiserver's egress selector dials.
+    pub fn konnectivity_uds(&self) -> PathBuf {
+        self.run_dir.join("konnectivity-server.sock")
+    }
+    /// `<data-dir>/config/egress-selector.yaml`: the apiserver's
+    /// `--egress-selector-config-file`.
+    pub fn egress_selector_config(&self) -> PathBuf {
+        self.generated_config_dir().join("egress-selector.yaml")
+    }
+    /// `<data-dir>/config/<component>.args`: the argv mkectl runs a kube
+    /// component with, one flag per line, for operators to inspect.
+    pub fn component_args_file(&self, component: &str) -> PathBuf {
+        self.generated_config_dir().join(format!("{component}.args"))
+    }
+    /// `<data-dir>/<component>/serving`: where kube-controller-manager and
+    /// kube-scheduler keep their self-signed serving certificate (`--cert-dir`).
+    pub fn component_cert_dir(&self, component: &str) -> PathBuf {
+        self.data_dir.join(component).join("serving")
+    }
     /// `<run-dir>/mkectl.lock`: one mkectl per data/run dir pair.
     pub fn lock_file(&self) -> PathBuf {
         self.run_dir.join("mkectl.lock")
