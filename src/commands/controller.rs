@@ -46,7 +46,13 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         }
     }
     let enabled = |name: &str| !args.disable_components.iter().any(|d| d == name);
-    let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
+    // Absolute, so the paths in component flags and files mean the same thing
+    // whatever directory a child runs in (etcd runs in its data dir).
+    let abs = |p: &std::path::Path| {
+        std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+    };
+    let bin_dir = global.bin_dir.as_deref().map(abs).transpose()?;
+    let paths = NodePaths::new(&abs(&global.data_dir)?, &abs(&global.run_dir)?, bin_dir.as_deref());
     let node_name = match &args.node_name {
         Some(n) => n.clone(),
         None => hostname()?,

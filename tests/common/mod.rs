@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 
 pub const MKECTL: &str = env!("CARGO_BIN_EXE_mkectl");
 
+/// `mkectl controller` arguments that run etcd alone: the upstream kube
+/// binaries are not installed on CI machines.
+pub const ETCD_ONLY: &[&str] = &[
+    "--disable-components",
+    "kube-apiserver,kube-controller-manager,kube-scheduler",
+];
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
