@@ -80,11 +80,14 @@ fn init_node(name: &str) -> Node {
 /// The argv `start` would exec for `component`, from its args file.
 fn args_of(node: &Node, component: &str) -> (Vec<String>, Flags) {
     let file = node.data.join("config").join(format!("{component}.args"));
-    let text = fs::read_to_string(&file)
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let args = parse_args_file(&text);
     let flags = Flags::parse_args(&args).unwrap_or_else(|a| panic!("not --flag=value: {a}"));
-    assert_eq!(args.len(), flags.names().count(), "a flag repeats: {args:?}");
+    assert_eq!(
+        args.len(),
+        flags.names().count(),
+        "a flag repeats: {args:?}"
+    );
     (args, flags)
 }
 
@@ -191,12 +194,7 @@ fn identity(der: &[u8]) -> Identity {
             }
         }
     }
-    Identity {
-        cn,
-        orgs,
-        dns,
-        ips,
-    }
+    Identity { cn, orgs, dns, ips }
 }
 
 fn kubectl_jsonpath(conf: &Path, path: &str) -> String {
@@ -213,20 +211,31 @@ fn kubectl_jsonpath(conf: &Path, path: &str) -> String {
 /// at the apiserver and authenticates as `user`.
 fn check_kubeconfig(conf: &Path, ca: &Path, server: &str, user: &str) {
     ok_stdout(
-        run(Command::new("kubectl")
-            .env_remove("KUBECONFIG")
-            .args(["--kubeconfig", s(conf), "config", "view"])),
+        run(Command::new("kubectl").env_remove("KUBECONFIG").args([
+            "--kubeconfig",
+            s(conf),
+            "config",
+            "view",
+        ])),
         &format!("kubectl config view {}", conf.display()),
     );
     let b64 = base64::engine::general_purpose::STANDARD;
-    assert_eq!(kubectl_jsonpath(conf, "{.clusters[0].cluster.server}"), server);
+    assert_eq!(
+        kubectl_jsonpath(conf, "{.clusters[0].cluster.server}"),
+        server
+    );
     let ca_pem = b64
         .decode(kubectl_jsonpath(
             conf,
             "{.clusters[0].cluster.certificate-authority-data}",
         ))
         .unwrap();
-    assert_eq!(ca_pem, fs::read(ca).unwrap(), "{} trusts another CA", conf.display());
+    assert_eq!(
+        ca_pem,
+        fs::read(ca).unwrap(),
+        "{} trusts another CA",
+        conf.display()
+    );
     let cert_pem = b64
         .decode(kubectl_jsonpath(
             conf,
@@ -259,8 +268,13 @@ fn generated_flags_and_files_meet_the_contract() {
         assert_eq!(f.get("profiling"), Some("false"), "{c}");
         assert_eq!(f.get("tls-min-version"), Some("VersionTLS12"), "{c}");
         let suites = f.get("tls-cipher-suites").unwrap();
-        assert!(suites.split(',').all(|s| s.starts_with("TLS_ECDHE_")
-            && (s.contains("GCM") || s.contains("CHACHA20"))), "{c}: {suites}");
+        assert!(
+            suites
+                .split(',')
+                .all(|s| s.starts_with("TLS_ECDHE_")
+                    && (s.contains("GCM") || s.contains("CHACHA20"))),
+            "{c}: {suites}"
+        );
     }
 
     // --- kube-apiserver ---------------------------------------------------
@@ -285,17 +299,28 @@ fn generated_flags_and_files_meet_the_contract() {
     );
     let id = identity(&der_of(&serving));
     for ip in ["127.0.0.1", "10.96.0.1", get("advertise-address")] {
-        assert!(id.ips.iter().any(|i| i == ip), "serving SANs lack {ip}: {:?}", id.ips);
+        assert!(
+            id.ips.iter().any(|i| i == ip),
+            "serving SANs lack {ip}: {:?}",
+            id.ips
+        );
     }
     for dns in ["kubernetes", "kubernetes.default.svc.cluster.local", "kc-a"] {
-        assert!(id.dns.iter().any(|d| d == dns), "serving SANs lack {dns}: {:?}", id.dns);
+        assert!(
+            id.dns.iter().any(|d| d == dns),
+            "serving SANs lack {dns}: {:?}",
+            id.dns
+        );
     }
     // Kubelets are verified against the cluster CA and see the apiserver's
     // kubelet-client identity, which that CA issued for client auth.
     assert_eq!(path_of(&api, "kubelet-certificate-authority"), client_ca);
     let kubelet_client = path_of(&api, "kubelet-client-certificate");
     assert!(verify_chain(&client_ca, &kubelet_client, "sslclient"));
-    assert_eq!(identity(&der_of(&kubelet_client)).cn, "kube-apiserver-kubelet-client");
+    assert_eq!(
+        identity(&der_of(&kubelet_client)).cn,
+        "kube-apiserver-kubelet-client"
+    );
     assert_eq!(
         pubkey_of_cert(&kubelet_client),
         pubkey_of_key(&path_of(&api, "kubelet-client-key"))
@@ -305,14 +330,20 @@ fn generated_flags_and_files_meet_the_contract() {
     let etcd_client = path_of(&api, "etcd-certfile");
     assert!(verify_chain(&etcd_ca, &etcd_client, "sslclient"));
     assert!(!verify_chain(&client_ca, &etcd_client, "sslclient"));
-    assert_eq!(identity(&der_of(&etcd_client)).cn, "kube-apiserver-etcd-client");
+    assert_eq!(
+        identity(&der_of(&etcd_client)).cn,
+        "kube-apiserver-etcd-client"
+    );
     // Front proxy: the client cert chains to the requestheader CA and its CN
     // is the one allowed name; the cluster CA did not issue it.
     let fp_ca = path_of(&api, "requestheader-client-ca-file");
     let fp_client = path_of(&api, "proxy-client-cert-file");
     assert!(verify_chain(&fp_ca, &fp_client, "sslclient"));
     assert!(!verify_chain(&client_ca, &fp_client, "sslclient"));
-    assert_eq!(identity(&der_of(&fp_client)).cn, get("requestheader-allowed-names"));
+    assert_eq!(
+        identity(&der_of(&fp_client)).cn,
+        get("requestheader-allowed-names")
+    );
     assert_eq!(
         pubkey_of_cert(&fp_client),
         pubkey_of_key(&path_of(&api, "proxy-client-key-file"))
@@ -323,7 +354,10 @@ fn generated_flags_and_files_meet_the_contract() {
         fs::read_to_string(path_of(&api, "service-account-key-file")).unwrap(),
         pubkey_of_key(&sa_key)
     );
-    assert_eq!(get("service-account-issuer"), "https://kubernetes.default.svc.cluster.local");
+    assert_eq!(
+        get("service-account-issuer"),
+        "https://kubernetes.default.svc.cluster.local"
+    );
     // The egress selector parses into the documented schema (unknown fields
     // refused) and sends `cluster` traffic over gRPC to the konnectivity UDS.
     let egress_text = fs::read_to_string(path_of(&api, "egress-selector-config-file")).unwrap();
@@ -345,7 +379,10 @@ fn generated_flags_and_files_meet_the_contract() {
     assert_eq!(kget("use-service-account-credentials"), "true");
     assert_eq!(kget("leader-elect"), "false", "one controller: no election");
     assert_eq!(kget("cluster-cidr"), "10.244.0.0/16");
-    assert_eq!(kget("service-cluster-ip-range"), get("service-cluster-ip-range"));
+    assert_eq!(
+        kget("service-cluster-ip-range"),
+        get("service-cluster-ip-range")
+    );
     let signing = path_of(&kcm, "cluster-signing-cert-file");
     assert_eq!(fs::read(&signing).unwrap(), fs::read(&client_ca).unwrap());
     assert_eq!(
@@ -356,22 +393,48 @@ fn generated_flags_and_files_meet_the_contract() {
     assert_eq!(path_of(&kcm, "service-account-private-key-file"), sa_key);
     assert!(path_of(&kcm, "cert-dir").is_dir());
     let server = format!("https://127.0.0.1:{}", get("secure-port"));
-    for f in ["kubeconfig", "authentication-kubeconfig", "authorization-kubeconfig"] {
-        check_kubeconfig(&path_of(&kcm, f), &client_ca, &server, "system:kube-controller-manager");
+    for f in [
+        "kubeconfig",
+        "authentication-kubeconfig",
+        "authorization-kubeconfig",
+    ] {
+        check_kubeconfig(
+            &path_of(&kcm, f),
+            &client_ca,
+            &server,
+            "system:kube-controller-manager",
+        );
     }
 
     // --- kube-scheduler ----------------------------------------------------
     assert_eq!(sched.get("bind-address"), Some("127.0.0.1"));
     assert_eq!(sched.get("leader-elect"), Some("false"));
-    assert_ne!(sched.get("secure-port"), Some("10259"), "extraArgs override");
+    assert_ne!(
+        sched.get("secure-port"),
+        Some("10259"),
+        "extraArgs override"
+    );
     assert!(path_of(&sched, "cert-dir").is_dir());
-    for f in ["kubeconfig", "authentication-kubeconfig", "authorization-kubeconfig"] {
-        check_kubeconfig(&path_of(&sched, f), &client_ca, &server, "system:kube-scheduler");
+    for f in [
+        "kubeconfig",
+        "authentication-kubeconfig",
+        "authorization-kubeconfig",
+    ] {
+        check_kubeconfig(
+            &path_of(&sched, f),
+            &client_ca,
+            &server,
+            "system:kube-scheduler",
+        );
     }
     // The admin identity the apiserver readiness probe uses is a cluster admin.
     let admin = identity(&der_of(&node.pki("admin.crt")));
     assert_eq!(admin.orgs, vec!["system:masters".to_string()]);
-    assert!(verify_chain(&client_ca, &node.pki("admin.crt"), "sslclient"));
+    assert!(verify_chain(
+        &client_ca,
+        &node.pki("admin.crt"),
+        "sslclient"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -384,7 +447,13 @@ async fn apiserver_etcd_identity_reads_and_writes_the_running_etcd() {
         cert: path_of(&api, "etcd-certfile"),
         key: path_of(&api, "etcd-keyfile"),
     };
-    let endpoint = api.get("etcd-servers").unwrap().split(',').next().unwrap().to_string();
+    let endpoint = api
+        .get("etcd-servers")
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
     let key = "/registry/mkectl-contract/probe";
     let end = std::time::Instant::now() + READY;
     loop {
@@ -395,7 +464,10 @@ async fn apiserver_etcd_identity_reads_and_writes_the_running_etcd() {
                 break;
             }
         }
-        assert!(std::time::Instant::now() < end, "etcd never accepted the apiserver's identity");
+        assert!(
+            std::time::Instant::now() < end,
+            "etcd never accepted the apiserver's identity"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The kubelet-client identity (cluster CA) must not get in.
@@ -413,9 +485,13 @@ async fn apiserver_etcd_identity_reads_and_writes_the_running_etcd() {
 
 fn admin_probe(node: &Node, api: &Flags) -> HttpsProbe {
     HttpsProbe {
-        addr: format!("{}:{}", api.get("bind-address").unwrap(), api.get("secure-port").unwrap())
-            .parse()
-            .unwrap(),
+        addr: format!(
+            "{}:{}",
+            api.get("bind-address").unwrap(),
+            api.get("secure-port").unwrap()
+        )
+        .parse()
+        .unwrap(),
         path: "/readyz".into(),
         trust: ServerTrust::CaFile(node.pki("ca.crt")),
         client: Some(ClientIdentity {
@@ -454,7 +530,10 @@ async fn standin_apiserver_under_the_real_supervisor() {
         ctl.log_text().contains("controller ready").then_some(())
     });
     let log = ctl.log_text();
-    assert!(log.contains("STAND-IN"), "the stand-in announces itself:\n{log}");
+    assert!(
+        log.contains("STAND-IN"),
+        "the stand-in announces itself:\n{log}"
+    );
     assert!(log.contains("kube-apiserver"), "{log}");
 
     // The supervisor ran exactly the argv of the args file.
@@ -473,18 +552,25 @@ async fn standin_apiserver_under_the_real_supervisor() {
     probe.check().await.unwrap();
     let mut anonymous = probe.clone();
     anonymous.client = None;
-    assert!(anonymous.check().await.is_err(), "served a client without a certificate");
+    assert!(
+        anonymous.check().await.is_err(),
+        "served a client without a certificate"
+    );
     let mut foreign = probe.clone();
     foreign.client = Some(ClientIdentity {
         cert: path_of(&api, "proxy-client-cert-file"),
         key: path_of(&api, "proxy-client-key-file"),
     });
-    assert!(foreign.check().await.is_err(), "served a front-proxy CA client");
+    assert!(
+        foreign.check().await.is_err(),
+        "served a front-proxy CA client"
+    );
 
     // kill -9: the supervisor starts a new one, which serves again.
     signal(pid, libc::SIGKILL);
     let new_pid = wait_for("kube-apiserver restarted", READY, || {
-        node.child_pid("kube-apiserver").filter(|p| *p != pid && alive(*p))
+        node.child_pid("kube-apiserver")
+            .filter(|p| *p != pid && alive(*p))
     });
     assert_ne!(new_pid, pid);
     ready_within(&probe, READY).await;
@@ -502,7 +588,10 @@ fn standin_refuses_flags_upstream_does_not_know() {
     let out = run(Command::new(STANDIN).args(["--secure-port=1", "--no-such-flag=1"]));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown flag: --no-such-flag") && err.contains("STAND-IN"), "{err}");
+    assert!(
+        err.contains("unknown flag: --no-such-flag") && err.contains("STAND-IN"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -540,9 +629,13 @@ fn upstream_control_plane_is_ready() {
     wait_for("controller ready", Duration::from_secs(240), || {
         ctl.log_text().contains("controller ready").then_some(())
     });
-    let out = run(Command::new("kubectl")
-        .env_remove("KUBECONFIG")
-        .args(["--kubeconfig", s(&node.pki("admin.conf")), "get", "--raw", "/readyz"]));
+    let out = run(Command::new("kubectl").env_remove("KUBECONFIG").args([
+        "--kubeconfig",
+        s(&node.pki("admin.conf")),
+        "get",
+        "--raw",
+        "/readyz",
+    ]));
     assert_eq!(ok_stdout(out, "kubectl get --raw /readyz").trim(), "ok");
     let mut flags: BTreeMap<&str, Flags> = BTreeMap::new();
     for c in KUBE {

@@ -52,7 +52,11 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
     };
     let bin_dir = global.bin_dir.as_deref().map(abs).transpose()?;
-    let paths = NodePaths::new(&abs(&global.data_dir)?, &abs(&global.run_dir)?, bin_dir.as_deref());
+    let paths = NodePaths::new(
+        &abs(&global.data_dir)?,
+        &abs(&global.run_dir)?,
+        bin_dir.as_deref(),
+    );
     let node_name = match &args.node_name {
         Some(n) => n.clone(),
         None => hostname()?,

@@ -204,9 +204,15 @@ impl KubeApiserverSettings {
         f.set_path("etcd-certfile", &pki.apiserver_etcd_client.cert);
         f.set_path("etcd-keyfile", &pki.apiserver_etcd_client.key);
         f.set_path("kubelet-certificate-authority", &pki.ca.cert);
-        f.set_path("kubelet-client-certificate", &pki.apiserver_kubelet_client.cert);
+        f.set_path(
+            "kubelet-client-certificate",
+            &pki.apiserver_kubelet_client.cert,
+        );
         f.set_path("kubelet-client-key", &pki.apiserver_kubelet_client.key);
-        f.set("kubelet-preferred-address-types", "InternalIP,ExternalIP,Hostname");
+        f.set(
+            "kubelet-preferred-address-types",
+            "InternalIP,ExternalIP,Hostname",
+        );
         f.set("service-cluster-ip-range", self.service_cidr.clone());
         f.set("service-account-issuer", self.service_account_issuer());
         f.set("api-audiences", self.service_account_issuer());
@@ -397,7 +403,10 @@ mod tests {
         assert_eq!(s.stop_grace().unwrap(), Duration::from_secs(140));
         s.extra_args.insert("request-timeout".into(), "soon".into());
         let e = s.stop_grace().unwrap_err().to_string();
-        assert!(e.contains("request-timeout") && e.contains("extraArgs"), "{e}");
+        assert!(
+            e.contains("request-timeout") && e.contains("extraArgs"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -419,7 +428,10 @@ mod tests {
     fn egress_selector_round_trips_and_refuses_unknown_fields() {
         let cfg = egress_selector_config(Path::new("/r/konnectivity-server.sock"));
         let yaml = serde_saphyr::to_string(&cfg).unwrap();
-        assert!(yaml.contains("udsName: /r/konnectivity-server.sock"), "{yaml}");
+        assert!(
+            yaml.contains("udsName: /r/konnectivity-server.sock"),
+            "{yaml}"
+        );
         assert!(yaml.contains("proxyProtocol: GRPC"), "{yaml}");
         let back: EgressSelectorConfiguration = serde_saphyr::from_str(&yaml).unwrap();
         assert_eq!(back, cfg);

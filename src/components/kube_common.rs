@@ -137,6 +137,15 @@ pub fn write_args_file(
     Ok(path)
 }
 
+/// Creates a component's `--cert-dir` (and its parent) 0700: it will hold a
+/// private key.
+pub fn ensure_cert_dir(component: &'static str, dir: &Path) -> Result<(), ComponentError> {
+    if let Some(parent) = dir.parent() {
+        fsutil::ensure_dir(parent, fsutil::PRIVATE_DIR_MODE).map_err(fs_err(component))?;
+    }
+    fsutil::ensure_dir(dir, fsutil::PRIVATE_DIR_MODE).map_err(fs_err(component))
+}
+
 /// Where the component serves HTTPS according to its final flags: the
 /// `--bind-address` (an unspecified address is probed on loopback) and
 /// `--secure-port`. A value that does not parse is a config error naming the
@@ -316,7 +325,10 @@ mod tests {
         );
         let back = Flags::parse_args(&f.to_args()).unwrap();
         assert_eq!(back, f);
-        assert_eq!(Flags::parse_args(&["positional"]).unwrap_err(), "positional");
+        assert_eq!(
+            Flags::parse_args(&["positional"]).unwrap_err(),
+            "positional"
+        );
     }
 
     #[test]
@@ -347,7 +359,9 @@ mod tests {
             "[::1]:12000".parse().unwrap()
         );
         f.set("secure-port", "0");
-        let e = secure_endpoint("kube-scheduler", &f, 1).unwrap_err().to_string();
+        let e = secure_endpoint("kube-scheduler", &f, 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("secure-port") && e.contains("extraArgs"), "{e}");
         f.set("secure-port", "1");
         f.set("bind-address", "nope");

@@ -16,17 +16,16 @@
 //!   `GET /healthz` pinning that certificate (see [`super::https_probe`]).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::https_probe::HttpsProbe;
 use super::kube_common::{
-    fs_err, self_signed_probe, write_args_file, Flags, KubeProcess, TLS_CIPHER_SUITES,
+    ensure_cert_dir, self_signed_probe, write_args_file, Flags, KubeProcess, TLS_CIPHER_SUITES,
     TLS_MIN_VERSION,
 };
 use super::{Component, ComponentError};
 use crate::config::{ClusterConfig, NodePaths};
-use crate::fsutil;
 use crate::pki::PkiPaths;
 
 pub const NAME: &str = "kube-controller-manager";
@@ -133,13 +132,6 @@ impl KubeControllerManager {
     }
 }
 
-pub(crate) fn ensure_cert_dir(component: &'static str, dir: &Path) -> Result<(), ComponentError> {
-    if let Some(parent) = dir.parent() {
-        fsutil::ensure_dir(parent, fsutil::PRIVATE_DIR_MODE).map_err(fs_err(component))?;
-    }
-    fsutil::ensure_dir(dir, fsutil::PRIVATE_DIR_MODE).map_err(fs_err(component))
-}
-
 #[async_trait::async_trait]
 impl Component for KubeControllerManager {
     fn name(&self) -> &'static str {
@@ -179,6 +171,7 @@ impl Component for KubeControllerManager {
 mod tests {
     use super::*;
     use crate::components::https_probe::ServerTrust;
+    use std::path::Path;
 
     fn settings(count: usize) -> KubeControllerManagerSettings {
         let paths = NodePaths::new(Path::new("/d"), Path::new("/r"), None);
@@ -211,10 +204,13 @@ mod tests {
         assert_eq!(p.addr, "127.0.0.1:10257".parse().unwrap());
         assert_eq!(
             p.trust,
-            ServerTrust::PinnedCertFile("/d/kube-controller-manager/serving/kube-controller-manager.crt".into())
+            ServerTrust::PinnedCertFile(
+                "/d/kube-controller-manager/serving/kube-controller-manager.crt".into()
+            )
         );
         s.extra_args.insert("secure-port".into(), "11000".into());
-        s.extra_args.insert("tls-cert-file".into(), "/etc/kcm.crt".into());
+        s.extra_args
+            .insert("tls-cert-file".into(), "/etc/kcm.crt".into());
         let p = s.readiness_probe().unwrap();
         assert_eq!(p.addr.port(), 11000);
         assert_eq!(p.trust, ServerTrust::PinnedCertFile("/etc/kcm.crt".into()));

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use super::https_probe::HttpsProbe;
 use super::kube_common::{
-    self_signed_probe, write_args_file, Flags, KubeProcess, TLS_CIPHER_SUITES, TLS_MIN_VERSION,
+    ensure_cert_dir, self_signed_probe, write_args_file, Flags, KubeProcess, TLS_CIPHER_SUITES,
+    TLS_MIN_VERSION,
 };
-use super::kube_controller_manager::ensure_cert_dir;
 use super::{Component, ComponentError};
 use crate::config::{ClusterConfig, NodePaths};
 use crate::pki::PkiPaths;
@@ -148,7 +148,10 @@ mod tests {
         let s = KubeSchedulerSettings::from_config(&cfg, &paths, &pki, 1);
         let f = s.flags();
         assert_eq!(f.get("kubeconfig"), Some("/d/pki/scheduler.conf"));
-        assert_eq!(f.get("authorization-kubeconfig"), Some("/d/pki/scheduler.conf"));
+        assert_eq!(
+            f.get("authorization-kubeconfig"),
+            Some("/d/pki/scheduler.conf")
+        );
         assert_eq!(f.get("bind-address"), Some("127.0.0.1"));
         assert_eq!(f.get("leader-elect"), Some("false"));
         assert_eq!(f.get("profiling"), Some("false"));

@@ -54,7 +54,8 @@ impl NodePaths {
     /// `<data-dir>/config/<component>.args`: the argv mkectl runs a kube
     /// component with, one flag per line, for operators to inspect.
     pub fn component_args_file(&self, component: &str) -> PathBuf {
-        self.generated_config_dir().join(format!("{component}.args"))
+        self.generated_config_dir()
+            .join(format!("{component}.args"))
     }
     /// `<data-dir>/<component>/serving`: where kube-controller-manager and
     /// kube-scheduler keep their self-signed serving certificate (`--cert-dir`).

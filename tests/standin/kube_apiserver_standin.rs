@@ -72,10 +72,12 @@ fn server_config(flags: &BTreeMap<String, String>) -> rustls::ServerConfig {
             .add(ca)
             .unwrap_or_else(|e| fail(&format!("--client-ca-file: {e}")));
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .unwrap_or_else(|e| fail(&format!("client verifier: {e}")));
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap_or_else(|e| fail(&format!("client verifier: {e}")));
     let key_path = &flags["tls-private-key-file"];
     let key = PrivateKeyDer::from_pem_file(key_path)
         .unwrap_or_else(|e| fail(&format!("--tls-private-key-file={key_path}: {e}")));
