@@ -67,7 +67,7 @@ async fn controller_cold_start(dir: &Path) -> (Duration, Kill) {
         .arg("--config")
         .arg(&cfg)
         .args(["controller", "--node-name", "bench"])
-        // Only etcd: the upstream kube binaries are not installed here.
+        // Without the upstream kube binaries: they are not installed here.
         .args([
             "--disable-components",
             "kube-apiserver,kube-controller-manager,kube-scheduler",

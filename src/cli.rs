@@ -59,6 +59,10 @@ pub enum Command {
     /// Inspect the cluster certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Run a standalone konnectivity server or agent (drop-in for upstream's
+    /// proxy-server / proxy-agent).
+    #[command(subcommand)]
+    Konnectivity(crate::commands::konnectivity::KonnectivityCommand),
     /// Print the mkectl version.
     Version,
 }

@@ -17,9 +17,10 @@
 //! source, have the kubelet component write `kubelet.args` in `init`, and call
 //! [`check_flag_names`] and [`check_paths_exist`] on it like the tests below.
 //!
-//! Not here yet: "a konnectivity dial through the egress selector's udsName
-//! reaches a target" needs the konnectivity server, which has not landed; the
-//! file's schema and socket path are checked below.
+//! The egress selector file named by the apiserver's flags is also checked
+//! end to end: with the controller's embedded konnectivity server running and
+//! an agent connected, a gRPC dial through its `udsName` reaches a target, as
+//! kube-apiserver's would.
 
 mod common;
 
@@ -35,6 +36,9 @@ use mkectl::components::etcd::{connect, EtcdClientTls};
 use mkectl::components::https_probe::{ClientIdentity, HttpsProbe, ServerTrust};
 use mkectl::components::kube_apiserver::EgressSelectorConfiguration;
 use mkectl::components::kube_common::{parse_args_file, Flags};
+use mkectl::konnectivity::client::dial_grpc_uds;
+use mkectl::konnectivity::TlsFiles;
+use mkectl::pki::{self, Ca, KeyType};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 const READY: Duration = Duration::from_secs(60);
@@ -438,10 +442,10 @@ fn generated_flags_and_files_meet_the_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn apiserver_etcd_identity_reads_and_writes_the_running_etcd() {
+async fn apiserver_etcd_identity_and_egress_work_against_the_running_controller() {
     let node = init_node("kc-b");
     let (_, api) = args_of(&node, "kube-apiserver");
-    let _ctl = node.start_controller(ETCD_ONLY);
+    let _ctl = node.start_controller(NO_KUBE_BINARIES);
     let tls = EtcdClientTls {
         ca: path_of(&api, "etcd-cafile"),
         cert: path_of(&api, "etcd-certfile"),
@@ -481,6 +485,54 @@ async fn apiserver_etcd_identity_reads_and_writes_the_running_etcd() {
         Ok(mut c) => c.get(key, None).await.is_err(),
     };
     assert!(refused, "etcd accepted a certificate from the cluster CA");
+
+    // The egress selector the apiserver is pointed at: dial a target through
+    // its udsName once an agent is connected to the embedded server.
+    let egress_text = fs::read_to_string(path_of(&api, "egress-selector-config-file")).unwrap();
+    let egress: EgressSelectorConfiguration = serde_saphyr::from_str(&egress_text).unwrap();
+    let uds = PathBuf::from(
+        &egress.egress_selections[0]
+            .connection
+            .transport
+            .uds
+            .uds_name,
+    );
+    assert!(egress.is_cluster_grpc_over(&uds));
+    wait_for("konnectivity socket", READY, || uds.exists().then_some(()));
+    let agent_cert = pki::issue_client_cert(
+        &node.data.join("pki"),
+        Ca::Konnectivity,
+        "contract-agent",
+        &[],
+        Duration::from_secs(3600),
+        KeyType::EcdsaP256,
+    )
+    .unwrap();
+    let dir = node.tmp.path();
+    fs::write(dir.join("agent.crt"), &agent_cert.cert_pem).unwrap();
+    fs::write(dir.join("agent.key"), &agent_cert.key_pem).unwrap();
+    let agent_tls = TlsFiles {
+        cert: dir.join("agent.crt"),
+        key: dir.join("agent.key"),
+        ca: node.pki("konnectivity/ca.crt"),
+    };
+    let agent_addr = format!("127.0.0.1:{}", node.konnectivity_agent_port)
+        .parse()
+        .unwrap();
+    let agent = konnectivity::start_agent(&agent_tls, &[agent_addr]).await;
+    konnectivity::wait_until(READY, "agent connected", || {
+        agent.handle.connected_servers().len() == 1
+    })
+    .await;
+    let (target, _stop) = konnectivity::http_target().await;
+    let mut conn = dial_grpc_uds(&uds, &target.to_string()).await.unwrap();
+    let (status, _) = konnectivity::http_request(
+        &mut conn,
+        "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.contains("200"), "{status}");
+    agent.token.cancel();
 }
 
 fn admin_probe(node: &Node, api: &Flags) -> HttpsProbe {
@@ -642,4 +694,34 @@ fn upstream_control_plane_is_ready() {
         flags.insert(c, args_of(&node, c).1);
     }
     assert!(flags.values().all(|f| f.get("profiling") == Some("false")));
+}
+
+/// Flags that only appear with several controllers (leader election, the
+/// apiserver's shutdown delay) are upstream v1.32 flags too.
+#[test]
+fn multi_controller_flags_are_upstream_flags() {
+    use mkectl::components::{kube_apiserver, kube_controller_manager, kube_scheduler};
+    use mkectl::config::{ClusterConfig, NodePaths};
+    use mkectl::pki::PkiPaths;
+    let cfg = ClusterConfig::default();
+    let paths = NodePaths::new(Path::new("/d"), Path::new("/r"), None);
+    let pki = PkiPaths::new(&paths.pki_dir());
+    let api = kube_apiserver::KubeApiserverSettings::from_config(
+        &cfg,
+        &paths,
+        &pki,
+        "192.0.2.1".parse().unwrap(),
+        3,
+    )
+    .flags();
+    assert_eq!(api.get("shutdown-delay-duration"), Some("10s"));
+    check_flag_names("kube-apiserver", &api);
+    let kcm =
+        kube_controller_manager::KubeControllerManagerSettings::from_config(&cfg, &paths, &pki, 3)
+            .flags();
+    assert_eq!(kcm.get("leader-elect"), Some("true"));
+    check_flag_names("kube-controller-manager", &kcm);
+    let sched = kube_scheduler::KubeSchedulerSettings::from_config(&cfg, &paths, &pki, 3).flags();
+    assert_eq!(sched.get("leader-elect"), Some("true"));
+    check_flag_names("kube-scheduler", &sched);
 }

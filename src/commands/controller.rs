@@ -10,8 +10,8 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::cli::{ControllerArgs, GlobalArgs};
 use crate::components::{
-    binary, etcd, kube_apiserver as kas, kube_controller_manager as kcm, kube_scheduler as ksch,
-    Manager,
+    applier, binary, etcd, konnectivity_server, kube_apiserver as kas,
+    kube_controller_manager as kcm, kube_scheduler as ksch, Manager,
 };
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
@@ -19,7 +19,14 @@ use crate::{fsutil, pki, supervisor};
 
 /// Every component a controller can run, in start order; the names
 /// `--disable-components` accepts.
-pub const COMPONENTS: &[&str] = &[etcd::NAME, kas::NAME, kcm::NAME, ksch::NAME];
+pub const COMPONENTS: &[&str] = &[
+    etcd::NAME,
+    konnectivity_server::NAME,
+    kas::NAME,
+    kcm::NAME,
+    ksch::NAME,
+    applier::NAME,
+];
 
 /// Upstream binaries that only exist with the bundle: checked before anything
 /// starts rather than in `init`, so `--init-only` works without them.
@@ -157,6 +164,28 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
         let settings = etcd_settings(&ctx.cfg, &ctx.paths, &ctx.pki, &ctx.node_name);
         manager.add(Box::new(etcd::Etcd::new(settings, ctx.paths.clone())));
     }
+    if enabled(konnectivity_server::NAME) {
+        let k = &ctx.cfg.spec.konnectivity;
+        let admin_ip = k
+            .admin_address
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let settings = konnectivity_server::KonnectivityServerSettings {
+            server_id: ctx.node_name.clone(),
+            server_count: 1,
+            agent_listen: std::net::SocketAddr::new(ctx.node_address, k.agent_port),
+            admin_listen: std::net::SocketAddr::new(admin_ip, k.admin_port),
+            tls: crate::konnectivity::TlsFiles {
+                cert: ctx.pki.konnectivity_server.cert.clone(),
+                key: ctx.pki.konnectivity_server.key.clone(),
+                ca: ctx.pki.konnectivity_ca.cert.clone(),
+            },
+        };
+        manager.add(Box::new(konnectivity_server::KonnectivityServer::new(
+            settings,
+            ctx.paths.clone(),
+        )));
+    }
     let (cfg, paths, pki, n) = (&ctx.cfg, &ctx.paths, &ctx.pki, CONTROLLER_COUNT);
     if enabled(kas::NAME) {
         let s = kas::KubeApiserverSettings::from_config(cfg, paths, pki, ctx.node_address, n);
@@ -169,6 +198,19 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
     if enabled(ksch::NAME) {
         let s = ksch::KubeSchedulerSettings::from_config(cfg, paths, pki, n);
         manager.add(Box::new(ksch::KubeScheduler::new(s, paths.clone())));
+    }
+    if enabled(applier::NAME) {
+        if manager.names().contains(&kas::NAME) {
+            manager.add(Box::new(applier::ApplierComponent::new(
+                &ctx.cfg,
+                ctx.node_address,
+                ctx.paths.clone(),
+                ctx.pki.admin_kubeconfig.clone(),
+                ctx.node_name.clone(),
+            )));
+        } else {
+            info!("applier not started: it needs kube-apiserver, which is not running here");
+        }
     }
     manager
 }

@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod config;
 pub mod controller;
+pub mod konnectivity;
 pub mod version;
 
 use crate::cli::{Cli, Command};
@@ -17,6 +18,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Config(cmd) => config::run(&global, &cmd),
         Command::Certs(cmd) => certs::run(&global, &cmd),
         Command::Version => version::run(),
+        Command::Konnectivity(cmd) => runtime()?.block_on(konnectivity::run(&cmd)),
     }
 }
 

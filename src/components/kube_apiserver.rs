@@ -30,7 +30,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::https_probe::{ClientIdentity, HttpsProbe, ServerTrust, PROBE_TIMEOUT};
 use super::kube_common::{
@@ -67,13 +67,13 @@ pub const EGRESS_KIND: &str = "EgressSelectorConfiguration";
 pub const EGRESS_CLUSTER: &str = "cluster";
 pub const EGRESS_PROXY_PROTOCOL_GRPC: &str = "GRPC";
 
-/// The apiserver's `EgressSelectorConfiguration` (apiserver.k8s.io/v1beta1),
-/// restricted to what mkectl writes: UDS transport only. Unknown fields are
-/// refused so a test parsing the file proves its exact shape.
-// The konnectivity module renders the same file on its branch; the two are to
-// be merged into one at integration (kept separate here to avoid depending on
-// unmerged work).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The schema of the apiserver's `EgressSelectorConfiguration`
+/// (apiserver.k8s.io/v1beta1) restricted to what mkectl writes: one
+/// selection, UDS transport. The file itself is rendered by
+/// [`crate::konnectivity::egress_selector_config`] (one writer for the
+/// konnectivity server and the apiserver); these types parse it back with
+/// unknown fields refused, so tests and `init` prove its exact shape.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EgressSelectorConfiguration {
     pub api_version: String,
@@ -81,48 +81,41 @@ pub struct EgressSelectorConfiguration {
     pub egress_selections: Vec<EgressSelection>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EgressSelection {
     pub name: String,
     pub connection: EgressConnection,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EgressConnection {
     pub proxy_protocol: String,
     pub transport: EgressTransport,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EgressTransport {
     pub uds: UdsTransport,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UdsTransport {
     pub uds_name: String,
 }
 
-/// `cluster` traffic → gRPC over the konnectivity server socket `uds`.
-pub fn egress_selector_config(uds: &Path) -> EgressSelectorConfiguration {
-    EgressSelectorConfiguration {
-        api_version: EGRESS_API_VERSION.into(),
-        kind: EGRESS_KIND.into(),
-        egress_selections: vec![EgressSelection {
-            name: EGRESS_CLUSTER.into(),
-            connection: EgressConnection {
-                proxy_protocol: EGRESS_PROXY_PROTOCOL_GRPC.into(),
-                transport: EgressTransport {
-                    uds: UdsTransport {
-                        uds_name: uds.display().to_string(),
-                    },
-                },
-            },
-        }],
+impl EgressSelectorConfiguration {
+    /// Whether this routes `cluster` traffic over gRPC to `uds`, and nothing else.
+    pub fn is_cluster_grpc_over(&self, uds: &Path) -> bool {
+        self.api_version == EGRESS_API_VERSION
+            && self.kind == EGRESS_KIND
+            && self.egress_selections.len() == 1
+            && self.egress_selections[0].name == EGRESS_CLUSTER
+            && self.egress_selections[0].connection.proxy_protocol == EGRESS_PROXY_PROTOCOL_GRPC
+            && Path::new(&self.egress_selections[0].connection.transport.uds.uds_name) == uds
     }
 }
 
@@ -159,7 +152,7 @@ impl KubeApiserverSettings {
             service_cidr: cfg.spec.network.service_cidr.clone(),
             cluster_domain: cfg.spec.network.cluster_domain.clone(),
             pki: pki.clone(),
-            egress_selector_file: paths.egress_selector_config(),
+            egress_selector_file: paths.egress_selector_file(),
             konnectivity_uds: paths.konnectivity_uds(),
             controller_count,
             extra_args: cfg.spec.extra_args.kube_apiserver.clone(),
@@ -307,17 +300,30 @@ impl Component for KubeApiserver {
         // Validate what extraArgs may have broken before anything starts.
         self.settings.stop_grace()?;
         self.probe = Some(self.settings.readiness_probe()?);
-        let egress = egress_selector_config(&self.settings.konnectivity_uds);
-        let yaml = serde_saphyr::to_string(&egress).map_err(|e| ComponentError::Failed {
-            component: NAME,
-            message: format!("cannot render the egress selector configuration: {e}"),
-        })?;
+        // The konnectivity server writes the same file in its own init; the
+        // apiserver cannot start without it, so it is written here too (the
+        // write is idempotent) and checked against the schema.
         let file = &self.settings.egress_selector_file;
+        let uds = &self.settings.konnectivity_uds;
         if let Some(dir) = file.parent() {
             fsutil::ensure_dir(dir, fsutil::PRIVATE_DIR_MODE).map_err(fs_err(NAME))?;
         }
-        fsutil::write_atomic(file, yaml.as_bytes(), fsutil::PUBLIC_FILE_MODE)
-            .map_err(fs_err(NAME))?;
+        let failed = |message: String| ComponentError::Failed {
+            component: NAME,
+            message,
+        };
+        crate::konnectivity::write_egress_selector_config(file, uds)
+            .map_err(|e| failed(format!("writing {}: {e}", file.display())))?;
+        let text = fsutil::read(file).map_err(fs_err(NAME))?;
+        let parsed: EgressSelectorConfiguration = serde_saphyr::from_slice(&text)
+            .map_err(|e| failed(format!("{}: {e}", file.display())))?;
+        if !parsed.is_cluster_grpc_over(uds) {
+            return Err(failed(format!(
+                "{} does not route cluster traffic over gRPC to {}",
+                file.display(),
+                uds.display()
+            )));
+        }
         write_args_file(NAME, &self.paths, &self.settings.args())?;
         Ok(())
     }
@@ -425,16 +431,12 @@ mod tests {
     }
 
     #[test]
-    fn egress_selector_round_trips_and_refuses_unknown_fields() {
-        let cfg = egress_selector_config(Path::new("/r/konnectivity-server.sock"));
-        let yaml = serde_saphyr::to_string(&cfg).unwrap();
-        assert!(
-            yaml.contains("udsName: /r/konnectivity-server.sock"),
-            "{yaml}"
-        );
-        assert!(yaml.contains("proxyProtocol: GRPC"), "{yaml}");
-        let back: EgressSelectorConfiguration = serde_saphyr::from_str(&yaml).unwrap();
-        assert_eq!(back, cfg);
+    fn egress_selector_file_matches_the_schema_and_refuses_unknown_fields() {
+        let uds = Path::new("/r/konnectivity-server.sock");
+        let yaml = crate::konnectivity::egress_selector_config(uds).unwrap();
+        let parsed: EgressSelectorConfiguration = serde_saphyr::from_str(&yaml).unwrap();
+        assert!(parsed.is_cluster_grpc_over(uds), "{yaml}");
+        assert!(!parsed.is_cluster_grpc_over(Path::new("/elsewhere.sock")));
         let bad = yaml.replace("proxyProtocol", "proxyProtocl");
         assert!(serde_saphyr::from_str::<EgressSelectorConfiguration>(&bad).is_err());
     }

@@ -20,9 +20,11 @@
 //! * `stop` is idempotent and callable from any state, including after a
 //!   failed `start`; it releases everything the component holds.
 
+pub mod applier;
 pub mod binary;
 pub mod etcd;
 pub mod https_probe;
+pub mod konnectivity_server;
 pub mod kube_apiserver;
 pub mod kube_common;
 pub mod kube_controller_manager;

@@ -41,14 +41,19 @@ impl NodePaths {
     pub fn generated_config_dir(&self) -> PathBuf {
         self.data_dir.join("config")
     }
-    /// `<run-dir>/konnectivity-server.sock`: the konnectivity server's UDS
-    /// frontend, the `udsName` the apiserver's egress selector dials.
+    /// `<run-dir>/konnectivity-server.sock`: the gRPC frontend kube-apiserver
+    /// dials through its egress selector.
     pub fn konnectivity_uds(&self) -> PathBuf {
         self.run_dir.join("konnectivity-server.sock")
     }
-    /// `<data-dir>/config/egress-selector.yaml`: the apiserver's
-    /// `--egress-selector-config-file`.
-    pub fn egress_selector_config(&self) -> PathBuf {
+    /// `<run-dir>/konnectivity-http.sock`: the HTTP-CONNECT frontend (for
+    /// operators and HTTP-CONNECT egress clients).
+    pub fn konnectivity_http_uds(&self) -> PathBuf {
+        self.run_dir.join("konnectivity-http.sock")
+    }
+    /// `<data-dir>/config/egress-selector.yaml`: kube-apiserver's
+    /// EgressSelectorConfiguration.
+    pub fn egress_selector_file(&self) -> PathBuf {
         self.generated_config_dir().join("egress-selector.yaml")
     }
     /// `<data-dir>/config/<component>.args`: the argv mkectl runs a kube
