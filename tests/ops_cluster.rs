@@ -79,7 +79,7 @@ fn pid_of(status: &serde_json::Value, name: &str) -> i64 {
 #[test]
 fn status_and_metrics_follow_the_components() {
     let node = Node::new("ops-a");
-    let ctl = node.start_controller(&[]);
+    let ctl = node.start_controller(NO_KUBE_BINARIES);
     let st = node.wait_status("controller ready", READY, |_| true);
 
     // What status reports, from the real processes.
@@ -333,7 +333,7 @@ fn leftovers(dir: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_wipe_restore_brings_the_data_back() {
     let node = Node::new("ops-b");
-    let mut ctl = node.start_controller(&[]);
+    let mut ctl = node.start_controller(NO_KUBE_BINARIES);
     node.wait_status("controller ready", READY, |_| true);
     for i in 0..20 {
         put(&node, &format!("/registry/test/k{i}"), &format!("v{i}")).await;
@@ -425,7 +425,7 @@ async fn backup_wipe_restore_brings_the_data_back() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 
-    let _ctl = node.start_controller(&[]);
+    let _ctl = node.start_controller(NO_KUBE_BINARIES);
     node.wait_status("restored controller ready", READY, |_| true);
     for i in 0..20 {
         assert_eq!(

@@ -43,7 +43,7 @@ async fn running_controller_renews_leaves_and_restarts_etcd() {
         "rot",
         "  pki:\n    leafLifetime: 2m\n    renewBefore: 90s\n",
     );
-    let mut ctl = node.start_controller(&[]);
+    let mut ctl = node.start_controller(NO_KUBE_BINARIES);
     let st = node.wait_status("controller ready", Duration::from_secs(60), |_| true);
     let mkectl_pid = st["pid"].as_i64().unwrap();
     assert_eq!(mkectl_pid, i64::from(ctl.pid()));
