@@ -22,6 +22,7 @@
 
 pub mod applier;
 pub mod binary;
+pub mod containerd;
 pub mod etcd;
 pub mod konnectivity_server;
 pub mod manager;
