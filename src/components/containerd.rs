@@ -343,6 +343,18 @@ pub mod api {
         pub exit_status: u32,
     }
 
+    impl Process {
+        /// The task's container id: `Tasks/List` fills `id` (the init
+        /// process is named after its container), other calls `container_id`.
+        pub fn task_id(&self) -> &str {
+            if self.container_id.is_empty() {
+                &self.id
+            } else {
+                &self.container_id
+            }
+        }
+    }
+
     /// `Process.status` of a task that has exited.
     pub const STATUS_STOPPED: i32 = 3;
 
@@ -561,16 +573,19 @@ pub async fn drain_tasks(client: &mut ContainerdClient) -> Result<usize, Contain
     for ns in client.namespaces().await? {
         let tasks = client.tasks(&ns).await?;
         for t in tasks.iter().filter(|t| t.status != api::STATUS_STOPPED) {
-            if let Err(e) = client.kill_all(&ns, &t.container_id).await {
-                warn!(component = NAME, namespace = %ns, task = %t.container_id, error = %e, "kill failed");
+            if let Err(e) = client.kill_all(&ns, t.task_id()).await {
+                warn!(component = NAME, namespace = %ns, task = %t.task_id(), error = %e, "kill failed");
             }
         }
         // Wait concurrently: each Wait is one stream on the same channel.
         let waits = tasks.iter().map(|t| {
             let mut c = client.clone();
             let ns = ns.clone();
-            let id = t.container_id.clone();
-            async move { (id.clone(), c.wait(&ns, &id).await) }
+            let id = t.task_id().to_string();
+            async move {
+                let r = c.wait(&ns, &id).await;
+                (id, r)
+            }
         });
         for (id, r) in futures::future::join_all(waits).await {
             if let Err(e) = r {
@@ -578,10 +593,10 @@ pub async fn drain_tasks(client: &mut ContainerdClient) -> Result<usize, Contain
             }
         }
         for t in &tasks {
-            match client.delete_task(&ns, &t.container_id).await {
+            match client.delete_task(&ns, t.task_id()).await {
                 Ok(()) => deleted += 1,
                 Err(e) => {
-                    warn!(component = NAME, namespace = %ns, task = %t.container_id, error = %e, "delete failed")
+                    warn!(component = NAME, namespace = %ns, task = %t.task_id(), error = %e, "delete failed")
                 }
             }
         }
