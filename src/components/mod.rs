@@ -25,6 +25,7 @@ pub mod binary;
 pub mod containerd;
 pub mod etcd;
 pub mod konnectivity_server;
+pub mod kubelet;
 pub mod manager;
 
 use std::time::Duration;
