@@ -23,6 +23,7 @@
 pub mod applier;
 pub mod binary;
 pub mod containerd;
+pub mod csr_approver;
 pub mod etcd;
 pub mod konnectivity_server;
 pub mod kubelet;
