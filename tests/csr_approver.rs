@@ -17,9 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
 use axum::{Json, Router};
 use base64::Engine;
-use mkectl::components::csr_approver::{
-    CsrApprover, CsrApproverSettings, KUBELET_SERVING_SIGNER,
-};
+use mkectl::components::csr_approver::{CsrApprover, CsrApproverSettings, KUBELET_SERVING_SIGNER};
 use mkectl::components::Component;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use serde_json::{json, Value};
@@ -143,7 +141,9 @@ async fn approve(
     let mut f = fake.lock().unwrap();
     f.patches.push((name.clone(), patch.clone()));
     // Like the apiserver, store the decision: a relist then sees it decided.
-    let Fake { csrs, watch_only, .. } = &mut *f;
+    let Fake {
+        csrs, watch_only, ..
+    } = &mut *f;
     match csrs
         .iter_mut()
         .chain(watch_only.iter_mut())
@@ -195,7 +195,10 @@ fn condition_of(patch: &Value) -> (String, String) {
 async fn wait_until(what: &str, fake: &Shared, f: impl Fn(&Fake) -> bool) {
     let end = tokio::time::Instant::now() + Duration::from_secs(20);
     while !f(&fake.lock().unwrap()) {
-        assert!(tokio::time::Instant::now() < end, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -206,12 +209,41 @@ async fn approver_decides_listed_and_watched_csrs() {
     {
         let mut f = fake.lock().unwrap();
         f.csrs = vec![
-            csr("good", NODE, KUBELET_SERVING_SIGNER, vec![dns(NODE), ip(NODE_IP)], json!([])),
-            csr("foreign-ip", NODE, KUBELET_SERVING_SIGNER, vec![dns(NODE), ip("192.0.2.99")], json!([])),
-            csr("no-node-yet", "worker-9", KUBELET_SERVING_SIGNER, vec![dns("worker-9")], json!([])),
-            csr("already", NODE, KUBELET_SERVING_SIGNER, vec![dns(NODE)],
-                json!([{ "type": "Approved", "status": "True" }])),
-            csr("client-cert", NODE, "kubernetes.io/kube-apiserver-client-kubelet", vec![], json!([])),
+            csr(
+                "good",
+                NODE,
+                KUBELET_SERVING_SIGNER,
+                vec![dns(NODE), ip(NODE_IP)],
+                json!([]),
+            ),
+            csr(
+                "foreign-ip",
+                NODE,
+                KUBELET_SERVING_SIGNER,
+                vec![dns(NODE), ip("192.0.2.99")],
+                json!([]),
+            ),
+            csr(
+                "no-node-yet",
+                "worker-9",
+                KUBELET_SERVING_SIGNER,
+                vec![dns("worker-9")],
+                json!([]),
+            ),
+            csr(
+                "already",
+                NODE,
+                KUBELET_SERVING_SIGNER,
+                vec![dns(NODE)],
+                json!([{ "type": "Approved", "status": "True" }]),
+            ),
+            csr(
+                "client-cert",
+                NODE,
+                "kubernetes.io/kube-apiserver-client-kubelet",
+                vec![],
+                json!([]),
+            ),
         ];
     }
     let port = serve(fake.clone()).await;
@@ -237,7 +269,10 @@ async fn approver_decides_listed_and_watched_csrs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    wait_until("the two decidable CSRs patched", &fake, |f| f.patches.len() >= 2).await;
+    wait_until("the two decidable CSRs patched", &fake, |f| {
+        f.patches.len() >= 2
+    })
+    .await;
     // Decided, pending and ignored CSRs stay untouched across relists.
     let lists = fake.lock().unwrap().lists;
     wait_until("two more relists", &fake, |f| f.lists >= lists + 2).await;
@@ -256,7 +291,13 @@ async fn approver_decides_listed_and_watched_csrs() {
     // A CSR that arrives on the watch is decided without a relist. It is
     // re-sent (with its stored state) to whichever watch is open, so an event
     // sent while the approver is between watches is not lost.
-    let late = csr("late", NODE, KUBELET_SERVING_SIGNER, vec![dns(NODE)], json!([]));
+    let late = csr(
+        "late",
+        NODE,
+        KUBELET_SERVING_SIGNER,
+        vec![dns(NODE)],
+        json!([]),
+    );
     fake.lock().unwrap().watch_only.push(late);
     let end = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -269,7 +310,10 @@ async fn approver_decides_listed_and_watched_csrs() {
                 let _ = w.send(json!({ "type": "ADDED", "object": f.watch_only[0] }));
             }
         }
-        assert!(tokio::time::Instant::now() < end, "the watched CSR was never decided");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the watched CSR was never decided"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Its decision is stored; events that carry it are skipped.

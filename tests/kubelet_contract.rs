@@ -30,7 +30,9 @@ const SERVER: &str = "https://127.0.0.1:6443";
 
 /// Non-comment, non-empty lines of a file under `tests/data`.
 fn data_list(name: &str) -> BTreeSet<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
     fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
@@ -158,7 +160,12 @@ fn every_path_flag_exists_and_kubeconfig_is_left_to_kubelet() {
 
 /// Dotted field paths of a YAML mapping, descending into the fields the list
 /// knows as structs (`authentication.x509`, ...).
-fn field_paths(v: &serde_json::Value, prefix: &str, known: &BTreeSet<String>, out: &mut Vec<String>) {
+fn field_paths(
+    v: &serde_json::Value,
+    prefix: &str,
+    known: &BTreeSet<String>,
+    out: &mut Vec<String>,
+) {
     let Some(map) = v.as_object() else { return };
     for (k, v) in map {
         let path = if prefix.is_empty() {
@@ -258,7 +265,10 @@ fn certificates_chain_to_the_cluster_ca() {
     let cluster_ca = w.paths.pki_dir().join("ca.crt");
     let cfg = w.settings.config();
     let client_ca = PathBuf::from(&cfg.authentication.x509.client_ca_file);
-    assert_eq!(fs::read(&client_ca).unwrap(), fs::read(&cluster_ca).unwrap());
+    assert_eq!(
+        fs::read(&client_ca).unwrap(),
+        fs::read(&cluster_ca).unwrap()
+    );
     openssl_verify(&client_ca, &client_ca);
     // The identity kube-apiserver presents to kubelet (logs, exec, ...) is
     // accepted by kubelet's x509 authenticator.
@@ -275,7 +285,10 @@ fn certificates_chain_to_the_cluster_ca() {
         .arg(&other)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "front-proxy cert must not chain to the cluster CA");
+    assert!(
+        !out.status.success(),
+        "front-proxy cert must not chain to the cluster CA"
+    );
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
@@ -302,7 +315,13 @@ fn bootstrap_kubeconfig_passes_kubectl_and_pins_the_cluster_ca() {
     let raw = |path: &str| {
         kubectl(
             &kc,
-            &["config", "view", "--raw", "-o", &format!("jsonpath={{{path}}}")],
+            &[
+                "config",
+                "view",
+                "--raw",
+                "-o",
+                &format!("jsonpath={{{path}}}"),
+            ],
         )
     };
     let ca_b64 = raw(".clusters[0].cluster.certificate-authority-data");
@@ -325,7 +344,10 @@ fn write_files_refuses_a_node_that_has_not_joined() {
     pki::ensure(&PkiSpec::new(paths.pki_dir(), "controller-1")).unwrap();
     let s = KubeletSettings::for_node(&paths, "worker-1", "127.0.0.1".parse().unwrap());
     let e = s.write_files().unwrap_err().to_string();
-    assert!(e.contains("bootstrap-kubelet.conf") && e.contains("join"), "{e}");
+    assert!(
+        e.contains("bootstrap-kubelet.conf") && e.contains("join"),
+        "{e}"
+    );
     let mut s = s;
     s.client_ca = tmp.path().join("missing-ca.crt");
     let e = s.write_files().unwrap_err().to_string();
@@ -341,7 +363,10 @@ async fn upstream_kubelet_accepts_flags_and_config() {
     let w = worker();
     let kubelet_bin = mkectl::components::binary::find(kubelet::NAME, &w.paths)
         .expect("kubelet on PATH or in --bin-dir");
-    let version = Command::new(&kubelet_bin).arg("--version").output().unwrap();
+    let version = Command::new(&kubelet_bin)
+        .arg("--version")
+        .output()
+        .unwrap();
     let version = String::from_utf8_lossy(&version.stdout).into_owned();
     assert!(version.contains("v1.32."), "{version}");
 

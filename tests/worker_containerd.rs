@@ -31,7 +31,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
@@ -117,7 +119,11 @@ fn build_busybox_image(dir: &Path) -> PathBuf {
     });
     manifest_desc["platform"] = serde_json::json!({ "architecture": go_arch(), "os": "linux" });
     let index = serde_json::json!({ "schemaVersion": 2, "manifests": [manifest_desc] });
-    fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
     fs::write(
         layout.join("oci-layout"),
         br#"{"imageLayoutVersion":"1.0.0"}"#,
@@ -137,7 +143,10 @@ fn build_busybox_image(dir: &Path) -> PathBuf {
 
 fn ctr(socket: &Path) -> Command {
     let mut c = Command::new("ctr");
-    c.arg("--address").arg(socket).arg("--namespace").arg(NAMESPACE);
+    c.arg("--address")
+        .arg(socket)
+        .arg("--namespace")
+        .arg(NAMESPACE);
     c
 }
 
@@ -258,7 +267,10 @@ impl Node {
     /// Starts a detached `sleep` container named `id`; returns its pid and
     /// the sleep argument (unique, to find it in /proc).
     fn run_sleeper(&self, id: &str) -> (i32, String) {
-        let sleep_arg = format!("{}", 100_000 + (std::process::id() + id.len() as u32) % 100_000);
+        let sleep_arg = format!(
+            "{}",
+            100_000 + (std::process::id() + id.len() as u32) % 100_000
+        );
         run(ctr(&self.socket).args(["run", "-d", IMAGE, id, "/bin/sleep", &sleep_arg]));
         let pid = common::wait_for("sleeper task running", Duration::from_secs(20), || {
             let tasks = run(ctr(&self.socket).args(["tasks", "ls"]));
@@ -325,12 +337,18 @@ async fn containerd_runs_containers_and_stops_clean() {
     node.manager.stop_all(Duration::from_secs(60)).await;
 
     // Nothing is left: containerd, shims, the container, mounts.
-    assert!(!common::alive(node.containerd_pid), "containerd still running");
+    assert!(
+        !common::alive(node.containerd_pid),
+        "containerd still running"
+    );
     for pid in &shims {
         assert!(!common::alive(*pid), "shim {pid} still running");
     }
     assert!(containerd::shims_of(&socket).is_empty());
-    assert!(!common::alive(sleeper_pid), "container process still running");
+    assert!(
+        !common::alive(sleeper_pid),
+        "container process still running"
+    );
     assert!(
         pids_mentioning(&format!("sleep {sleep_arg}")).is_empty(),
         "sleep still running"

@@ -194,10 +194,7 @@ impl ContainerdSettings {
 
     /// The argv (without the program).
     pub fn args(&self) -> Vec<String> {
-        vec![
-            "--config".into(),
-            self.config_file.display().to_string(),
-        ]
+        vec!["--config".into(), self.config_file.display().to_string()]
     }
 
     /// The config file (containerd config version 2, as 1.6 and 1.7 read it).
@@ -528,7 +525,11 @@ impl ContainerdClient {
     /// Every task in `namespace`.
     pub async fn tasks(&mut self, namespace: &str) -> Result<Vec<api::Process>, ContainerdError> {
         let r: api::ListTasksResponse = self
-            .call(LIST_TASKS, Some(namespace), api::ListTasksRequest::default())
+            .call(
+                LIST_TASKS,
+                Some(namespace),
+                api::ListTasksRequest::default(),
+            )
             .await?;
         Ok(r.tasks)
     }
@@ -737,7 +738,9 @@ fn unescape_mountinfo(field: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let v = bytes[i + 1..i + 4]
                 .iter()
@@ -868,7 +871,9 @@ impl Containerd {
         };
         match tokio::time::timeout(TASK_DRAIN_TIMEOUT, drained).await {
             Ok(Ok(n)) => info!(component = NAME, tasks = n, "all tasks deleted"),
-            Ok(Err(e)) => warn!(component = NAME, error = %e, "cannot stop tasks through containerd; sweeping"),
+            Ok(Err(e)) => {
+                warn!(component = NAME, error = %e, "cannot stop tasks through containerd; sweeping")
+            }
             Err(_) => warn!(component = NAME, "stopping tasks timed out; sweeping"),
         }
     }
@@ -985,7 +990,11 @@ impl Component for Containerd {
         }
         let unmounted = unmount_below(&[&self.settings.root, &self.settings.state]);
         if !unmounted.is_empty() {
-            warn!(component = NAME, mounts = unmounted.len(), "unmounted leftover mounts");
+            warn!(
+                component = NAME,
+                mounts = unmounted.len(),
+                "unmounted leftover mounts"
+            );
         }
         self.started = false;
         Ok(())

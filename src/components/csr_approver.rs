@@ -175,7 +175,10 @@ fn parse_request(pem: &[u8]) -> Result<Requested, String> {
     let (_, pem) =
         x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("request is not PEM: {e}"))?;
     if pem.label != "CERTIFICATE REQUEST" {
-        return Err(format!("request is a PEM {:?}, not a CERTIFICATE REQUEST", pem.label));
+        return Err(format!(
+            "request is a PEM {:?}, not a CERTIFICATE REQUEST",
+            pem.label
+        ));
     }
     let (_, csr) = X509CertificationRequest::from_der(&pem.contents)
         .map_err(|e| format!("request does not parse: {e}"))?;
@@ -213,9 +216,15 @@ fn parse_request(pem: &[u8]) -> Result<Requested, String> {
                 match name {
                     GeneralName::DNSName(d) => req.dns.push(d.to_string()),
                     GeneralName::IPAddress(b) => match b.len() {
-                        4 => req.ips.push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())),
-                        16 => req.ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())),
-                        _ => req.other_sans.push(format!("malformed IP SAN ({} bytes)", b.len())),
+                        4 => req
+                            .ips
+                            .push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())),
+                        16 => req
+                            .ips
+                            .push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())),
+                        _ => req
+                            .other_sans
+                            .push(format!("malformed IP SAN ({} bytes)", b.len())),
                     },
                     other => req.other_sans.push(format!("{other:?}")),
                 }
@@ -414,7 +423,11 @@ async fn handle(
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .map(|cs| cs.iter().filter_map(|c| serde_json::to_value(c).ok()).collect())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| serde_json::to_value(c).ok())
+                .collect()
+        })
         .unwrap_or_default();
     conditions.push(cond);
     let patch = serde_json::json!({ "status": { "conditions": conditions } });
@@ -437,11 +450,7 @@ async fn handle(
 
 /// Lists pending kubelet-serving CSRs, then watches for new ones; relists on
 /// every resync and after errors (with backoff). Runs until `cancel`.
-async fn run(
-    settings: CsrApproverSettings,
-    state: Arc<Mutex<State>>,
-    cancel: CancellationToken,
-) {
+async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: CancellationToken) {
     let mut retry = RETRY_INITIAL;
     let selector = format!("spec.signerName={KUBELET_SERVING_SIGNER}");
     let mut client = None;
@@ -551,7 +560,12 @@ impl Component for CsrApprover {
         self.cancel = CancellationToken::new();
         let span = tracing::info_span!("csr_approver", component = NAME);
         self.task = Some(tokio::spawn(
-            run(self.settings.clone(), self.state.clone(), self.cancel.clone()).instrument(span),
+            run(
+                self.settings.clone(),
+                self.state.clone(),
+                self.cancel.clone(),
+            )
+            .instrument(span),
         ));
         Ok(())
     }
@@ -692,7 +706,9 @@ mod tests {
 
     #[test]
     fn waits_for_the_node_to_register() {
-        assert!(matches!(decide(&good_csr(), None), Decision::Skip(r) if r.contains("not registered")));
+        assert!(
+            matches!(decide(&good_csr(), None), Decision::Skip(r) if r.contains("not registered"))
+        );
     }
 
     #[test]
@@ -732,11 +748,21 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         let user = format!("system:node:{NODE}");
         let mut c = good_csr();
-        c.request = csr_pem("system:node:worker-2", &["system:nodes"], vec![dns(NODE)], &key);
+        c.request = csr_pem(
+            "system:node:worker-2",
+            &["system:nodes"],
+            vec![dns(NODE)],
+            &key,
+        );
         denied(decide(&c, Some(&node())), "CN");
         c.request = csr_pem(&user, &["system:masters"], vec![dns(NODE)], &key);
         denied(decide(&c, Some(&node())), "subject O");
-        c.request = csr_pem(&user, &["system:nodes", "system:masters"], vec![dns(NODE)], &key);
+        c.request = csr_pem(
+            &user,
+            &["system:nodes", "system:masters"],
+            vec![dns(NODE)],
+            &key,
+        );
         denied(decide(&c, Some(&node())), "subject O");
         c.request = csr_pem(&user, &[], vec![dns(NODE)], &key);
         denied(decide(&c, Some(&node())), "subject O");
@@ -747,16 +773,29 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         let user = format!("system:node:{NODE}");
         let mut c = good_csr();
-        c.request = csr_pem(&user, &["system:nodes"], vec![dns("kubernetes.default.svc")], &key);
+        c.request = csr_pem(
+            &user,
+            &["system:nodes"],
+            vec![dns("kubernetes.default.svc")],
+            &key,
+        );
         denied(decide(&c, Some(&node())), "kubernetes.default.svc");
-        c.request = csr_pem(&user, &["system:nodes"], vec![dns(NODE), ip("192.0.2.99")], &key);
+        c.request = csr_pem(
+            &user,
+            &["system:nodes"],
+            vec![dns(NODE), ip("192.0.2.99")],
+            &key,
+        );
         denied(decide(&c, Some(&node())), "192.0.2.99");
         c.request = csr_pem(&user, &["system:nodes"], vec![], &key);
         denied(decide(&c, Some(&node())), "no DNS or IP SAN");
         c.request = csr_pem(
             &user,
             &["system:nodes"],
-            vec![dns(NODE), SanType::Rfc822Name("a@example.com".try_into().unwrap())],
+            vec![
+                dns(NODE),
+                SanType::Rfc822Name("a@example.com".try_into().unwrap()),
+            ],
             &key,
         );
         denied(decide(&c, Some(&node())), "only DNS and IP SANs");
@@ -796,7 +835,8 @@ mod tests {
         let text = String::from_utf8(good.request.clone()).unwrap();
         let (_, body) = text.split_once('\n').unwrap();
         let b64: String = body.lines().filter(|l| !l.starts_with("-----")).collect();
-        let mut der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
+        let mut der =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
         let n = der.len();
         der[n - 5] ^= 0xff; // flip a byte inside the signature
         let pem = format!(
@@ -821,7 +861,11 @@ mod tests {
             ])
             .output()
             .expect("openssl runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 

@@ -180,7 +180,10 @@ impl WorkerSpec {
         };
         if self.sandbox_image.trim().is_empty() || self.sandbox_image.contains(char::is_whitespace)
         {
-            return Err(err("sandboxImage".into(), "must be an image reference".into()));
+            return Err(err(
+                "sandboxImage".into(),
+                "must be an image reference".into(),
+            ));
         }
         for (k, v) in &self.labels {
             validate_node_label(k, v).map_err(|m| err(format!("labels.{k}"), m))?;
@@ -430,10 +433,7 @@ impl KubeletSettings {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             {
-                return Err(invalid(
-                    format!("extra_args.{k}"),
-                    "not a valid flag name",
-                ));
+                return Err(invalid(format!("extra_args.{k}"), "not a valid flag name"));
             }
         }
         Ok(())
@@ -778,7 +778,8 @@ mod tests {
     fn argv_has_paths_identity_and_labels() {
         let mut s = settings();
         s.labels.insert("tier".into(), "edge".into());
-        s.labels.insert("node.kubernetes.io/pool".into(), "a".into());
+        s.labels
+            .insert("node.kubernetes.io/pool".into(), "a".into());
         let args = s.args();
         for want in [
             "--config=/d/kubelet/config.yaml",
@@ -798,18 +799,23 @@ mod tests {
     fn no_labels_no_label_flag_and_extra_args_override() {
         let mut s = settings();
         assert!(!s.args().iter().any(|a| a.starts_with("--node-labels")));
-        s.extra_args.insert("--root-dir".into(), "/var/lib/kubelet".into());
+        s.extra_args
+            .insert("--root-dir".into(), "/var/lib/kubelet".into());
         s.extra_args.insert("v".into(), "2".into());
         let args = s.args();
         assert!(args.contains(&"--root-dir=/var/lib/kubelet".to_string()));
         assert!(args.contains(&"--v=2".to_string()));
-        assert_eq!(args.iter().filter(|a| a.starts_with("--root-dir")).count(), 1);
+        assert_eq!(
+            args.iter().filter(|a| a.starts_with("--root-dir")).count(),
+            1
+        );
     }
 
     #[test]
     fn config_is_locked_down() {
         let mut s = settings();
-        s.taints.push(Taint::parse("dedicated=gpu:NoSchedule").unwrap());
+        s.taints
+            .push(Taint::parse("dedicated=gpu:NoSchedule").unwrap());
         let c = s.config();
         assert!(!c.authentication.anonymous.enabled);
         assert!(c.authentication.webhook.enabled);
@@ -846,7 +852,13 @@ mod tests {
             }
         );
         assert_eq!(Taint::parse("k=v:PreferNoSchedule").unwrap().value, "v");
-        for bad in ["k=v", "k=v:Sometimes", ":NoSchedule", "bad key:NoSchedule", "k=v v:NoSchedule"] {
+        for bad in [
+            "k=v",
+            "k=v:Sometimes",
+            ":NoSchedule",
+            "bad key:NoSchedule",
+            "k=v v:NoSchedule",
+        ] {
             assert!(Taint::parse(bad).is_err(), "{bad} should be refused");
         }
     }
@@ -906,12 +918,17 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
-            for answer in ["200 OK\r\nContent-Length: 2\r\n\r\nok", "500 Internal Server Error\r\nContent-Length: 4\r\n\r\nsick"] {
+            for answer in [
+                "200 OK\r\nContent-Length: 2\r\n\r\nok",
+                "500 Internal Server Error\r\nContent-Length: 4\r\n\r\nsick",
+            ] {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut buf = vec![0u8; 1024];
                 let n = s.read(&mut buf).await.unwrap();
                 assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /healthz HTTP/1.1"));
-                s.write_all(format!("HTTP/1.1 {answer}").as_bytes()).await.unwrap();
+                s.write_all(format!("HTTP/1.1 {answer}").as_bytes())
+                    .await
+                    .unwrap();
             }
         });
         probe_healthz(port).await.unwrap();
