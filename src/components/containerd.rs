@@ -85,6 +85,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on waiting for swept shims and containers to disappear.
 pub const SWEEP_WAIT: Duration = Duration::from_secs(5);
+/// Size of `sun_path` in `struct sockaddr_un` on Linux, NUL included.
+pub const MAX_SOCKET_PATH: usize = 108;
 /// The systemd marker directory: present iff systemd is PID 1.
 pub const SYSTEMD_MARKER: &str = "/run/systemd/system";
 
@@ -169,22 +171,44 @@ pub struct ContainerdSettings {
 }
 
 impl ContainerdSettings {
-    /// Settings with the node's standard layout and the defaults.
+    /// Settings with the node's standard layout and the defaults. Paths are
+    /// made absolute: containerd and its shims resolve relative ones against
+    /// their own working directories.
     pub fn new(paths: &NodePaths, sandbox_image: &str, cgroup_driver: CgroupDriver) -> Self {
         Self {
-            config_file: paths.containerd_config_file(),
-            root: paths.containerd_root(),
-            state: paths.containerd_state(),
-            socket: paths.containerd_socket(),
-            ttrpc_socket: paths.containerd_ttrpc_socket(),
-            runc_root: paths.containerd_runc_root(),
-            opt_dir: paths.containerd_dir().join("opt"),
+            config_file: absolute(&paths.containerd_config_file()),
+            root: absolute(&paths.containerd_root()),
+            state: absolute(&paths.containerd_state()),
+            socket: absolute(&paths.containerd_socket()),
+            ttrpc_socket: absolute(&paths.containerd_ttrpc_socket()),
+            runc_root: absolute(&paths.containerd_runc_root()),
+            opt_dir: absolute(&paths.containerd_dir().join("opt")),
             sandbox_image: sandbox_image.to_string(),
             cgroup_driver,
             cni_bin_dir: DEFAULT_CNI_BIN_DIR.into(),
             cni_conf_dir: DEFAULT_CNI_CONF_DIR.into(),
             log_level: DEFAULT_LOG_LEVEL.into(),
         }
+    }
+
+    /// Refuses socket paths the kernel cannot bind (`sun_path` holds 108
+    /// bytes including the terminating NUL); containerd's own error for this
+    /// does not name the cause.
+    pub fn validate(&self) -> Result<(), String> {
+        for sock in [&self.socket, &self.ttrpc_socket] {
+            let len = sock.as_os_str().len();
+            if len >= MAX_SOCKET_PATH {
+                return Err(format!(
+                    "socket path {} is {len} bytes; at most {} fit in a unix socket address: use a shorter run dir",
+                    sock.display(),
+                    MAX_SOCKET_PATH - 1
+                ));
+            }
+        }
+        if self.sandbox_image.trim().is_empty() {
+            return Err("sandbox image is empty".into());
+        }
+        Ok(())
     }
 
     /// `unix://<socket>`: kubelet's `containerRuntimeEndpoint`.
@@ -262,6 +286,11 @@ disabled_plugins = []
             cni_conf = s(&self.cni_conf_dir),
         )
     }
+}
+
+/// `p` made absolute against the current directory (unchanged if that fails).
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// A TOML basic string: quoted, with `"`, `\` and control characters escaped.
@@ -894,6 +923,10 @@ impl Component for Containerd {
 
     async fn init(&mut self) -> Result<(), ComponentError> {
         let s = &self.settings;
+        s.validate().map_err(|message| ComponentError::Failed {
+            component: NAME,
+            message,
+        })?;
         for dir in [&s.root, &s.state, &s.runc_root, &s.opt_dir] {
             fsutil::ensure_dir(dir, fsutil::PRIVATE_DIR_MODE).map_err(Self::fs_err)?;
         }
@@ -1049,6 +1082,19 @@ mod tests {
         }
         s.cgroup_driver = CgroupDriver::Systemd;
         assert!(s.render_config().contains("SystemdCgroup = true\n"));
+    }
+
+    #[test]
+    fn long_socket_paths_and_relative_dirs() {
+        let long = format!("/{}", "r".repeat(100));
+        let paths = NodePaths::new(Path::new("/d"), Path::new(&long), None);
+        let s = ContainerdSettings::new(&paths, DEFAULT_SANDBOX_IMAGE, CgroupDriver::Cgroupfs);
+        let e = s.validate().unwrap_err();
+        assert!(e.contains("shorter run dir"), "{e}");
+        settings().validate().unwrap();
+        let rel = NodePaths::new(Path::new("data"), Path::new("run"), None);
+        let s = ContainerdSettings::new(&rel, DEFAULT_SANDBOX_IMAGE, CgroupDriver::Cgroupfs);
+        assert!(s.socket.is_absolute() && s.root.is_absolute(), "{s:?}");
     }
 
     #[test]

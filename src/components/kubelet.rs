@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::containerd::{CgroupDriver, DEFAULT_SANDBOX_IMAGE};
+use super::containerd::{absolute, CgroupDriver, DEFAULT_SANDBOX_IMAGE};
 use super::{binary, Component, ComponentError};
 use crate::config::{ClusterConfig, ConfigError, NodePaths};
 use crate::fsutil;
@@ -364,18 +364,20 @@ impl KubeletSettings {
     /// `<data-dir>/pki/ca.crt`); callers override what the join returned.
     pub fn for_node(paths: &NodePaths, node_name: &str, node_ip: IpAddr) -> Self {
         let cluster = ClusterConfig::default();
+        // Absolute: kubelet runs with its root dir as working directory.
+        let abs = |p: PathBuf| absolute(&p);
         Self {
             node_name: node_name.into(),
             node_ip,
             cluster_dns_ip: cluster.cluster_dns_ip(),
             cluster_domain: cluster.spec.network.cluster_domain.clone(),
-            client_ca: paths.pki_dir().join("ca.crt"),
-            bootstrap_kubeconfig: paths.kubelet_bootstrap_kubeconfig(),
-            kubeconfig: paths.kubelet_kubeconfig(),
-            config_file: paths.kubelet_config_file(),
-            cert_dir: paths.kubelet_cert_dir(),
-            root_dir: paths.kubelet_root_dir(),
-            containerd_socket: paths.containerd_socket(),
+            client_ca: abs(paths.pki_dir().join("ca.crt")),
+            bootstrap_kubeconfig: abs(paths.kubelet_bootstrap_kubeconfig()),
+            kubeconfig: abs(paths.kubelet_kubeconfig()),
+            config_file: abs(paths.kubelet_config_file()),
+            cert_dir: abs(paths.kubelet_cert_dir()),
+            root_dir: abs(paths.kubelet_root_dir()),
+            containerd_socket: abs(paths.containerd_socket()),
             cgroup_driver: CgroupDriver::detect(),
             resolv_conf: detect_resolv_conf(),
             labels: BTreeMap::new(),
