@@ -85,6 +85,10 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on waiting for swept shims and containers to disappear.
 pub const SWEEP_WAIT: Duration = Duration::from_secs(5);
+/// Mode of containerd's `root` and `state` dirs, as containerd creates them:
+/// others may traverse (not list), which containers with remapped user ids
+/// need to reach their rootfs.
+pub const TRAVERSE_DIR_MODE: u32 = 0o711;
 /// Size of `sun_path` in `struct sockaddr_un` on Linux, NUL included.
 pub const MAX_SOCKET_PATH: usize = 108;
 /// The systemd marker directory: present iff systemd is PID 1.
@@ -927,14 +931,23 @@ impl Component for Containerd {
             component: NAME,
             message,
         })?;
-        for dir in [&s.root, &s.state, &s.runc_root, &s.opt_dir] {
+        // root and state (and the dirs holding them) get the modes containerd
+        // itself uses; the rest is private.
+        for dir in [&s.root, &s.state] {
+            if let Some(parent) = dir.parent() {
+                fsutil::ensure_dir(parent, TRAVERSE_DIR_MODE).map_err(Self::fs_err)?;
+            }
+            fsutil::ensure_dir(dir, TRAVERSE_DIR_MODE).map_err(Self::fs_err)?;
+        }
+        for dir in [&s.runc_root, &s.opt_dir] {
             fsutil::ensure_dir(dir, fsutil::PRIVATE_DIR_MODE).map_err(Self::fs_err)?;
         }
-        if let Some(parent) = s.socket.parent() {
-            fsutil::ensure_dir(parent, fsutil::PRIVATE_DIR_MODE).map_err(Self::fs_err)?;
-        }
-        if let Some(parent) = s.config_file.parent() {
-            fsutil::ensure_dir(parent, fsutil::PRIVATE_DIR_MODE).map_err(Self::fs_err)?;
+        for file in [&s.socket, &s.config_file] {
+            if let Some(parent) = file.parent() {
+                if !parent.is_dir() {
+                    fsutil::ensure_dir(parent, fsutil::PRIVATE_DIR_MODE).map_err(Self::fs_err)?;
+                }
+            }
         }
         fsutil::write_atomic(
             &s.config_file,

@@ -375,12 +375,12 @@ fn condition(type_: &str, reason: &str, message: &str) -> serde_json::Value {
         "status": "True",
         "reason": reason,
         "message": message,
-        "lastUpdateTime": chrono_now(),
+        "lastUpdateTime": now_rfc3339(),
     })
 }
 
 /// RFC 3339 UTC timestamp for condition times.
-fn chrono_now() -> String {
+fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
     now.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
