@@ -101,8 +101,10 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
         .as_ref()
         .map(|(_, p)| p.for_arch(&opts.arch))
         .unwrap_or_default();
-    let by_file: BTreeMap<&str, (&PinnedComponent, &Artifact)> =
-        pinned.iter().map(|(c, a)| (a.file_name(), (*c, *a))).collect();
+    let by_file: BTreeMap<&str, (&PinnedComponent, &Artifact)> = pinned
+        .iter()
+        .map(|(c, a)| (a.file_name(), (*c, *a)))
+        .collect();
 
     let mut inputs: Vec<PathBuf> = fs::read_dir(&opts.from_dir)
         .map_err(|source| BundleError::Read {
@@ -141,10 +143,16 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
             stage_artifact(path, component, artifact, staging.path())?
         } else if opts.allow_local {
             if !valid_file_name(&name) {
-                return Err(input_err(path, "not a valid bundle file name ([A-Za-z0-9._+-], no leading dot)"));
+                return Err(input_err(
+                    path,
+                    "not a valid bundle file name ([A-Za-z0-9._+-], no leading dot)",
+                ));
             }
             if meta.permissions().mode() & 0o111 == 0 {
-                return Err(input_err(path, "not executable; only executables are bundled"));
+                return Err(input_err(
+                    path,
+                    "not executable; only executables are bundled",
+                ));
             }
             let version = match opts.local_versions.get(&name) {
                 Some(v) => {
@@ -168,7 +176,11 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
                     "not a pinned artifact for arch {} (pinned file names: {}); to bundle a local \
                      binary with its own checksum, pass --allow-local",
                     opts.arch,
-                    if expected.is_empty() { "none".to_string() } else { expected.join(", ") }
+                    if expected.is_empty() {
+                        "none".to_string()
+                    } else {
+                        expected.join(", ")
+                    }
                 ),
             ));
         };
@@ -230,7 +242,10 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
         .ok_or_else(|| input_err(&opts.output, "written without a readable footer"))?;
     check.verify_payload()?;
     if check.manifest()? != manifest {
-        return Err(input_err(&opts.output, "manifest read back differs from the one written"));
+        return Err(input_err(
+            &opts.output,
+            "manifest read back differs from the one written",
+        ));
     }
 
     Ok(CreateReport {
@@ -259,7 +274,11 @@ fn stage_artifact(
             format!(
                 "no checksum is pinned for {}; fill in the published {} before bundling it",
                 artifact.url,
-                if artifact.sha512.is_some() { "sha512" } else { "sha256" }
+                if artifact.sha512.is_some() {
+                    "sha512"
+                } else {
+                    "sha256"
+                }
             ),
         ));
     };
@@ -273,7 +292,10 @@ fn stage_artifact(
             algorithm: sum.algorithm(),
             expected: sum.hex().to_string(),
             actual,
-            detail: format!("{} {} from {}", component.name, component.version, artifact.url),
+            detail: format!(
+                "{} {} from {}",
+                component.name, component.version, artifact.url
+            ),
         });
     }
     info!(artifact = %artifact.file_name(), algorithm = sum.algorithm(), "pinned checksum verified");
@@ -281,7 +303,14 @@ fn stage_artifact(
         artifact: artifact.file_name().to_string(),
     };
     if let Some(name) = &artifact.file {
-        let entry = stage_file(path, name, staging, &component.name, &component.version, Origin::Pinned)?;
+        let entry = stage_file(
+            path,
+            name,
+            staging,
+            &component.name,
+            &component.version,
+            Origin::Pinned,
+        )?;
         return Ok(vec![Staged {
             path: staging.join(name),
             entry,
@@ -309,7 +338,10 @@ fn stage_artifact(
             continue;
         };
         if !entry.header().entry_type().is_file() {
-            return Err(input_err(path, format!("archive member {member} is not a regular file")));
+            return Err(input_err(
+                path,
+                format!("archive member {member} is not a regular file"),
+            ));
         }
         if !found.insert(member.clone()) {
             return Err(input_err(path, format!("archive holds {member} twice")));

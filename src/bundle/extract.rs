@@ -47,7 +47,9 @@ pub async fn stage(paths: &NodePaths) -> Result<Option<ExtractReport>, BundleErr
 /// [`stage`] for synchronous callers; logs what it did.
 pub fn stage_blocking(bin_dir: &Path) -> Result<Option<ExtractReport>, BundleError> {
     let Some(bundle) = Bundle::open_self()? else {
-        debug!("this mkectl carries no bundle; binaries come from --bin-dir, <data-dir>/bin or PATH");
+        debug!(
+            "this mkectl carries no bundle; binaries come from --bin-dir, <data-dir>/bin or PATH"
+        );
         return Ok(None);
     };
     let started = Instant::now();
@@ -152,11 +154,12 @@ fn write_temps(
             path: tmp_path.clone(),
             source,
         };
-        let (digest, n) = copy_hashing(reader, tmp.as_file_mut()).map_err(|e| BundleError::File {
-            path: bundle.path().to_path_buf(),
-            name: f.name.clone(),
-            detail: format!("decompressing: {e}"),
-        })?;
+        let (digest, n) =
+            copy_hashing(reader, tmp.as_file_mut()).map_err(|e| BundleError::File {
+                path: bundle.path().to_path_buf(),
+                name: f.name.clone(),
+                detail: format!("decompressing: {e}"),
+            })?;
         check_file(bundle, f, &digest, n)?;
         tmp.as_file()
             .set_permissions(fs::Permissions::from_mode(f.mode))
@@ -235,7 +238,11 @@ fn walk_files(
             return Err(BundleError::File {
                 path: bundle.path().to_path_buf(),
                 name,
-                detail: format!("archive says {} bytes, manifest says {}", entry.size(), f.size),
+                detail: format!(
+                    "archive says {} bytes, manifest says {}",
+                    entry.size(),
+                    f.size
+                ),
             });
         }
         visit(f, &mut entry)?;
@@ -293,7 +300,9 @@ fn remove_leftover_temps(bin_dir: &Path) {
     for e in rd.flatten() {
         if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
             match fs::remove_file(e.path()) {
-                Ok(()) => warn!(file = %e.path().display(), "removed a leftover of an interrupted extraction"),
+                Ok(()) => {
+                    warn!(file = %e.path().display(), "removed a leftover of an interrupted extraction")
+                }
                 Err(err) => warn!(file = %e.path().display(), "cannot remove leftover: {err}"),
             }
         }
@@ -326,7 +335,9 @@ fn remove_dropped(bin_dir: &Path, manifest: &Manifest) -> Vec<String> {
                     info!(file = %old.name, version = %old.version, "removed: no longer in the bundle");
                     removed.push(old.name.clone());
                 }
-                Err(e) => warn!(file = %path.display(), "cannot remove a file the bundle dropped: {e}"),
+                Err(e) => {
+                    warn!(file = %path.display(), "cannot remove a file the bundle dropped: {e}")
+                }
             }
         } else if path.exists() {
             info!(file = %old.name, "not in the bundle any more but changed since it was staged; left in place");

@@ -197,7 +197,13 @@ mod tests {
 
     #[test]
     fn file_names() {
-        for ok in ["etcd", "kube-apiserver", "containerd-shim-runc-v2", "host-local", "a+b_c.1"] {
+        for ok in [
+            "etcd",
+            "kube-apiserver",
+            "containerd-shim-runc-v2",
+            "host-local",
+            "a+b_c.1",
+        ] {
             assert!(valid_file_name(ok), "{ok}");
         }
         for bad in [

@@ -172,7 +172,8 @@ impl Pins {
                     return Err(at("url must start with https://".into()));
                 }
                 let fname = a.file_name();
-                if fname.is_empty() || fname.starts_with('.') || fname.contains(char::is_whitespace) {
+                if fname.is_empty() || fname.starts_with('.') || fname.contains(char::is_whitespace)
+                {
                     return Err(at("url does not end in a file name".into()));
                 }
                 match (&a.sha256, &a.sha512) {
@@ -198,7 +199,10 @@ impl Pins {
                     _ => return Err(at("give exactly one of file and extract".into())),
                 }
                 if !files.entry(&a.arch).or_default().insert(fname) {
-                    return Err(at(format!("file name {fname} used twice for arch {}", a.arch)));
+                    return Err(at(format!(
+                        "file name {fname} used twice for arch {}",
+                        a.arch
+                    )));
                 }
                 for out in a.bundle_names() {
                     if !valid_file_name(out) {
@@ -224,7 +228,11 @@ impl Pins {
 
     /// The download plan for `arch`: refuses when any artifact lacks its
     /// checksum or the arch has no artifacts at all.
-    pub fn plan(&self, arch: &str, path: &Path) -> Result<Vec<(&PinnedComponent, &Artifact)>, BundleError> {
+    pub fn plan(
+        &self,
+        arch: &str,
+        path: &Path,
+    ) -> Result<Vec<(&PinnedComponent, &Artifact)>, BundleError> {
         let list = self.for_arch(arch);
         if list.is_empty() {
             return Err(BundleError::Pins {
@@ -277,7 +285,10 @@ mod tests {
                 "loopback",
                 "portmap",
             ] {
-                assert!(names.contains(want), "{arch}: {want} missing from {names:?}");
+                assert!(
+                    names.contains(want),
+                    "{arch}: {want} missing from {names:?}"
+                );
             }
             for (c, a) in plan {
                 assert!(
@@ -287,15 +298,25 @@ mod tests {
                     a.url,
                     c.version
                 );
-                assert!(a.url.contains(arch), "{}: url {} is not for {arch}", c.name, a.url);
+                assert!(
+                    a.url.contains(arch),
+                    "{}: url {} is not for {arch}",
+                    c.name,
+                    a.url
+                );
             }
         }
-        let k = pins.components.iter().find(|c| c.name == "kubernetes").unwrap();
+        let k = pins
+            .components
+            .iter()
+            .find(|c| c.name == "kubernetes")
+            .unwrap();
         assert!(k.version.starts_with("v1.32."), "{}", k.version);
     }
 
     fn pins(artifact: &str) -> Result<Pins, BundleError> {
-        let text = format!("components:\n  - name: x\n    version: \"1\"\n    artifacts:\n{artifact}");
+        let text =
+            format!("components:\n  - name: x\n    version: \"1\"\n    artifacts:\n{artifact}");
         Pins::from_yaml(&text, Path::new("p.yaml"))
     }
 
@@ -303,9 +324,19 @@ mod tests {
     fn validation() {
         let good = "      - arch: amd64\n        url: https://h/x\n        sha256: \"\"\n        file: x\n";
         let p = pins(good).unwrap();
-        let err = p.plan("amd64", Path::new("p.yaml")).unwrap_err().to_string();
-        assert!(err.contains("no checksum pinned for: x (https://h/x)"), "{err}");
-        assert!(p.plan("arm64", Path::new("p.yaml")).unwrap_err().to_string().contains("no artifacts"));
+        let err = p
+            .plan("amd64", Path::new("p.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no checksum pinned for: x (https://h/x)"),
+            "{err}"
+        );
+        assert!(p
+            .plan("arm64", Path::new("p.yaml"))
+            .unwrap_err()
+            .to_string()
+            .contains("no artifacts"));
 
         for (bad, want) in [
             ("      - arch: amd64\n        url: http://h/x\n        sha256: \"\"\n        file: x\n", "https"),

@@ -83,7 +83,11 @@ fn create_then_extract_only_what_changed() {
 
     let out = fs::read(fx.path("mkectl-bundled")).unwrap();
     let image = fs::read("/bin/true").unwrap();
-    assert_eq!(&out[..image.len()], &image[..], "the executable is copied unchanged");
+    assert_eq!(
+        &out[..image.len()],
+        &image[..],
+        "the executable is copied unchanged"
+    );
     assert_eq!(mode(&fx.path("mkectl-bundled")), 0o755);
 
     let b = Bundle::open(&fx.path("mkectl-bundled")).unwrap().unwrap();
@@ -100,7 +104,10 @@ fn create_then_extract_only_what_changed() {
     let r = extract(&b, &bin).unwrap();
     assert_eq!(r.extracted, vec!["alpha", "beta"]);
     assert!(r.unchanged.is_empty());
-    assert_eq!(fs::read(bin.join("alpha")).unwrap(), fs::read(fx.path("in/alpha")).unwrap());
+    assert_eq!(
+        fs::read(bin.join("alpha")).unwrap(),
+        fs::read(fx.path("in/alpha")).unwrap()
+    );
     assert_eq!(mode(&bin.join("alpha")), 0o755);
     assert_eq!(mode(&bin), 0o755);
     assert!(binaries(&bin).iter().all(|n| !n.starts_with(TEMP_PREFIX)));
@@ -110,7 +117,10 @@ fn create_then_extract_only_what_changed() {
     let r = extract(&b, &bin).unwrap();
     assert!(r.extracted.is_empty(), "{r:?}");
     assert_eq!(r.unchanged, vec!["alpha", "beta"]);
-    assert_eq!(before, (mtime(&bin.join("alpha")), mtime(&bin.join("beta"))));
+    assert_eq!(
+        before,
+        (mtime(&bin.join("alpha")), mtime(&bin.join("beta")))
+    );
 
     // A changed or loosened copy is repaired, the other left alone.
     fs::write(bin.join("beta"), "tampered").unwrap();
@@ -119,7 +129,10 @@ fn create_then_extract_only_what_changed() {
     assert_eq!(r.extracted, vec!["beta"]);
     assert_eq!(r.unchanged, vec!["alpha"]);
     assert_eq!(mode(&bin.join("alpha")), 0o755);
-    assert_eq!(fs::read(bin.join("beta")).unwrap(), fs::read(fx.path("in/beta")).unwrap());
+    assert_eq!(
+        fs::read(bin.join("beta")).unwrap(),
+        fs::read(fx.path("in/beta")).unwrap()
+    );
 
     // A crashed extraction's leftover is cleaned up.
     fs::write(bin.join(format!("{TEMP_PREFIX}abc")), "half").unwrap();
@@ -132,7 +145,11 @@ fn create_then_extract_only_what_changed() {
     o2.mkectl = fx.path("mkectl-bundled");
     o2.local_versions.insert("alpha".into(), "1.2.3".into());
     create(&o2).unwrap();
-    assert_eq!(fs::read(fx.path("again2")).unwrap(), out, "deterministic output");
+    assert_eq!(
+        fs::read(fx.path("again2")).unwrap(),
+        out,
+        "deterministic output"
+    );
     assert_eq!(again.image_len, image.len() as u64);
 }
 
@@ -181,7 +198,10 @@ fn assert_refused(path: &Path, bin: &Path, want: &str) {
     };
     let msg = err.to_string();
     assert!(msg.contains(want), "{msg} (wanted {want})");
-    assert!(msg.contains(&path.display().to_string()), "names the file: {msg}");
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "names the file: {msg}"
+    );
     assert!(!bin.exists(), "nothing may be written for a corrupt bundle");
 }
 
@@ -232,9 +252,12 @@ fn corrupt_bundles_are_refused_before_anything_is_written() {
     assert_refused(&p, &bin, "overlaps the executable");
 }
 
+/// A tar entry for [`raw_bundle`]: name and bytes.
+type RawEntry<'a> = (&'a str, Vec<u8>);
+
 /// Writes /bin/true + a payload of the given tar entries + a correct footer:
 /// the payload checksum passes, so the structural checks must catch it.
-fn raw_bundle(path: &Path, entries: &[(&str, Vec<u8>)]) {
+fn raw_bundle(path: &Path, entries: &[RawEntry]) {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     {
         let mut tar = tar::Builder::new(&mut gz);
@@ -290,10 +313,14 @@ fn a_well_hashed_but_inconsistent_payload_renames_nothing() {
     let good_a = b"#!/bin/sh\necho a\n".to_vec();
     let b_data = b"#!/bin/sh\necho b\n".to_vec();
     let m = manifest_for(&[("a", &good_a), ("b", &b_data)]);
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(&str, Vec<RawEntry>, &str)> = vec![
         (
             "b differs from the manifest",
-            vec![("manifest.json", m.clone()), ("a", good_a.clone()), ("b", b"#!/bin/sh\necho B\n".to_vec())],
+            vec![
+                ("manifest.json", m.clone()),
+                ("a", good_a.clone()),
+                ("b", b"#!/bin/sh\necho B\n".to_vec()),
+            ],
             "bundled file b: sha256",
         ),
         (
@@ -303,7 +330,12 @@ fn a_well_hashed_but_inconsistent_payload_renames_nothing() {
         ),
         (
             "extra entry",
-            vec![("manifest.json", m.clone()), ("a", good_a.clone()), ("b", b_data.clone()), ("c", b"x".to_vec())],
+            vec![
+                ("manifest.json", m.clone()),
+                ("a", good_a.clone()),
+                ("b", b_data.clone()),
+                ("c", b"x".to_vec()),
+            ],
             "does not list",
         ),
         (
@@ -316,7 +348,11 @@ fn a_well_hashed_but_inconsistent_payload_renames_nothing() {
             vec![("manifest.json", m.clone()), ("../a", good_a.clone())],
             "plain name",
         ),
-        ("bad manifest", vec![("manifest.json", b"{}".to_vec())], "manifest.json"),
+        (
+            "bad manifest",
+            vec![("manifest.json", b"{}".to_vec())],
+            "manifest.json",
+        ),
     ];
     for (what, entries, want) in cases {
         let p = fx.path("raw");
@@ -326,7 +362,11 @@ fn a_well_hashed_but_inconsistent_payload_renames_nothing() {
         let bin = fx.path(&format!("bin-{}", what.replace(' ', "-")));
         let msg = extract(&b, &bin).unwrap_err().to_string();
         assert!(msg.contains(want), "{what}: {msg} (wanted {want})");
-        assert!(binaries(&bin).is_empty(), "{what}: renamed {:?}", binaries(&bin));
+        assert!(
+            binaries(&bin).is_empty(),
+            "{what}: renamed {:?}",
+            binaries(&bin)
+        );
         assert!(verify_contents(&b).is_err(), "{what}: verify passed");
         let temps = fs::read_dir(&bin)
             .map(|rd| {
@@ -414,20 +454,32 @@ fn pinned_artifacts_are_checked_and_unpacked() {
     let names: Vec<&str> = r.manifest.files.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, vec!["single", "tool", "tool-helper"]);
     let tool = r.manifest.file("tool").unwrap();
-    assert_eq!((tool.component.as_str(), tool.version.as_str()), ("tool", "v1.0.0"));
+    assert_eq!(
+        (tool.component.as_str(), tool.version.as_str()),
+        ("tool", "v1.0.0")
+    );
     assert_eq!(tool.origin, Origin::Pinned);
     assert_eq!(r.manifest.file("single").unwrap().version, "v2.0.0");
     let bin = fx.path("bin");
     extract(&Bundle::open(&fx.path("out")).unwrap().unwrap(), &bin).unwrap();
-    assert_eq!(fs::read(bin.join("tool-helper")).unwrap(), b"#!/bin/sh\necho helper\n");
-    assert_eq!(fs::read(bin.join("single")).unwrap(), fs::read(&bare).unwrap());
+    assert_eq!(
+        fs::read(bin.join("tool-helper")).unwrap(),
+        b"#!/bin/sh\necho helper\n"
+    );
+    assert_eq!(
+        fs::read(bin.join("single")).unwrap(),
+        fs::read(&bare).unwrap()
+    );
 
     // A tampered download is refused, naming both digests.
     let wrong = "0".repeat(128);
     opts.pins = Some((dl.join("versions.yaml"), pins_for(&dl, &wrong, &bare_sum)));
     let e = create(&opts).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("sha512 mismatch") && msg.contains(&wrong) && msg.contains(&tar_sum), "{msg}");
+    assert!(
+        msg.contains("sha512 mismatch") && msg.contains(&wrong) && msg.contains(&tar_sum),
+        "{msg}"
+    );
     assert!(!e.is_usage());
 
     // An empty checksum is refused.
