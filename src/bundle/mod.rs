@@ -33,9 +33,9 @@
 //! # Reading
 //!
 //! [`Bundle::open_self`] opens `/proc/self/exe` and reads the footer. No
-//! footer means no bundle, which is not an error, unless bytes follow the
-//! ELF image: then the footer was cut off and the file is refused as
-//! truncated. Before anything is written the whole payload is hashed and
+//! footer means no bundle, which is not an error, unless a gzip payload
+//! follows the ELF image: then the footer was cut off and the file is
+//! refused as truncated. Before anything is written the whole payload is hashed and
 //! compared with the footer; a mismatch, a footer that does not fit the file
 //! size, or a malformed archive is an error naming the mkectl file.
 //!

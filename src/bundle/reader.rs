@@ -11,6 +11,9 @@ use super::footer::{Footer, FOOTER_LEN, FORMAT_VERSION};
 use super::manifest::{Manifest, MANIFEST_NAME, MAX_MANIFEST_BYTES};
 use super::{elf, sha256_reader, BundleError};
 
+/// First bytes of a gzip member (deflate method), i.e. of every payload.
+const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 0x08];
+
 /// A file (normally the running mkectl) that carries a bundle.
 #[derive(Debug)]
 pub struct Bundle {
@@ -91,14 +94,21 @@ impl Bundle {
             None
         };
         let Some(footer) = footer else {
-            return match image_end {
-                Some(end) if len > end => Err(corrupt(format!(
-                    "{} bytes follow the executable image (which ends at byte {end}) but there \
-                     is no bundle footer at the end of the file",
-                    len - end
-                ))),
-                _ => Ok(None),
-            };
+            // A payload starts right at the end of the image with the gzip
+            // magic; finding one there without a footer means the file was
+            // cut. Other trailing bytes (added by some packaging tool) are
+            // not ours: no bundle.
+            if let Some(end) = image_end.filter(|end| len > *end) {
+                let mut magic = [0u8; 3];
+                if file.read_exact_at(&mut magic, end).is_ok() && magic == GZIP_MAGIC {
+                    return Err(corrupt(format!(
+                        "{} bytes of payload follow the executable image (which ends at byte \
+                         {end}) but there is no bundle footer at the end of the file",
+                        len - end
+                    )));
+                }
+            }
+            return Ok(None);
         };
         if footer.format_version != FORMAT_VERSION {
             return Err(BundleError::UnsupportedVersion {

@@ -178,6 +178,13 @@ fn no_footer_is_no_bundle() {
     let fx = Fixture::new();
     let script = fx.exe("d", "s", "true");
     assert!(Bundle::open(&script).unwrap().is_none());
+    // Trailing bytes that are not a payload (some tool appended a note) are
+    // not a truncated bundle.
+    let mut bytes = fs::read("/bin/true").unwrap();
+    bytes.extend_from_slice(b"signature: not a bundle\n");
+    let p = fx.path("appended");
+    fs::write(&p, &bytes).unwrap();
+    assert!(Bundle::open(&p).unwrap().is_none());
 }
 
 /// A bundle built for the corruption tests, and its footer.
