@@ -64,6 +64,10 @@ pub enum Command {
     Bundle(BundleCommand),
     /// Write a systemd unit running this mkectl as a controller or worker.
     Install(InstallArgs),
+    /// Run a standalone konnectivity server or agent (drop-in for upstream's
+    /// proxy-server / proxy-agent).
+    #[command(subcommand)]
+    Konnectivity(crate::commands::konnectivity::KonnectivityCommand),
     /// Print the mkectl version and the versions of the bundled components.
     Version(VersionArgs),
 }

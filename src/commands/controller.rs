@@ -9,14 +9,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::cli::{ControllerArgs, GlobalArgs};
-use crate::components::{etcd, Manager};
+use crate::components::{applier, etcd, konnectivity_server, Manager};
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
 use crate::{fsutil, pki, supervisor};
 
 /// Every component a controller can run, in start order; the names
 /// `--disable-components` accepts.
-pub const COMPONENTS: &[&str] = &[etcd::NAME];
+pub const COMPONENTS: &[&str] = &[etcd::NAME, konnectivity_server::NAME, applier::NAME];
+
+/// The component the applier talks to.
+const KUBE_APISERVER: &str = "kube-apiserver";
 
 /// Upper bound for stopping every component on shutdown.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
@@ -131,6 +134,41 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
     if enabled(etcd::NAME) {
         let settings = etcd_settings(&ctx.cfg, &ctx.paths, &ctx.pki, &ctx.node_name);
         manager.add(Box::new(etcd::Etcd::new(settings, ctx.paths.clone())));
+    }
+    if enabled(konnectivity_server::NAME) {
+        let k = &ctx.cfg.spec.konnectivity;
+        let admin_ip = k
+            .admin_address
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let settings = konnectivity_server::KonnectivityServerSettings {
+            server_id: ctx.node_name.clone(),
+            server_count: 1,
+            agent_listen: std::net::SocketAddr::new(ctx.node_address, k.agent_port),
+            admin_listen: std::net::SocketAddr::new(admin_ip, k.admin_port),
+            tls: crate::konnectivity::TlsFiles {
+                cert: ctx.pki.konnectivity_server.cert.clone(),
+                key: ctx.pki.konnectivity_server.key.clone(),
+                ca: ctx.pki.konnectivity_ca.cert.clone(),
+            },
+        };
+        manager.add(Box::new(konnectivity_server::KonnectivityServer::new(
+            settings,
+            ctx.paths.clone(),
+        )));
+    }
+    if enabled(applier::NAME) {
+        if manager.names().contains(&KUBE_APISERVER) {
+            manager.add(Box::new(applier::ApplierComponent::new(
+                &ctx.cfg,
+                ctx.node_address,
+                ctx.paths.clone(),
+                ctx.pki.admin_kubeconfig.clone(),
+                ctx.node_name.clone(),
+            )));
+        } else {
+            info!("applier not started: it needs kube-apiserver, which is not running here");
+        }
     }
     manager
 }

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod config;
 pub mod controller;
 pub mod install;
+pub mod konnectivity;
 pub mod version;
 
 use crate::cli::{Cli, Command};
@@ -21,6 +22,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bundle(cmd) => bundle::run(&cmd),
         Command::Install(args) => install::run(&global, &args),
         Command::Version(args) => version::run(&args),
+        Command::Konnectivity(cmd) => runtime()?.block_on(konnectivity::run(&cmd)),
     }
 }
 

@@ -20,8 +20,10 @@
 //! * `stop` is idempotent and callable from any state, including after a
 //!   failed `start`; it releases everything the component holds.
 
+pub mod applier;
 pub mod binary;
 pub mod etcd;
+pub mod konnectivity_server;
 pub mod manager;
 
 use std::time::Duration;

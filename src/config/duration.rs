@@ -45,9 +45,9 @@ impl fmt::Display for ConfigDuration {
         let s = d.as_secs();
         if s == 0 {
             write!(f, "0s")
-        } else if s % 3600 == 0 {
+        } else if s.is_multiple_of(3600) {
             write!(f, "{}h", s / 3600)
-        } else if s % 60 == 0 {
+        } else if s.is_multiple_of(60) {
             write!(f, "{}m", s / 60)
         } else {
             write!(f, "{s}s")

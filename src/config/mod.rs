@@ -85,6 +85,9 @@ pub struct ClusterSpec {
     pub konnectivity: KonnectivitySpec,
     pub join_api: JoinApiSpec,
     pub pki: PkiSettings,
+    /// Default add-on stacks (CoreDNS, kube-proxy, CNI, bootstrap RBAC): each
+    /// can be disabled, images can point at a private registry.
+    pub addons: crate::applier::AddonsSettings,
     /// Extra flags per kube component (`kube-apiserver`, `kube-controller-manager`,
     /// `kube-scheduler`, `kubelet`), without leading dashes; they override ours.
     pub extra_args: ExtraArgs,

@@ -41,6 +41,21 @@ impl NodePaths {
     pub fn generated_config_dir(&self) -> PathBuf {
         self.data_dir.join("config")
     }
+    /// `<run-dir>/konnectivity-server.sock`: the gRPC frontend kube-apiserver
+    /// dials through its egress selector.
+    pub fn konnectivity_uds(&self) -> PathBuf {
+        self.run_dir.join("konnectivity-server.sock")
+    }
+    /// `<run-dir>/konnectivity-http.sock`: the HTTP-CONNECT frontend (for
+    /// operators and HTTP-CONNECT egress clients).
+    pub fn konnectivity_http_uds(&self) -> PathBuf {
+        self.run_dir.join("konnectivity-http.sock")
+    }
+    /// `<data-dir>/config/egress-selector.yaml`: kube-apiserver's
+    /// EgressSelectorConfiguration.
+    pub fn egress_selector_file(&self) -> PathBuf {
+        self.generated_config_dir().join("egress-selector.yaml")
+    }
     /// `<run-dir>/mkectl.lock`: one mkectl per data/run dir pair.
     pub fn lock_file(&self) -> PathBuf {
         self.run_dir.join("mkectl.lock")

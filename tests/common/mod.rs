@@ -2,6 +2,8 @@
 //! directories, the mkectl binary as a real process, bounded waits.
 #![allow(dead_code)]
 
+pub mod konnectivity;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -75,6 +77,10 @@ pub struct Node {
     pub config: PathBuf,
     pub etcd_client_port: u16,
     pub etcd_peer_port: u16,
+    pub api_port: u16,
+    pub konnectivity_agent_port: u16,
+    pub konnectivity_admin_port: u16,
+    pub join_port: u16,
     pub name: String,
 }
 
@@ -90,12 +96,9 @@ impl Node {
         let run = tmp.path().join("run");
         let config = tmp.path().join("mkectl.yaml");
         let (c, p) = (free_port(), free_port());
+        let (api, ka, kadm, join) = (free_port(), free_port(), free_port(), free_port());
         let yaml = format!(
-            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: 127.0.0.1\n    port: {}\n  etcd:\n    clientPort: {c}\n    peerPort: {p}\n  konnectivity:\n    agentPort: {}\n    adminPort: {}\n  joinApi:\n    port: {}\n{extra_spec}",
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port()
+            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: 127.0.0.1\n    port: {api}\n  etcd:\n    clientPort: {c}\n    peerPort: {p}\n  konnectivity:\n    agentPort: {ka}\n    adminPort: {kadm}\n  joinApi:\n    port: {join}\n{extra_spec}",
         );
         fs::write(&config, yaml).unwrap();
         Self {
@@ -105,6 +108,10 @@ impl Node {
             config,
             etcd_client_port: c,
             etcd_peer_port: p,
+            api_port: api,
+            konnectivity_agent_port: ka,
+            konnectivity_admin_port: kadm,
+            join_port: join,
             name: name.into(),
         }
     }

@@ -1,0 +1,387 @@
+//! A konnectivity-client-like dialer: the frontend side of the protocol, as
+//! kube-apiserver uses it. [`ProxyClient`] keeps one HTTP/2 connection to the
+//! server's gRPC UDS and opens one `Proxy` stream per dial (upstream's
+//! `CreateGRPCTunnel`); [`dial_grpc_uds`] is the single-use form (one
+//! connection per dial, as released kube-apiservers do). The returned
+//! [`TunnelConn`] is an `AsyncRead + AsyncWrite` byte stream.
+//!
+//! Also [`dial_http_connect_uds`]: the HTTP-CONNECT handshake exactly as
+//! kube-apiserver writes it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::PollSender;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
+
+use super::proto::proxy_service_client::ProxyServiceClient;
+use super::proto::{Packet, PacketType, Payload, MAX_DATA_CHUNK};
+use super::server::{CONN_WINDOW, MAX_DECODE, STREAM_WINDOW};
+use super::KonnectivityError;
+
+/// konnectivity-client's backstop for a DIAL_RSP.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// konnectivity-client's wait for CLOSE_RSP.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Packets queued in each direction of one tunnel.
+const QUEUE: usize = 64;
+
+fn connect_err(path: &Path, e: impl std::fmt::Display) -> KonnectivityError {
+    KonnectivityError::Connect {
+        addr: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// A gRPC connection to a konnectivity server's frontend UDS.
+#[derive(Debug, Clone)]
+pub struct ProxyClient {
+    path: PathBuf,
+    client: ProxyServiceClient<Channel>,
+}
+
+impl ProxyClient {
+    /// Connects to the server's gRPC UDS.
+    pub async fn connect_uds(path: &Path) -> Result<ProxyClient, KonnectivityError> {
+        let p = path.to_path_buf();
+        let connector = tower::service_fn(move |_uri: http::Uri| {
+            let p = p.clone();
+            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+        });
+        let channel = Endpoint::from_static("http://localhost")
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONN_WINDOW)
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| connect_err(path, e))?;
+        Ok(ProxyClient {
+            path: path.to_path_buf(),
+            client: ProxyServiceClient::new(channel)
+                .max_decoding_message_size(MAX_DECODE)
+                .max_encoding_message_size(MAX_DECODE),
+        })
+    }
+
+    /// Dials `address` (`host:port`) through the proxy, waiting up to 30 s
+    /// for the agent's answer.
+    pub async fn dial(&self, address: &str) -> Result<TunnelConn, KonnectivityError> {
+        self.dial_timeout(address, DIAL_TIMEOUT).await
+    }
+
+    /// Like [`ProxyClient::dial`] with an explicit bound on the dial.
+    pub async fn dial_timeout(
+        &self,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<TunnelConn, KonnectivityError> {
+        let derr = |reason: String| KonnectivityError::Dial {
+            address: address.to_string(),
+            reason,
+        };
+        let (tx, rx) = mpsc::channel::<Packet>(QUEUE);
+        let random: i64 = rand::rng().random_range(1..i64::MAX);
+        tx.send(Packet::dial_req(address, random))
+            .await
+            .map_err(|_| derr("request stream closed".into()))?;
+        let mut client = self.client.clone();
+        let work = async {
+            let resp = client
+                .proxy(ReceiverStream::new(rx))
+                .await
+                .map_err(|s| connect_err(&self.path, format!("{}: {}", s.code(), s.message())))?;
+            let mut inbound = resp.into_inner();
+            loop {
+                let p = inbound
+                    .message()
+                    .await
+                    .map_err(|s| derr(format!("stream failed: {}", s.message())))?
+                    .ok_or_else(|| derr("stream closed before the dial answer".into()))?;
+                match (p.kind(), &p.payload) {
+                    (Some(PacketType::DialRsp), Some(Payload::DialResponse(r)))
+                        if r.random == random =>
+                    {
+                        if !r.error.is_empty() {
+                            return Err(derr(r.error.clone()));
+                        }
+                        if r.connect_id == 0 {
+                            return Err(derr("dial answer without a connection id".into()));
+                        }
+                        return Ok((r.connect_id, inbound));
+                    }
+                    (Some(PacketType::DialRsp), _) => {
+                        return Err(derr("dial answer for another dial".into()))
+                    }
+                    (Some(PacketType::DialCls), _) => {
+                        return Err(derr("dial closed by the proxy".into()))
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let (connect_id, inbound) = match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let _ = tx.try_send(Packet::dial_cls(random));
+                return Err(derr("timed out waiting for the dial answer".into()));
+            }
+        };
+        Ok(TunnelConn::new(connect_id, tx, inbound))
+    }
+}
+
+/// Single-use tunnel: a fresh connection to the UDS for this one dial.
+pub async fn dial_grpc_uds(path: &Path, address: &str) -> Result<TunnelConn, KonnectivityError> {
+    ProxyClient::connect_uds(path).await?.dial(address).await
+}
+
+/// One tunnelled TCP connection. EOF arrives when the agent closes the
+/// endpoint (CLOSE_RSP); an error when the tunnel was torn down (agent gone,
+/// stalled, server stopped). Dropping it closes the tunnel; [`TunnelConn::close`]
+/// closes it and waits for the agent's CLOSE_RSP.
+pub struct TunnelConn {
+    connect_id: i64,
+    tx: PollSender<Packet>,
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    cur: Bytes,
+    eof: bool,
+    close_sent: bool,
+}
+
+impl std::fmt::Debug for TunnelConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelConn")
+            .field("connect_id", &self.connect_id)
+            .finish()
+    }
+}
+
+async fn pump(
+    mut inbound: Streaming<Packet>,
+    out: mpsc::Sender<io::Result<Bytes>>,
+    connect_id: i64,
+) {
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = out.closed() => return,
+        };
+        let p = match msg {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                let _ = out
+                    .send(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "tunnel stream ended",
+                    )))
+                    .await;
+                return;
+            }
+            Err(s) => {
+                let _ = out
+                    .send(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        format!("tunnel failed: {}", s.message()),
+                    )))
+                    .await;
+                return;
+            }
+        };
+        match (p.kind(), p.payload) {
+            (Some(PacketType::Data), Some(Payload::Data(d))) if d.connect_id == connect_id => {
+                if d.data.is_empty() {
+                    continue;
+                }
+                if out.send(Ok(d.data)).await.is_err() {
+                    return;
+                }
+            }
+            (Some(PacketType::CloseRsp), Some(Payload::CloseResponse(r))) => {
+                if !r.error.is_empty() {
+                    let _ = out
+                        .send(Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            r.error,
+                        )))
+                        .await;
+                }
+                return;
+            }
+            (Some(PacketType::DialCls), _) => {
+                let _ = out
+                    .send(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "dial closed",
+                    )))
+                    .await;
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+impl TunnelConn {
+    fn new(connect_id: i64, tx: mpsc::Sender<Packet>, inbound: Streaming<Packet>) -> Self {
+        let (out_tx, out_rx) = mpsc::channel(QUEUE);
+        tokio::spawn(pump(inbound, out_tx, connect_id));
+        TunnelConn {
+            connect_id,
+            tx: PollSender::new(tx),
+            rx: out_rx,
+            cur: Bytes::new(),
+            eof: false,
+            close_sent: false,
+        }
+    }
+
+    /// The agent's connection id.
+    pub fn connect_id(&self) -> i64 {
+        self.connect_id
+    }
+
+    /// Sends CLOSE_REQ and waits (up to 10 s) for the CLOSE_RSP; data still
+    /// arriving meanwhile is discarded.
+    pub async fn close(mut self) -> io::Result<()> {
+        if !self.close_sent {
+            self.close_sent = true;
+            let tx = self.tx.get_ref().cloned();
+            if let Some(tx) = tx {
+                tx.send(Packet::close_req(self.connect_id))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed"))?;
+            }
+        }
+        let drain = async {
+            while let Some(r) = self.rx.recv().await {
+                r?;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(CLOSE_TIMEOUT, drain)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no CLOSE_RSP within 10 s"))?
+    }
+}
+
+impl AsyncRead for TunnelConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.cur.is_empty() {
+                let n = self.cur.len().min(buf.remaining());
+                buf.put_slice(&self.cur[..n]);
+                self.cur.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => {
+                    self.eof = true;
+                    return Poll::Ready(Err(e));
+                }
+                None => {
+                    self.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TunnelConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.close_sent {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel closed",
+            )));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let broken = |_| io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed");
+        ready!(self.tx.poll_reserve(cx)).map_err(broken)?;
+        let n = buf.len().min(MAX_DATA_CHUNK);
+        let p = Packet::data(self.connect_id, Bytes::copy_from_slice(&buf[..n]));
+        self.tx.send_item(p).map_err(broken)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends CLOSE_REQ (the protocol has no half-close: this closes both
+    /// directions once the agent answers).
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.close_sent {
+            return Poll::Ready(Ok(()));
+        }
+        let broken = |_| io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed");
+        ready!(self.tx.poll_reserve(cx)).map_err(broken)?;
+        let p = Packet::close_req(self.connect_id);
+        self.tx.send_item(p).map_err(broken)?;
+        self.close_sent = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Opens an HTTP-CONNECT tunnel over a UDS with exactly the bytes
+/// kube-apiserver writes; returns the socket positioned after the 200.
+pub async fn dial_http_connect_uds(
+    path: &Path,
+    address: &str,
+) -> Result<UnixStream, KonnectivityError> {
+    let mut s = UnixStream::connect(path)
+        .await
+        .map_err(|e| connect_err(path, e))?;
+    s.write_all(format!("CONNECT {address} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| connect_err(path, e))?;
+    // Read the head byte by byte so no tunnel byte is consumed.
+    let mut head = Vec::with_capacity(64);
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 || s.read(&mut b).await.map_err(|e| connect_err(path, e))? == 0 {
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+            head.extend_from_slice(&rest);
+            return Err(KonnectivityError::Dial {
+                address: address.to_string(),
+                reason: String::from_utf8_lossy(&head).to_string(),
+            });
+        }
+        head.push(b[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 200") {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        head.extend_from_slice(&rest);
+        return Err(KonnectivityError::Dial {
+            address: address.to_string(),
+            reason: String::from_utf8_lossy(&head).to_string(),
+        });
+    }
+    Ok(s)
+}

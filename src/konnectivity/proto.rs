@@ -1,0 +1,116 @@
+//! Generated protocol types (from `proto/client.proto` and `proto/agent.proto`)
+//! plus small constructors so the rest of the module never builds a `Packet`
+//! with a `type` that disagrees with its payload arm.
+
+#![allow(clippy::all, missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/_.rs"));
+
+use bytes::Bytes;
+
+pub use packet::Payload;
+
+impl Packet {
+    pub fn dial_req(address: &str, random: i64) -> Packet {
+        Packet {
+            r#type: PacketType::DialReq as i32,
+            payload: Some(Payload::DialRequest(DialRequest {
+                protocol: "tcp".to_string(),
+                address: address.to_string(),
+                random,
+            })),
+        }
+    }
+
+    pub fn dial_rsp(random: i64, connect_id: i64, error: impl Into<String>) -> Packet {
+        Packet {
+            r#type: PacketType::DialRsp as i32,
+            payload: Some(Payload::DialResponse(DialResponse {
+                error: error.into(),
+                connect_id,
+                random,
+            })),
+        }
+    }
+
+    pub fn close_req(connect_id: i64) -> Packet {
+        Packet {
+            r#type: PacketType::CloseReq as i32,
+            payload: Some(Payload::CloseRequest(CloseRequest { connect_id })),
+        }
+    }
+
+    pub fn close_rsp(connect_id: i64, error: impl Into<String>) -> Packet {
+        Packet {
+            r#type: PacketType::CloseRsp as i32,
+            payload: Some(Payload::CloseResponse(CloseResponse {
+                error: error.into(),
+                connect_id,
+            })),
+        }
+    }
+
+    pub fn dial_cls(random: i64) -> Packet {
+        Packet {
+            r#type: PacketType::DialCls as i32,
+            payload: Some(Payload::CloseDial(CloseDial { random })),
+        }
+    }
+
+    pub fn data(connect_id: i64, data: Bytes) -> Packet {
+        Packet {
+            r#type: PacketType::Data as i32,
+            payload: Some(Payload::Data(Data {
+                connect_id,
+                error: String::new(),
+                data,
+            })),
+        }
+    }
+
+    pub fn drain() -> Packet {
+        Packet {
+            r#type: PacketType::Drain as i32,
+            payload: Some(Payload::Drain(Drain {})),
+        }
+    }
+
+    /// The packet type; unknown numbers map to `None` (and are ignored by
+    /// every receiver, as upstream does).
+    pub fn kind(&self) -> Option<PacketType> {
+        PacketType::try_from(self.r#type).ok()
+    }
+
+    /// The dial id of a DIAL_REQ/DIAL_RSP/DIAL_CLS (0 when absent).
+    pub fn random(&self) -> i64 {
+        match &self.payload {
+            Some(Payload::DialRequest(r)) => r.random,
+            Some(Payload::DialResponse(r)) => r.random,
+            Some(Payload::CloseDial(r)) => r.random,
+            _ => 0,
+        }
+    }
+
+    /// The connection id of DATA/CLOSE_REQ/CLOSE_RSP/DIAL_RSP (0 when absent).
+    pub fn connect_id(&self) -> i64 {
+        match &self.payload {
+            Some(Payload::Data(d)) => d.connect_id,
+            Some(Payload::CloseRequest(r)) => r.connect_id,
+            Some(Payload::CloseResponse(r)) => r.connect_id,
+            Some(Payload::DialResponse(r)) => r.connect_id,
+            _ => 0,
+        }
+    }
+}
+
+impl PacketType {
+    /// Upstream's label value for metrics (`DIAL_REQ`, ...).
+    pub fn label(self) -> &'static str {
+        self.as_str_name()
+    }
+}
+
+/// Largest DATA payload we ever send (upstream's HTTP-CONNECT chunk size).
+pub const MAX_DATA_CHUNK: usize = 32 * 1024;
+/// Largest message we accept (grpc-go's default receive limit).
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
