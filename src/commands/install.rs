@@ -44,7 +44,7 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<()> {
     argv.extend(global_flags(global)?);
     argv.push(args.role.subcommand().to_string());
     argv.extend(flags);
-    validate_flags(&argv)?;
+    validate_flags(args.role, &argv)?;
 
     let use_systemctl = !args.no_systemctl;
     let systemd_running = Path::new(SYSTEMD_RUNTIME_DIR).is_dir();
@@ -144,13 +144,9 @@ fn global_flags(global: &GlobalArgs) -> anyhow::Result<Vec<String>> {
 /// Parses the command line the unit will run with mkectl's own CLI, so a
 /// typo fails now rather than in a restart loop. Skipped (with a note) for a
 /// role this build does not know.
-fn validate_flags(argv: &[String]) -> anyhow::Result<()> {
-    let role = argv
-        .iter()
-        .find(|a| *a == "controller" || *a == "worker")
-        .cloned()
-        .unwrap_or_default();
-    if Cli::command().find_subcommand(&role).is_none() {
+fn validate_flags(role: InstallRole, argv: &[String]) -> anyhow::Result<()> {
+    let role = role.subcommand();
+    if Cli::command().find_subcommand(role).is_none() {
         eprintln!("note: this mkectl has no `{role}` command; its flags are written unchecked");
         return Ok(());
     }
