@@ -104,7 +104,8 @@ async fn put_get_when_ready(node: &Node, ctl: &mut Controller, key: &str, value:
     }
 }
 
-/// Starts `<exe> controller` for `node` with `PATH=<path_dir>` only.
+/// Starts `<exe> controller` for `node` with `PATH=<path_dir>` only and
+/// without the components that need the upstream kube binaries.
 fn start(node: &Node, exe: &Path, path_dir: &Path, log_name: &str) -> Controller {
     let log = node.tmp.path().join(log_name);
     let mut cmd = Command::new(exe);
@@ -115,6 +116,7 @@ fn start(node: &Node, exe: &Path, path_dir: &Path, log_name: &str) -> Controller
         .arg("--config")
         .arg(&node.config)
         .args(["controller", "--node-name", &node.name])
+        .args(NO_KUBE_BINARIES)
         .env_clear()
         .env("PATH", path_dir)
         .stdout(Stdio::null())

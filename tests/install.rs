@@ -118,7 +118,7 @@ fn controller_unit_content_quoting_and_idempotence() {
     for line in [
         "Type=exec",
         "KillMode=mixed",
-        "TimeoutStopSec=45",
+        "TimeoutStopSec=150",
         "Restart=always",
         "LimitNOFILE=1048576",
         "WantedBy=multi-user.target",
@@ -200,7 +200,7 @@ fn worker_unit_delegates_cgroups_and_keeps_containers_on_restart() {
         "Delegate=yes",
         "KillMode=process",
         "Restart=always",
-        "TimeoutStopSec=45",
+        "TimeoutStopSec=150",
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
     }

@@ -311,6 +311,15 @@ mod tests {
             .iter()
             .find(|c| c.name == "kubernetes")
             .unwrap();
+        // Same minor as the flags mkectl generates for the kube components.
+        let minor = |v: &str| v.rsplit_once('.').map(|(m, _)| m.to_string());
+        let generated = crate::components::kube_common::KUBERNETES_VERSION;
+        assert_eq!(
+            minor(&k.version),
+            minor(generated),
+            "pinned {} vs generated flags for {generated}",
+            k.version
+        );
         assert!(k.version.starts_with("v1.32."), "{}", k.version);
     }
 

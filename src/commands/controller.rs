@@ -9,20 +9,36 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::cli::{ControllerArgs, GlobalArgs};
-use crate::components::{applier, etcd, konnectivity_server, Manager};
+use crate::components::{
+    applier, binary, etcd, konnectivity_server, kube_apiserver as kas,
+    kube_controller_manager as kcm, kube_scheduler as ksch, Manager,
+};
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
 use crate::{fsutil, pki, supervisor};
 
 /// Every component a controller can run, in start order; the names
 /// `--disable-components` accepts.
-pub const COMPONENTS: &[&str] = &[etcd::NAME, konnectivity_server::NAME, applier::NAME];
+pub const COMPONENTS: &[&str] = &[
+    etcd::NAME,
+    konnectivity_server::NAME,
+    kas::NAME,
+    kcm::NAME,
+    ksch::NAME,
+    applier::NAME,
+];
 
-/// The component the applier talks to.
-const KUBE_APISERVER: &str = "kube-apiserver";
+/// Upstream binaries that only exist with the bundle: checked before anything
+/// starts rather than in `init`, so `--init-only` works without them.
+const KUBE_BINARIES: &[&str] = &[kas::NAME, kcm::NAME, ksch::NAME];
 
-/// Upper bound for stopping every component on shutdown.
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// Controllers in the cluster. One until controller join lands; it drives
+/// leader election and the apiserver's shutdown delay.
+const CONTROLLER_COUNT: usize = 1;
+
+/// Upper bound for stopping every component on shutdown: covers the
+/// apiserver's drain (`kube_apiserver` stop grace, 70 s by default) plus etcd.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(120);
 
 pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -37,7 +53,17 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         }
     }
     let enabled = |name: &str| !args.disable_components.iter().any(|d| d == name);
-    let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
+    // Absolute, so the paths in component flags and files mean the same thing
+    // whatever directory a child runs in (etcd runs in its data dir).
+    let abs = |p: &std::path::Path| {
+        std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+    };
+    let bin_dir = global.bin_dir.as_deref().map(abs).transpose()?;
+    let paths = NodePaths::new(
+        &abs(&global.data_dir)?,
+        &abs(&global.run_dir)?,
+        bin_dir.as_deref(),
+    );
     let node_name = match &args.node_name {
         Some(n) => n.clone(),
         None => hostname()?,
@@ -74,6 +100,12 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         if args.init_only {
             info!("--init-only: PKI and configuration written, exiting");
             return Ok(());
+        }
+
+        for name in manager.names() {
+            if KUBE_BINARIES.contains(&name) {
+                binary::find(name, &paths)?;
+            }
         }
 
         // A crashed mkectl may have left children (PDEATHSIG covers the
@@ -157,8 +189,21 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
             ctx.paths.clone(),
         )));
     }
+    let (cfg, paths, pki, n) = (&ctx.cfg, &ctx.paths, &ctx.pki, CONTROLLER_COUNT);
+    if enabled(kas::NAME) {
+        let s = kas::KubeApiserverSettings::from_config(cfg, paths, pki, ctx.node_address, n);
+        manager.add(Box::new(kas::KubeApiserver::new(s, paths.clone())));
+    }
+    if enabled(kcm::NAME) {
+        let s = kcm::KubeControllerManagerSettings::from_config(cfg, paths, pki, n);
+        manager.add(Box::new(kcm::KubeControllerManager::new(s, paths.clone())));
+    }
+    if enabled(ksch::NAME) {
+        let s = ksch::KubeSchedulerSettings::from_config(cfg, paths, pki, n);
+        manager.add(Box::new(ksch::KubeScheduler::new(s, paths.clone())));
+    }
     if enabled(applier::NAME) {
-        if manager.names().contains(&KUBE_APISERVER) {
+        if manager.names().contains(&kas::NAME) {
             manager.add(Box::new(applier::ApplierComponent::new(
                 &ctx.cfg,
                 ctx.node_address,

@@ -232,6 +232,9 @@ pub fn systemd_quote(arg: &str) -> String {
 mod tests {
     use super::*;
 
+    /// `TimeoutStopSec` in both templates.
+    const UNIT_STOP_TIMEOUT_SECS: u64 = 150;
+
     #[test]
     fn quoting() {
         for (arg, want) in [
@@ -262,14 +265,17 @@ mod tests {
         ] {
             assert_eq!(t.matches(EXEC_PLACEHOLDER).count(), 1);
             assert!(t.contains(kill));
-            assert!(t.contains("TimeoutStopSec=45"));
+            assert!(t.contains(&format!("TimeoutStopSec={UNIT_STOP_TIMEOUT_SECS}")));
             assert!(t.contains("Restart=always"));
             assert!(t.contains("LimitNOFILE="));
         }
         assert!(WORKER_TEMPLATE.contains("Delegate=yes"));
         assert!(!CONTROLLER_TEMPLATE.contains("Delegate="));
-        // The stop timeout must outlast mkectl's own shutdown deadline.
-        assert!(45 > crate::commands::controller::SHUTDOWN_DEADLINE.as_secs());
+        // systemd's stop timeout must outlast mkectl's own shutdown deadline,
+        // or systemd SIGKILLs a controller still draining its apiserver.
+        assert!(
+            UNIT_STOP_TIMEOUT_SECS >= crate::commands::controller::SHUTDOWN_DEADLINE.as_secs() + 15
+        );
         let unit = render_unit(
             InstallRole::Worker,
             &[

@@ -23,7 +23,12 @@
 pub mod applier;
 pub mod binary;
 pub mod etcd;
+pub mod https_probe;
 pub mod konnectivity_server;
+pub mod kube_apiserver;
+pub mod kube_common;
+pub mod kube_controller_manager;
+pub mod kube_scheduler;
 pub mod manager;
 
 use std::time::Duration;
