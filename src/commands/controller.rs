@@ -76,6 +76,9 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         fsutil::ensure_dir(&paths.data_dir, fsutil::PRIVATE_DIR_MODE)?;
         fsutil::ensure_dir(&paths.run_dir, fsutil::PRIVATE_DIR_MODE)?;
         let _lock = lock_run_dir(&paths)?;
+        // Bundled binaries go to <data-dir>/bin before any component looks
+        // one up (lookup order in components/binary.rs).
+        crate::bundle::stage(&paths).await?;
 
         let pki_spec = pki_spec(&cfg, &paths, &node_name);
         let report = tokio::task::spawn_blocking(move || pki::ensure(&pki_spec))
