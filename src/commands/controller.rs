@@ -10,7 +10,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::cli::{ControllerArgs, GlobalArgs};
 use crate::components::{
-    applier, binary, etcd, konnectivity_server, kube_apiserver as kas,
+    applier, binary, csr_approver, etcd, konnectivity_server, kube_apiserver as kas,
     kube_controller_manager as kcm, kube_scheduler as ksch, Manager,
 };
 use crate::config::{ClusterConfig, NodePaths};
@@ -26,6 +26,7 @@ pub const COMPONENTS: &[&str] = &[
     kcm::NAME,
     ksch::NAME,
     applier::NAME,
+    csr_approver::NAME,
 ];
 
 /// Upstream binaries that only exist with the bundle: checked before anything
@@ -75,6 +76,9 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         fsutil::ensure_dir(&paths.data_dir, fsutil::PRIVATE_DIR_MODE)?;
         fsutil::ensure_dir(&paths.run_dir, fsutil::PRIVATE_DIR_MODE)?;
         let _lock = lock_run_dir(&paths)?;
+        // Bundled binaries go to <data-dir>/bin before any component looks
+        // one up (lookup order in components/binary.rs).
+        crate::bundle::stage(&paths).await?;
 
         let pki_spec = pki_spec(&cfg, &paths, &node_name);
         let report = tokio::task::spawn_blocking(move || pki::ensure(&pki_spec))
@@ -213,18 +217,36 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
         let s = ksch::KubeSchedulerSettings::from_config(cfg, paths, pki, n);
         manager.add(Box::new(ksch::KubeScheduler::new(s, paths.clone())));
     }
-    if enabled(applier::NAME) {
-        if manager.names().contains(&kas::NAME) {
-            manager.add(Box::new(applier::ApplierComponent::new(
+    // These talk to the local kube-apiserver with the admin identity.
+    let apiserver_runs = manager.names().contains(&kas::NAME);
+    for name in [applier::NAME, csr_approver::NAME] {
+        if !enabled(name) {
+            continue;
+        }
+        if !apiserver_runs {
+            info!(
+                component = name,
+                "not started: it needs kube-apiserver, which is not running here"
+            );
+            continue;
+        }
+        let admin = ctx.pki.admin_kubeconfig.clone();
+        manager.add(if name == applier::NAME {
+            Box::new(applier::ApplierComponent::new(
                 &ctx.cfg,
                 ctx.node_address,
                 ctx.paths.clone(),
-                ctx.pki.admin_kubeconfig.clone(),
+                admin,
                 ctx.node_name.clone(),
-            )));
+            ))
         } else {
-            info!("applier not started: it needs kube-apiserver, which is not running here");
-        }
+            Box::new(csr_approver::CsrApprover::new(
+                csr_approver::CsrApproverSettings {
+                    kubeconfig: admin,
+                    resync: csr_approver::DEFAULT_RESYNC,
+                },
+            ))
+        });
     }
     manager
 }

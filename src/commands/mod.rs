@@ -2,9 +2,11 @@
 //! maps the error chain to an exit code.
 
 pub mod backup;
+pub mod bundle;
 pub mod certs;
 pub mod config;
 pub mod controller;
+pub mod install;
 pub mod konnectivity;
 pub mod kubeconfig;
 pub mod restore;
@@ -25,7 +27,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Kubeconfig(cmd) => kubeconfig::run(&global, &cmd),
         Command::Backup(args) => runtime()?.block_on(backup::run(&global, &args)),
         Command::Restore(args) => restore::run(&global, &args),
-        Command::Version => version::run(),
+        Command::Bundle(cmd) => bundle::run(&cmd),
+        Command::Install(args) => install::run(&global, &args),
+        Command::Version(args) => version::run(&args),
         Command::Konnectivity(cmd) => runtime()?.block_on(konnectivity::run(&cmd)),
     }
 }

@@ -42,6 +42,8 @@
 
 pub mod applier;
 pub mod binary;
+pub mod containerd;
+pub mod csr_approver;
 pub mod etcd;
 pub mod https_probe;
 pub mod konnectivity_server;
@@ -49,6 +51,7 @@ pub mod kube_apiserver;
 pub mod kube_common;
 pub mod kube_controller_manager;
 pub mod kube_scheduler;
+pub mod kubelet;
 pub mod manager;
 
 use std::time::Duration;
