@@ -572,12 +572,13 @@ async fn standin_apiserver_under_the_real_supervisor() {
     let bin = node.tmp.path().join("bin");
     fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(STANDIN, bin.join("kube-apiserver")).unwrap();
-    // The applier is left out: the stand-in serves no API to apply to.
+    // The applier and the CSR approver are left out: the stand-in serves no
+    // API for them.
     let mut ctl = node.start_controller(&[
         "--bin-dir",
         s(&bin),
         "--disable-components",
-        "kube-controller-manager,kube-scheduler,applier",
+        "kube-controller-manager,kube-scheduler,applier,csr-approver",
     ]);
     wait_for("controller ready", READY, || {
         ctl.log_text().contains("controller ready").then_some(())
