@@ -52,6 +52,8 @@ const IDLE_TUNNELS: usize = 10_000;
 const DIAL_CONCURRENCY: usize = 64;
 const NOFILE: u64 = 65_536;
 
+/// Wait after the last tunnel closed before reading RSS.
+const SETTLE_AFTER_CLOSE: Duration = Duration::from_secs(3);
 const TARGET_THROUGHPUT_RATIO: f64 = 0.25;
 const TARGET_DIAL_P50: Duration = Duration::from_millis(1);
 const TARGET_IDLE_RSS_MB: f64 = 150.0;
@@ -284,7 +286,14 @@ async fn start_stack() -> Stack {
     let server_admin = konn::free_addr();
     let agent_admin = konn::free_addr();
     let server = Command::new(MKECTL)
-        .args(["konnectivity", "server", "--mode", "grpc", "--server-id", "bench"])
+        .args([
+            "konnectivity",
+            "server",
+            "--mode",
+            "grpc",
+            "--server-id",
+            "bench",
+        ])
         .arg("--uds-name")
         .arg(&grpc_uds)
         .arg("--http-connect-uds-name")
@@ -334,7 +343,8 @@ async fn start_stack() -> Stack {
     let start = Instant::now();
     loop {
         let ready = |a| async move {
-            tokio::net::TcpStream::connect(a).await.is_ok() && konn::http_get(a, "/readyz").await.0 == 200
+            tokio::net::TcpStream::connect(a).await.is_ok()
+                && konn::http_get(a, "/readyz").await.0 == 200
         };
         if ready(stack.server_admin).await && ready(stack.agent_admin).await {
             break;
@@ -380,8 +390,36 @@ async fn transfer<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, dir: Dir, n: u64)
     }
 }
 
+/// CPU time (user + system) used so far by `pid` (0 = this process).
+fn cpu_time(pid: u32) -> Duration {
+    let path = if pid == 0 {
+        "/proc/self/stat".to_string()
+    } else {
+        format!("/proc/{pid}/stat")
+    };
+    let stat = std::fs::read_to_string(path).expect("read /proc stat");
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis((f.iter().sum::<u64>()) * 1000 / hz)
+}
+
+/// CPU time of this process (client and target), the server and the agent.
+fn cpu_all(stack: &Stack) -> Duration {
+    let (s, a) = stack.pids();
+    cpu_time(0) + cpu_time(s) + cpu_time(a)
+}
+
 /// One run: dials `streams` connections, then times moving RUN_BYTES in
-/// total across them; returns MiB/s.
+/// total across them; returns (MiB/s, CPU ms per MiB of all processes).
 async fn run_throughput(
     stack: &Stack,
     client: &ProxyClient,
@@ -389,13 +427,14 @@ async fn run_throughput(
     path: Path3,
     dir: Dir,
     streams: usize,
-) -> f64 {
+) -> (f64, f64) {
     let per = RUN_BYTES / streams as u64;
     let addr = target.to_string();
     let mut tasks = Vec::new();
     macro_rules! go {
         ($conns:expr) => {{
             let conns = $conns;
+            let c0 = cpu_all(stack);
             let t0 = Instant::now();
             for c in conns {
                 tasks.push(tokio::spawn(transfer(c, dir, per)));
@@ -406,10 +445,10 @@ async fn run_throughput(
                     .unwrap_or_else(|_| panic!("run exceeded {RUN_TIMEOUT:?}\n{}", stack.logs()))
                     .expect("transfer task");
             }
-            t0.elapsed()
+            (t0.elapsed(), cpu_all(stack) - c0)
         }};
     }
-    let elapsed = match path {
+    let (elapsed, cpu) = match path {
         Path3::Direct => {
             let mut v = Vec::new();
             for _ in 0..streams {
@@ -438,7 +477,11 @@ async fn run_throughput(
             go!(v)
         }
     };
-    (per * streams as u64) as f64 / (1 << 20) as f64 / elapsed.as_secs_f64()
+    let mib = (per * streams as u64) as f64 / (1 << 20) as f64;
+    (
+        mib / elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1000.0 / mib,
+    )
 }
 
 async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
@@ -447,19 +490,22 @@ async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
         .expect("connect gRPC UDS");
     let mut ok = true;
     println!(
-        "throughput: {} MiB per run, best of {repeat}, MiB/s (ratio to direct loopback TCP)",
+        "throughput: {} MiB per run, best of {repeat}, MiB/s (ratio to direct loopback TCP); \
+         then CPU ms per MiB of client + target + server + agent (lowest of the runs)",
         RUN_BYTES >> 20
     );
     for dir in [Dir::Download, Dir::Upload] {
         for streams in [1usize, 16] {
             let mut best = [0f64; 3];
+            let mut cpu = [f64::MAX; 3];
             for _ in 0..repeat {
                 for (i, p) in [Path3::Direct, Path3::Grpc, Path3::HttpConnect]
                     .into_iter()
                     .enumerate()
                 {
-                    let r = run_throughput(stack, &client, target.addr, p, dir, streams).await;
+                    let (r, c) = run_throughput(stack, &client, target.addr, p, dir, streams).await;
                     best[i] = best[i].max(r);
+                    cpu[i] = cpu[i].min(c);
                 }
             }
             let [direct, grpc, http] = best;
@@ -489,6 +535,10 @@ async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
                 "  {label}  direct {direct:>7.0}  gRPC {grpc:>7.0} ({:>5.1}%)  HTTP-CONNECT {http:>7.0} ({:>5.1}%)  {target_txt}",
                 rg * 100.0,
                 rh * 100.0
+            );
+            println!(
+                "  {:<19}  CPU ms/MiB: direct {:.2}  gRPC {:.2}  HTTP-CONNECT {:.2}",
+                "", cpu[0], cpu[1], cpu[2]
             );
         }
     }
@@ -632,7 +682,10 @@ async fn idle_rss(target: &Target) -> bool {
     let open_time = t0.elapsed();
     let start = Instant::now();
     while target.open.load(Ordering::Relaxed) < base_open + IDLE_TUNNELS {
-        assert!(start.elapsed() < Duration::from_secs(30), "target saw every tunnel");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "target saw every tunnel"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_metric(
@@ -671,7 +724,9 @@ async fn idle_rss(target: &Target) -> bool {
     )
     .await;
     let close_time = t1.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Server and agent give free memory back within a second or two of a
+    // large drop in open tunnels (konnectivity::trim).
+    tokio::time::sleep(SETTLE_AFTER_CLOSE).await;
     let (s2, a2) = stack.rss();
     drop(client);
 
@@ -737,8 +792,8 @@ fn main() {
         .build()
         .expect("tokio runtime");
     // MKECTL_BENCH_PHASES: comma-separated subset of throughput,dial,rss.
-    let phases = std::env::var("MKECTL_BENCH_PHASES")
-        .unwrap_or_else(|_| "throughput,dial,rss".into());
+    let phases =
+        std::env::var("MKECTL_BENCH_PHASES").unwrap_or_else(|_| "throughput,dial,rss".into());
     let on = |p: &str| phases.split(',').any(|x| x.trim() == p);
     let all_ok = rt.block_on(async {
         let target = start_target().await;

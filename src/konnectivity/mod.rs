@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod tls;
+pub mod trim;
 
 use std::path::PathBuf;
 
