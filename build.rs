@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The rpc `AgentService/Connect` would clash with the generated
         // `connect` constructor; channels are built by hand anyway.
         .build_transport(false)
+        // Small per-RPC buffers: one Proxy stream per tunnel (see
+        // `TunnelCodec` in src/konnectivity/proto.rs).
+        .codec_path("crate::konnectivity::proto::TunnelCodec")
         .compile_protos(&["proto/client.proto", "proto/agent.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

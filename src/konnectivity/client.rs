@@ -27,7 +27,7 @@ use tonic::Streaming;
 
 use super::proto::proxy_service_client::ProxyServiceClient;
 use super::proto::{Packet, PacketType, Payload, MAX_DATA_CHUNK};
-use super::server::{CONN_WINDOW, MAX_DECODE, STREAM_WINDOW};
+use super::server::{CONN_WINDOW, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
 use super::KonnectivityError;
 
 /// konnectivity-client's backstop for a DIAL_RSP.
@@ -62,6 +62,7 @@ impl ProxyClient {
         let channel = Endpoint::from_static("http://localhost")
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .connect_with_connector(connector)
             .await
             .map_err(|e| connect_err(path, e))?;

@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::proto::MAX_DATA_CHUNK;
 
-/// Reads one chunk (≤ 32 KiB); `None` at EOF.
+/// Reads one chunk (≤ [`MAX_DATA_CHUNK`]); `None` at EOF.
 pub trait ChunkRead: AsyncRead + Unpin + Send {
     fn read_chunk(
         &mut self,

@@ -58,6 +58,12 @@ fn write(dir: &Path, name: &str, s: &str) -> PathBuf {
 }
 
 pub fn pki() -> Pki {
+    pki_with_server_sans(&[])
+}
+
+/// Like [`pki`], with `extra` (IP addresses or DNS names) added to the
+/// server certificate's SANs, e.g. a veth address agents dial.
+pub fn pki_with_server_sans(extra: &[&str]) -> Pki {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (ca_params, ca_key, ca_pem) = ca("konnectivity-ca");
@@ -66,7 +72,11 @@ pub fn pki() -> Pki {
     let (sc, sk) = leaf(
         &issuer,
         "konnectivity-server",
-        vec!["127.0.0.1".into(), "127.0.0.2".into(), "localhost".into()],
+        ["127.0.0.1", "127.0.0.2", "localhost"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect(),
         ExtendedKeyUsagePurpose::ServerAuth,
     );
     let (ac, ak) = leaf(
@@ -286,6 +296,12 @@ impl Gen {
 pub async fn http_target() -> (SocketAddr, CancellationToken) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    (addr, http_target_on(l))
+}
+
+/// Serves the [`http_target`] endpoints on an already bound listener (e.g.
+/// one bound inside a test network namespace); cancel the token to stop.
+pub fn http_target_on(l: TcpListener) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
@@ -303,7 +319,7 @@ pub async fn http_target() -> (SocketAddr, CancellationToken) {
             });
         }
     });
-    (addr, token)
+    token
 }
 
 async fn serve_http(sock: tokio::net::TcpStream) -> std::io::Result<()> {

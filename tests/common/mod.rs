@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod konnectivity;
+pub mod netns;
 
 use std::fs;
 use std::net::TcpListener;

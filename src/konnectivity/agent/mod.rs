@@ -371,6 +371,13 @@ impl Agent {
                 .spawn(super::admin::serve(l, src, cancel.clone(), COMPONENT));
         }
         shared.tracker.spawn(manage(shared.clone(), cfg.servers));
+        let s = shared.clone();
+        super::trim::spawn(&shared.tracker, cancel.clone(), COMPONENT, move || {
+            s.metrics
+                .open_endpoint_connections
+                .load(Ordering::Relaxed)
+                .max(0) as usize
+        });
         tracing::info!(component = COMPONENT, agent_id = %cfg.agent_id, admin = ?admin_addr, "konnectivity agent started");
         Ok(AgentHandle { shared, admin_addr })
     }

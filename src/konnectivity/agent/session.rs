@@ -20,7 +20,7 @@ use crate::konnectivity::io::{ChunkRead, Progress};
 use crate::konnectivity::metrics::{FROM_SERVER, TO_SERVER};
 use crate::konnectivity::proto::agent_service_client::AgentServiceClient;
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
-use crate::konnectivity::server::{CONN_WINDOW, MAX_DECODE, STREAM_WINDOW};
+use crate::konnectivity::server::{CONN_WINDOW, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
 
 /// Packets queued towards the server (shared by all endpoint connections).
 const DATA_QUEUE: usize = 256;
@@ -94,7 +94,8 @@ async fn connect_inner(
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| ConnectError::Transport(e.to_string()))?
         .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONN_WINDOW);
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(MAX_FRAME);
     let channel = endpoint
         .connect_with_connector(connector)
         .await

@@ -14,7 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::backend::{Backend, Identifiers};
 use super::tunnels::DialOutcome;
-use super::{Delivery, Shared, BACKEND_CTRL_QUEUE, CONN_WINDOW, MAX_DECODE, STREAM_WINDOW};
+use super::{
+    Delivery, Shared, BACKEND_CTRL_QUEUE, CONN_WINDOW, MAX_DECODE, MAX_FRAME, STREAM_WINDOW,
+};
 use crate::konnectivity::metrics::{FROM_AGENT, TO_AGENT, TO_CLIENT};
 use crate::konnectivity::proto::agent_service_server::{AgentService, AgentServiceServer};
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
@@ -81,6 +83,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls:
         let serve = tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(1024)
             .add_service(svc)
             .serve_with_incoming_shutdown(
@@ -251,7 +254,7 @@ async fn backend_reader(
     );
     for (link, p) in orphans {
         shared.metrics.stream_packets.inc(TO_CLIENT, p.r#type);
-        if link.tx.try_send(p).is_err() {
+        if link.tx.try_send(Box::new(p)).is_err() {
             link.kill.cancel();
         }
     }

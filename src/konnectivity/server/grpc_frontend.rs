@@ -16,7 +16,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::tunnels::{FrontendKind, FrontendLink};
-use super::{Shared, CONN_WINDOW, DEFAULT_SEND_TIMEOUT, MAX_DECODE, STREAM_WINDOW};
+use super::{Shared, CONN_WINDOW, DEFAULT_SEND_TIMEOUT, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
 use crate::konnectivity::metrics::{FROM_CLIENT, TO_AGENT, TO_CLIENT};
 use crate::konnectivity::proto::proxy_service_server::{ProxyService, ProxyServiceServer};
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
@@ -38,6 +38,7 @@ pub(crate) fn spawn_uds(shared: Arc<Shared>, listener: UnixListener) {
         let serve = tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(MAX_STREAMS)
             .add_service(svc)
             .serve_with_incoming_shutdown(
@@ -101,7 +102,7 @@ impl ProxyService for ProxySvc {
                     p = rx.recv() => p.map(|p| {
                         link.touch();
                         metrics.stream_packets.inc(TO_CLIENT, p.r#type);
-                        (Ok(p), Some((rx, kill, metrics, link)))
+                        (Ok(*p), Some((rx, kill, metrics, link)))
                     }),
                 }
             },
@@ -119,7 +120,7 @@ async fn sleep_opt(deadline: Option<Instant>) {
 
 async fn reply(link: &FrontendLink, p: Packet) {
     tokio::select! {
-        _ = link.tx.send(p) => {}
+        _ = link.tx.send(Box::new(p)) => {}
         _ = link.kill.cancelled() => {}
     }
 }
@@ -154,7 +155,9 @@ async fn frontend_reader(
             Ok(Some(p)) => {
                 shared.metrics.stream_packets.inc(FROM_CLIENT, p.r#type);
                 if processing {
-                    processing = handle(&shared, &link, p, &mut dial).await;
+                    // Boxed: its state lives only while a packet is
+                    // handled, not in every idle tunnel's task.
+                    processing = Box::pin(handle(&shared, &link, p, &mut dial)).await;
                 }
             }
             Ok(None) => break,

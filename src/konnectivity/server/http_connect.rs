@@ -251,7 +251,7 @@ async fn tunnel<R: ChunkRead, W: AsyncWrite + Unpin + Send>(
     target: &str,
     rd: &mut R,
     wr: &mut W,
-    rx: &mut mpsc::Receiver<Packet>,
+    rx: &mut mpsc::Receiver<super::tunnels::Queued>,
     early: &mut BytesMut,
 ) -> Result<(), Vec<u8>> {
     if let Err(e) = shared.tunnels.begin_dial(link.id, random, backend.clone()) {
@@ -368,6 +368,7 @@ async fn tunnel<R: ChunkRead, W: AsyncWrite + Unpin + Send>(
     let down = async {
         while let Some(p) = rx.recv().await {
             link.progress.touch();
+            let p = *p;
             match (p.kind(), p.payload) {
                 (Some(PacketType::Data), Some(Payload::Data(d)))
                     if wr.write_all(&d.data).await.is_err() =>

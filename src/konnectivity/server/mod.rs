@@ -51,6 +51,9 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 windows: large enough that one tunnel can fill a fast link.
 pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub(crate) const CONN_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame we accept: a whole DATA packet fits one frame
+/// instead of being cut into 16 KiB pieces (fewer frames to process).
+pub(crate) const MAX_FRAME: u32 = 256 * 1024;
 /// Largest gRPC message accepted (4 MiB payload plus framing).
 pub(crate) const MAX_DECODE: usize = super::proto::MAX_MESSAGE_SIZE + 64 * 1024;
 
@@ -204,7 +207,7 @@ impl Shared {
     /// waits on a full queue only while the queue has moved within the stall
     /// budget (see [`super::io::Progress`]).
     pub async fn deliver(&self, link: &FrontendLink, p: Packet) -> Delivery {
-        match link.tx.try_send(p) {
+        match link.tx.try_send(Box::new(p)) {
             Ok(()) => {
                 link.progress.touch();
                 Delivery::Delivered
@@ -481,6 +484,17 @@ impl Server {
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
 
         agent_listener::spawn(shared.clone(), agent_listener, agent_tls);
+        let s = shared.clone();
+        super::trim::spawn(
+            &shared.tracker,
+            cancel.clone(),
+            "konnectivity-server",
+            move || {
+                let grpc = s.grpc_streams.load(Ordering::Relaxed);
+                let http = s.metrics.http_connections.load(Ordering::Relaxed);
+                (grpc.max(0) + http.max(0)) as usize
+            },
+        );
         if let Some(l) = grpc_uds {
             grpc_frontend::spawn_uds(shared.clone(), l);
         }

@@ -23,6 +23,11 @@ pub enum FrontendKind {
     HttpConnect,
 }
 
+/// A packet queued towards a frontend. Boxed because a tokio queue
+/// allocates its slots in blocks of 32 when created: an idle tunnel's queue
+/// then costs 32 pointers instead of 32 packets (2.5 KiB per tunnel).
+pub type Queued = Box<Packet>;
+
 /// The server's handle on one frontend (one Proxy stream or one
 /// HTTP-CONNECT connection): a bounded queue towards it and a kill switch
 /// that ends it with an error.
@@ -30,7 +35,7 @@ pub enum FrontendKind {
 pub struct FrontendLink {
     pub id: u64,
     pub kind: FrontendKind,
-    pub tx: mpsc::Sender<Packet>,
+    pub tx: mpsc::Sender<Queued>,
     pub kill: CancellationToken,
     /// When `tx`'s queue last moved (stall detection).
     pub progress: Arc<Progress>,
