@@ -8,15 +8,24 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
+use super::controller_join;
 use crate::cli::{ControllerArgs, GlobalArgs};
-use crate::components::{applier, etcd, konnectivity_server, Manager};
+use crate::components::{
+    applier, controller_registry, etcd, join_api, konnectivity_server, Manager,
+};
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
 use crate::{fsutil, pki, supervisor};
 
 /// Every component a controller can run, in start order; the names
 /// `--disable-components` accepts.
-pub const COMPONENTS: &[&str] = &[etcd::NAME, konnectivity_server::NAME, applier::NAME];
+pub const COMPONENTS: &[&str] = &[
+    etcd::NAME,
+    konnectivity_server::NAME,
+    join_api::NAME,
+    controller_registry::NAME,
+    applier::NAME,
+];
 
 /// The component the applier talks to.
 const KUBE_APISERVER: &str = "kube-apiserver";
@@ -46,9 +55,14 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
     let span = info_span!("controller", component = "controller", node = %node_name);
     async move {
         info!(%node_address, data_dir = %paths.data_dir.display(), "starting controller");
-        fsutil::ensure_dir(&paths.data_dir, fsutil::PRIVATE_DIR_MODE)?;
         fsutil::ensure_dir(&paths.run_dir, fsutil::PRIVATE_DIR_MODE)?;
         let _lock = lock_run_dir(&paths)?;
+        // Before anything is written to the data dir: a refused token
+        // leaves nothing behind.
+        let join =
+            controller_join::join_if_needed(args.token_file.as_deref(), &cfg, &paths, &node_name)
+                .await?;
+        fsutil::ensure_dir(&paths.data_dir, fsutil::PRIVATE_DIR_MODE)?;
 
         let pki_spec = pki_spec(&cfg, &paths, &node_name);
         let report = tokio::task::spawn_blocking(move || pki::ensure(&pki_spec))
@@ -65,6 +79,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             paths: paths.clone(),
             node_name: node_name.clone(),
             node_address,
+            join,
         };
         let mut manager = build_components(&ctx, &enabled);
         manager.init_all().await?;
@@ -122,14 +137,23 @@ pub struct ControllerContext {
     pub pki: pki::PkiPaths,
     pub node_name: String,
     pub node_address: std::net::IpAddr,
+    /// Set when this controller joined an existing cluster (`join.json`).
+    pub join: Option<crate::join::ControllerJoinState>,
 }
 
 /// The controller's components in start order (DESIGN.md "Process model"),
 /// minus the disabled ones.
 fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> Manager {
     let mut manager = Manager::new();
+    // The registry counts live controllers; the konnectivity server announces it.
+    let (server_count, server_count_rx) = tokio::sync::watch::channel(1u32);
     if enabled(etcd::NAME) {
-        let settings = etcd_settings(&ctx.cfg, &ctx.paths, &ctx.pki, &ctx.node_name);
+        let mut settings = etcd_settings(&ctx.cfg, &ctx.paths, &ctx.pki, &ctx.node_name);
+        if let Some(st) = &ctx.join {
+            settings.initial_cluster = Some(st.initial_cluster.clone());
+            settings.initial_cluster_state = "existing".into();
+            settings.learner = controller_join::learner_promotion(ctx);
+        }
         manager.add(Box::new(etcd::Etcd::new(settings, ctx.paths.clone())));
     }
     if enabled(konnectivity_server::NAME) {
@@ -148,10 +172,26 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
                 key: ctx.pki.konnectivity_server.key.clone(),
                 ca: ctx.pki.konnectivity_ca.cert.clone(),
             },
+            server_count_updates: enabled(controller_registry::NAME).then_some(server_count_rx),
         };
         manager.add(Box::new(konnectivity_server::KonnectivityServer::new(
             settings,
             ctx.paths.clone(),
+        )));
+    }
+    if enabled(join_api::NAME) {
+        let apiserver = COMPONENTS.contains(&KUBE_APISERVER) && enabled(KUBE_APISERVER);
+        let settings = controller_join::join_api_settings(ctx, apiserver);
+        manager.add(Box::new(join_api::JoinApi::new(settings)));
+    }
+    if enabled(controller_registry::NAME) {
+        let (endpoint, tls) = controller_join::etcd_client(ctx);
+        manager.add(Box::new(controller_registry::ControllerRegistry::new(
+            endpoint,
+            tls,
+            controller_join::controller_record(ctx),
+            crate::join::controllers_cache_file(&ctx.paths.data_dir),
+            server_count,
         )));
     }
     if enabled(applier::NAME) {
@@ -232,17 +272,18 @@ fn etcd_settings(
             key: pki.apiserver_etcd_client.key.clone(),
         },
         extra_args: cfg.spec.etcd.extra_args.clone(),
+        learner: None,
     }
 }
 
-fn hostname() -> anyhow::Result<String> {
+pub fn hostname() -> anyhow::Result<String> {
     let h = nix::unistd::gethostname().context("reading the hostname")?;
     Ok(h.to_string_lossy().to_lowercase())
 }
 
 /// One mkectl per run dir: a second one would fight over children and pid
 /// files. The lock dies with the process, so a crash never leaves it held.
-fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+pub fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     let path = paths.lock_file();
     let file = OpenOptions::new()
         .create(true)
@@ -261,7 +302,7 @@ fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<nix::fcntl::Flock<std::fs::
 
 /// First SIGTERM/SIGINT cancels `cancel` (graceful drain); a second one exits
 /// at once (children die with us through PDEATHSIG).
-fn spawn_signal_handler(cancel: CancellationToken) -> anyhow::Result<()> {
+pub fn spawn_signal_handler(cancel: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;

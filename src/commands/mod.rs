@@ -4,8 +4,12 @@
 pub mod certs;
 pub mod config;
 pub mod controller;
+pub mod controller_join;
 pub mod konnectivity;
+pub mod reset;
+pub mod token;
 pub mod version;
+pub mod worker;
 
 use crate::cli::{Cli, Command};
 
@@ -19,6 +23,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(cmd) => certs::run(&global, &cmd),
         Command::Version => version::run(),
         Command::Konnectivity(cmd) => runtime()?.block_on(konnectivity::run(&cmd)),
+        Command::Token(cmd) => runtime()?.block_on(token::run(&global, &cmd)),
+        Command::Worker(args) => runtime()?.block_on(worker::run(&global, &args)),
+        Command::Reset(args) => runtime()?.block_on(reset::run(&global, &args)),
     }
 }
 

@@ -22,7 +22,10 @@
 
 pub mod applier;
 pub mod binary;
+pub mod controller_registry;
 pub mod etcd;
+pub mod join_api;
+pub mod konnectivity_agent;
 pub mod konnectivity_server;
 pub mod manager;
 
