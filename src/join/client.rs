@@ -171,7 +171,8 @@ impl JoinClient {
             None => None,
         };
         let mut last: Option<JoinError> = None;
-        for endpoint in &self.endpoints {
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let more = i + 1 < self.endpoints.len();
             let attempt = tokio::time::timeout(
                 REQUEST_TIMEOUT,
                 self.call_one(endpoint, &method, path, body.clone()),
@@ -185,12 +186,10 @@ impl JoinClient {
             });
             match attempt {
                 Ok(resp) => return Ok((endpoint.clone(), resp)),
-                Err(e @ JoinError::Unreachable { .. }) => {
-                    warn!(component = COMPONENT, %endpoint, error = %e, "join API not reachable, trying the next one");
-                    last = Some(e);
-                }
                 Err(e) if e.is_retryable() => {
-                    warn!(component = COMPONENT, %endpoint, error = %e, "join API busy, trying the next one");
+                    if more {
+                        info!(component = COMPONENT, %endpoint, error = %e, "trying the next join API");
+                    }
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -265,10 +264,9 @@ impl JoinClient {
                         detail: p.detail.clone(),
                     };
                 }
-                JoinError::Tls {
-                    what: format!("handshake with {endpoint}"),
-                    reason: e.to_string(),
-                }
+                // Another endpoint may be fine (a dying controller resets
+                // the connection); only a pin mismatch stops at once.
+                unreachable(format!("TLS handshake: {e}"))
             })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

@@ -61,7 +61,13 @@ fn classify(e: &etcd_client::Error) -> MemberError {
     let text = e.to_string();
     if text.contains("too many learner members") {
         MemberError::Retry("another controller is joining (etcd allows one learner at a time); retry shortly".into())
-    } else if text.contains("not enough started members") || text.contains("unhealthy cluster") {
+    } else if text.contains("unhealthy cluster") {
+        // etcd wants every voting member connected for its health interval
+        // (5 s) before a membership change: right after another join.
+        MemberError::Retry(format!(
+            "etcd is not ready for a membership change yet ({text}); retry shortly"
+        ))
+    } else if text.contains("not enough started members") {
         MemberError::Conflict(format!("etcd refused the change to keep quorum: {text}"))
     } else {
         MemberError::Etcd(text)
