@@ -112,7 +112,12 @@ pub enum TokenCommand {
 pub struct WorkerArgs {
     /// Worker join token (`mkectl token create --role worker`). Needed only
     /// for the first start; prefer --token-file (argv is visible to others).
-    #[arg(long, env = "MKECTL_TOKEN", conflicts_with = "token_file", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MKECTL_TOKEN",
+        conflicts_with = "token_file",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// File holding the worker join token.
     #[arg(long)]

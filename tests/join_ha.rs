@@ -54,11 +54,11 @@ async fn ha_controllers_workers_and_reset() {
     for (node, slot) in [(&c2, &mut p2), (&c3, &mut p3)] {
         let t0 = Instant::now();
         let mut p = node.start_controller(&["--token-file", ctok_arg]);
-        until(
-            &format!("{} votes in etcd", node.name),
-            START,
-            || async { members(&c1).await.is_some_and(|m| voting(&m).contains(&node.name.as_str())) },
-        )
+        until(&format!("{} votes in etcd", node.name), START, || async {
+            members(&c1)
+                .await
+                .is_some_and(|m| voting(&m).contains(&node.name.as_str()))
+        })
         .await;
         joins.push((node.name.clone(), t0.elapsed()));
         wait_log(&mut p, "controller ready", START);
@@ -67,14 +67,23 @@ async fn ha_controllers_workers_and_reset() {
     }
     let (mut p2, mut p3) = (p2.unwrap(), p3.unwrap());
     for (name, d) in &joins {
-        println!("TARGET controller join to voting etcd member ({name}): {} ms (target < 10000 ms)", d.as_millis());
+        println!(
+            "TARGET controller join to voting etcd member ({name}): {} ms (target < 10000 ms)",
+            d.as_millis()
+        );
     }
     let m = members(&c1).await.unwrap();
     assert_eq!(voting(&m), ["c1", "c2", "c3"], "{m:?}");
     assert_eq!(m.len(), 3, "no learner left over: {m:?}");
     // Same trust everywhere: the joiners hold the first controller's CAs
     // and issued their own leaves from them.
-    for rel in ["ca.crt", "etcd/ca.crt", "front-proxy-ca.crt", "konnectivity/ca.crt", "sa.pub"] {
+    for rel in [
+        "ca.crt",
+        "etcd/ca.crt",
+        "front-proxy-ca.crt",
+        "konnectivity/ca.crt",
+        "sa.pub",
+    ] {
         assert_eq!(
             std::fs::read(c1.pki(rel)).unwrap(),
             std::fs::read(c3.pki(rel)).unwrap(),
@@ -107,9 +116,11 @@ async fn ha_controllers_workers_and_reset() {
         c2.konnectivity_admin_port,
         c3.konnectivity_admin_port,
     ];
-    until("agent connected to c1, c2, c3", Duration::from_secs(20), || {
-        all_ready(&admin_ports)
-    })
+    until(
+        "agent connected to c1, c2, c3",
+        Duration::from_secs(20),
+        || all_ready(&admin_ports),
+    )
     .await;
     println!(
         "TARGET worker join to agent connected to every controller (3): {} ms (target < 2000 ms)",
@@ -118,7 +129,8 @@ async fn ha_controllers_workers_and_reset() {
     wait_log(&mut pw1, "worker ready", START);
     // Credentials on disk, private where they must be; the key was made here.
     let mode = |p: &std::path::Path| {
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
     };
     assert_eq!(mode(&w1.data.join("pki/konnectivity/agent.key")), 0o600);
     assert_eq!(mode(&w1.data.join("kubelet/bootstrap-kubeconfig")), 0o600);
@@ -129,7 +141,11 @@ async fn ha_controllers_workers_and_reset() {
         .args(["config", "view", "-o", "jsonpath={.users[0].name}"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "kubelet-bootstrap");
     let worker_state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(w1.data.join("worker.json")).unwrap()).unwrap();
@@ -146,15 +162,22 @@ async fn ha_controllers_workers_and_reset() {
     let mut p4 = c4.start_controller(&["--token-file", ctok_arg]);
     wait_log(&mut p4, "controller ready", START);
     let t0 = Instant::now();
-    until("worker agent reaches c4", Duration::from_secs(10), || async {
-        readyz(c4.konnectivity_admin_port).await == 200
-    })
+    until(
+        "worker agent reaches c4",
+        Duration::from_secs(10),
+        || async { readyz(c4.konnectivity_admin_port).await == 200 },
+    )
     .await;
     println!(
         "controller added later: agent connected {} ms after it registered (refresh interval {REFRESH})",
         t0.elapsed().as_millis()
     );
-    assert_eq!(voting(&members(&c1).await.unwrap()), ["c1", "c2", "c3", "c4"]);
+    assert_eq!(
+        voting(&members(&c1).await.unwrap()),
+        ["c1", "c2", "c3", "c4"]
+    );
+    // Every konnectivity server now announces 4 servers to new agents.
+    wait_log(&mut p1, "server_count=4", Duration::from_secs(10));
 
     // --- 4. kill -9 c3: the rest keep quorum and serve joins.
     signal(p3.pid(), libc::SIGKILL);
@@ -207,11 +230,17 @@ async fn ha_controllers_workers_and_reset() {
     let m = members(&c1).await.unwrap();
     assert_eq!(voting(&m), ["c1", "c2", "c3"], "{m:?}");
     for n in [&c1, &c2, &c3] {
-        assert!(etcd_healthy(n).await, "{} unhealthy after the reset", n.name);
+        assert!(
+            etcd_healthy(n).await,
+            "{} unhealthy after the reset",
+            n.name
+        );
     }
-    until("c1..c3 still serve the agent", Duration::from_secs(10), || {
-        all_ready(&admin_ports)
-    })
+    until(
+        "c1..c3 still serve the agent",
+        Duration::from_secs(10),
+        || all_ready(&admin_ports),
+    )
     .await;
 
     // A worker reset removes its data.
@@ -220,6 +249,32 @@ async fn ha_controllers_workers_and_reset() {
     let out = run(&w2, &["reset"]);
     assert!(out.status.success(), "worker reset: {}", stderr(&out));
     assert!(!w2.data.exists());
+
+    // A worker restarted without a token reuses its credentials and
+    // reaches every controller again.
+    signal(pw1.pid(), libc::SIGTERM);
+    assert!(
+        pw1.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        pw1.log_text()
+    );
+    until(
+        "servers see the agent gone",
+        Duration::from_secs(10),
+        || async { readyz(c1.konnectivity_admin_port).await != 200 },
+    )
+    .await;
+    let mut pw1 = w1.start_worker(&["--refresh-interval", REFRESH, "--agent-admin-port", "0"]);
+    until(
+        "restarted agent back on c1..c3",
+        Duration::from_secs(10),
+        || all_ready(&admin_ports),
+    )
+    .await;
+    assert!(
+        pw1.log_text().contains("already joined")
+            || !pw1.log_text().contains("joining the cluster")
+    );
 
     for p in [&mut pw1, &mut p3, &mut p2, &mut p1] {
         signal(p.pid(), libc::SIGTERM);

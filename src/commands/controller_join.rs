@@ -32,9 +32,8 @@ pub fn join_failure(e: JoinError) -> anyhow::Error {
 
 /// Reads and decodes a token file; errors name the file (exit 64).
 pub fn read_token_file(path: &Path, want: Role) -> anyhow::Result<JoinToken> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        UsageError(format!("--token-file {}: cannot read: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("--token-file {}: cannot read: {e}", path.display())))?;
     let token = JoinToken::decode(&text)
         .map_err(|e| UsageError(format!("--token-file {}: {e}", path.display())))?;
     if token.role != want {
@@ -68,7 +67,10 @@ pub async fn join_if_needed(
     let state_file = join::controller_state_file(&paths.data_dir);
     if let Some(st) = join::state::read::<ControllerJoinState>(&state_file)? {
         if token_file.is_some() {
-            info!("already joined ({}); --token-file ignored", state_file.display());
+            info!(
+                "already joined ({}); --token-file ignored",
+                state_file.display()
+            );
         }
         return Ok(Some(st));
     }
@@ -148,7 +150,12 @@ pub fn join_api_settings(ctx: &ControllerContext, mirror: bool) -> ApiSettings {
     let (etcd_endpoint, etcd_tls) = etcd_client(ctx);
     let mut sans = vec![ctx.node_address.to_string()];
     let peer = cfg.etcd_peer_address().to_string();
-    for s in [peer, ctx.node_name.clone(), "127.0.0.1".into(), "localhost".into()] {
+    for s in [
+        peer,
+        ctx.node_name.clone(),
+        "127.0.0.1".into(),
+        "localhost".into(),
+    ] {
         if !sans.contains(&s) {
             sans.push(s);
         }

@@ -51,11 +51,17 @@ fn kind(paths: &NodePaths) -> Option<NodeKind> {
 pub async fn run(global: &GlobalArgs, args: &ResetArgs) -> anyhow::Result<()> {
     let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
     if paths.data_dir.parent().is_none() {
-        return Err(UsageError(format!("refusing to reset data dir {}", paths.data_dir.display())).into());
+        return Err(UsageError(format!(
+            "refusing to reset data dir {}",
+            paths.data_dir.display()
+        ))
+        .into());
     }
     let _lock = if paths.run_dir.exists() {
         Some(lock_run_dir(&paths).map_err(|e| {
-            anyhow::anyhow!("{e:#}; stop mkectl on this node first (e.g. `systemctl stop mkectl`), then reset")
+            anyhow::anyhow!(
+                "{e:#}; stop mkectl on this node first (e.g. `systemctl stop mkectl`), then reset"
+            )
         })?)
     } else {
         None
@@ -130,7 +136,9 @@ fn clean_run_dir(run_dir: &Path) -> anyhow::Result<()> {
 /// The node name of a controller: its join state, else its etcd peer
 /// certificate's common name (what etcd named the member).
 fn controller_name(paths: &NodePaths) -> anyhow::Result<String> {
-    if let Some(st) = state::read::<ControllerJoinState>(&join::controller_state_file(&paths.data_dir))? {
+    if let Some(st) =
+        state::read::<ControllerJoinState>(&join::controller_state_file(&paths.data_dir))?
+    {
         return Ok(st.node_name);
     }
     use x509_parser::prelude::{FromDer, X509Certificate};
@@ -159,13 +167,18 @@ async fn leave_etcd(paths: &NodePaths, force: bool) -> anyhow::Result<()> {
         Err(e) => return Err(e.context("cannot tell which etcd member this controller is (use --force to remove the data anyway)")),
     };
     let cache = registry::read_cache(&join::controllers_cache_file(&paths.data_dir))?;
-    let own_url = cache.iter().find(|r| r.name == name).map(|r| r.join_api.clone());
+    let own_url = cache
+        .iter()
+        .find(|r| r.name == name)
+        .map(|r| r.join_api.clone());
     let mut peers: Vec<String> = cache
         .iter()
         .filter(|r| r.name != name)
         .map(|r| r.join_api.clone())
         .collect();
-    if let Some(st) = state::read::<ControllerJoinState>(&join::controller_state_file(&paths.data_dir))? {
+    if let Some(st) =
+        state::read::<ControllerJoinState>(&join::controller_state_file(&paths.data_dir))?
+    {
         for e in st.join_endpoints {
             if Some(&e) != own_url.as_ref() && !peers.contains(&e) {
                 peers.push(e);

@@ -38,7 +38,9 @@ pub async fn run(global: &GlobalArgs, cmd: &TokenCommand) -> anyhow::Result<()> 
             };
             let ttl = (!expiry.is_zero()).then_some(*expiry);
             if ttl.is_some_and(|d| d < Duration::from_secs(1)) {
-                return Err(UsageError("--expiry must be at least 1s (or 0 for none)".into()).into());
+                return Err(
+                    UsageError("--expiry must be at least 1s (or 0 for none)".into()).into(),
+                );
             }
             let mut endpoints: Vec<String> = registry::list(&mut client)
                 .await?
@@ -49,12 +51,14 @@ pub async fn run(global: &GlobalArgs, cmd: &TokenCommand) -> anyhow::Result<()> 
                 endpoints.push(url_for(cfg.node_address(), cfg.spec.join_api.port));
             }
             let ca_pin = pki::spki_sha256(&crate::fsutil::read(&pki.ca.cert)?)?;
-            let (bootstrap, stored) = tokens.create(role, ttl, description).await.map_err(|e| {
-                match e {
-                    crate::join::JoinError::Conflict(m) => UsageError(m).into(),
-                    other => anyhow::Error::new(other),
-                }
-            })?;
+            let (bootstrap, stored) =
+                tokens
+                    .create(role, ttl, description)
+                    .await
+                    .map_err(|e| match e {
+                        crate::join::JoinError::Conflict(m) => UsageError(m).into(),
+                        other => anyhow::Error::new(other),
+                    })?;
             let token = JoinToken {
                 endpoints,
                 ca_pin,
@@ -71,7 +75,11 @@ pub async fn run(global: &GlobalArgs, cmd: &TokenCommand) -> anyhow::Result<()> 
         TokenCommand::Invalidate { ids } => {
             let mut missing = Vec::new();
             for id in ids {
-                if id.len() != 6 || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+                if id.len() != 6
+                    || !id
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                {
                     return Err(UsageError(format!(
                         "{id:?} is not a token id (6 characters [a-z0-9], the part before the dot)"
                     ))
@@ -157,7 +165,10 @@ fn print_list(list: &[StoredToken], output: OutputFormat) -> anyhow::Result<()> 
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&views)?),
         OutputFormat::Text => {
-            println!("{:<8} {:<11} {:<12} {:<21} DESCRIPTION", "ID", "ROLE", "STATUS", "EXPIRES");
+            println!(
+                "{:<8} {:<11} {:<12} {:<21} DESCRIPTION",
+                "ID", "ROLE", "STATUS", "EXPIRES"
+            );
             for v in &views {
                 println!(
                     "{:<8} {:<11} {:<12} {:<21} {}",

@@ -164,19 +164,21 @@ pub fn build_components(ctx: &WorkerContext) -> Manager {
 
     let admin_listen = (ctx.args.agent_admin_port != 0)
         .then(|| SocketAddr::new(ctx.args.agent_admin_address, ctx.args.agent_admin_port));
-    manager.add(Box::new(KonnectivityAgent::new(KonnectivityAgentSettings {
-        tls: TlsFiles {
-            cert: ctx.worker.agent_cert.clone(),
-            key: ctx.worker.agent_key.clone(),
-            ca: ctx.worker.konnectivity_ca.clone(),
+    manager.add(Box::new(KonnectivityAgent::new(
+        KonnectivityAgentSettings {
+            tls: TlsFiles {
+                cert: ctx.worker.agent_cert.clone(),
+                key: ctx.worker.agent_key.clone(),
+                ca: ctx.worker.konnectivity_ca.clone(),
+            },
+            agent_id: ctx.state.node_name.clone(),
+            identifiers: format!("host={}", ctx.node_address),
+            admin_listen,
+            refresh_interval: ctx.args.refresh_interval.max(Duration::from_millis(100)),
+            paths: ctx.worker.clone(),
+            state: ctx.state.clone(),
         },
-        agent_id: ctx.state.node_name.clone(),
-        identifiers: format!("host={}", ctx.node_address),
-        admin_listen,
-        refresh_interval: ctx.args.refresh_interval.max(Duration::from_millis(100)),
-        paths: ctx.worker.clone(),
-        state: ctx.state.clone(),
-    })));
+    )));
 
     // kubelet (kube-components issue) goes here, last: it bootstraps with
     // `ctx.worker.kubelet_bootstrap_kubeconfig` (the worker token, mirrored

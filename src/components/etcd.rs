@@ -310,7 +310,11 @@ impl Component for Etcd {
 async fn promote_until_voting(learner: LearnerPromotion, cancel: CancellationToken) {
     let begin = tokio::time::Instant::now();
     let mut last_log = begin;
-    tracing::info!(component = NAME, member_id = format!("{:x}", learner.member_id), "etcd started as a learner; waiting to be promoted");
+    tracing::info!(
+        component = NAME,
+        member_id = format!("{:x}", learner.member_id),
+        "etcd started as a learner; waiting to be promoted"
+    );
     while begin.elapsed() < READY_TIMEOUT {
         let attempt = tokio::select! {
             _ = cancel.cancelled() => return,

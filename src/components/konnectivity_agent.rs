@@ -87,12 +87,13 @@ impl Component for KonnectivityAgent {
         let mut cfg = AgentConfig::new(rx, s.tls.clone(), s.agent_id.clone());
         cfg.identifiers = s.identifiers.clone();
         cfg.admin_listen = s.admin_listen;
-        let handle = Agent::start(cfg, self.cancel.clone())
-            .await
-            .map_err(|e| ComponentError::Failed {
-                component: NAME,
-                message: e.to_string(),
-            })?;
+        let handle =
+            Agent::start(cfg, self.cancel.clone())
+                .await
+                .map_err(|e| ComponentError::Failed {
+                    component: NAME,
+                    message: e.to_string(),
+                })?;
         info!(
             controllers = ?s.state.controllers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
             refresh_every = ?s.refresh_interval,

@@ -130,7 +130,10 @@ impl Component for KonnectivityServer {
                 loop {
                     let count = *updates.borrow_and_update();
                     if count > 0 && count != h.server_count() {
-                        info!(server_count = count, "announcing a new server count to agents");
+                        info!(
+                            server_count = count,
+                            "announcing a new server count to agents"
+                        );
                         h.set_server_count(count);
                     }
                     tokio::select! {

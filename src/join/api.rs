@@ -237,7 +237,10 @@ fn read_string(path: &std::path::Path) -> Result<String, JoinError> {
 
 /// Issues the serving certificate, binds `settings.listen` and serves in
 /// the background until `cancel` or [`ApiHandle::shutdown`].
-pub async fn start(settings: ApiSettings, cancel: CancellationToken) -> Result<ApiHandle, JoinError> {
+pub async fn start(
+    settings: ApiSettings,
+    cancel: CancellationToken,
+) -> Result<ApiHandle, JoinError> {
     let cert_spec = settings.serving.clone();
     let cert = tokio::task::spawn_blocking(move || ServingCert::issue(cert_spec))
         .await
@@ -247,9 +250,15 @@ pub async fn start(settings: ApiSettings, cancel: CancellationToken) -> Result<A
     let cert = Arc::new(cert);
     let tls_cfg = tls::server_config(
         cert.clone(),
-        &[settings.pki.etcd_ca.cert.clone(), settings.pki.konnectivity_ca.cert.clone()],
+        &[
+            settings.pki.etcd_ca.cert.clone(),
+            settings.pki.konnectivity_ca.cert.clone(),
+        ],
     )?;
-    let peer_cas = PeerCas::load(&settings.pki.etcd_ca.cert, &settings.pki.konnectivity_ca.cert)?;
+    let peer_cas = PeerCas::load(
+        &settings.pki.etcd_ca.cert,
+        &settings.pki.konnectivity_ca.cert,
+    )?;
     let etcd = etcd_component::connect(&settings.etcd_endpoint, &settings.etcd_tls)
         .await
         .map_err(|e| JoinError::Internal {
@@ -306,9 +315,14 @@ async fn renew_loop(cert: Arc<ServingCert>, cancel: CancellationToken) {
         }
         let c = cert.clone();
         match tokio::task::spawn_blocking(move || c.renew_if_due()).await {
-            Ok(Ok(true)) => info!(component = COMPONENT, "renewed the join API serving certificate"),
+            Ok(Ok(true)) => info!(
+                component = COMPONENT,
+                "renewed the join API serving certificate"
+            ),
             Ok(Ok(false)) => {}
-            Ok(Err(e)) => warn!(component = COMPONENT, error = %e, "cannot renew the join API serving certificate"),
+            Ok(Err(e)) => {
+                warn!(component = COMPONENT, error = %e, "cannot renew the join API serving certificate")
+            }
             Err(e) => warn!(component = COMPONENT, error = %e, "renewal task failed"),
         }
     }
@@ -322,7 +336,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/etcd/promote", post(promote))
         .route("/v1/etcd/leave", post(leave))
         .route("/v1/controllers", get(list_controllers))
-        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -353,8 +367,12 @@ async fn accept_loop(
             warn!(component = COMPONENT, %remote, "too many connections; closing");
             continue;
         };
-        let (acceptor, app, peer_cas, cancel) =
-            (acceptor.clone(), app.clone(), peer_cas.clone(), cancel.clone());
+        let (acceptor, app, peer_cas, cancel) = (
+            acceptor.clone(),
+            app.clone(),
+            peer_cas.clone(),
+            cancel.clone(),
+        );
         tracker.spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -365,13 +383,15 @@ async fn accept_loop(
                 }
                 Err(_) => return,
             };
-            let peer = peer_cas.identify(tls.get_ref().1.peer_certificates().and_then(|c| c.first()));
+            let peer =
+                peer_cas.identify(tls.get_ref().1.peer_certificates().and_then(|c| c.first()));
             let info = ConnInfo { remote, peer };
-            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(info.clone());
-                let app = app.clone();
-                async move { tower::ServiceExt::oneshot(app, req).await }
-            });
+            let svc =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(info.clone());
+                    let app = app.clone();
+                    async move { tower::ServiceExt::oneshot(app, req).await }
+                });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT)
@@ -384,7 +404,8 @@ async fn accept_loop(
     }
 }
 
-async fn rate_limit(
+/// Rate limit per source address, then the announced body size.
+async fn guard(
     State(state): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
     req: Request,
@@ -392,8 +413,28 @@ async fn rate_limit(
 ) -> Response {
     if !state.limiter.allow(conn.remote.ip()) {
         warn!(component = COMPONENT, remote = %conn.remote, path = %req.uri().path(), "rate limit exceeded");
-        return ApiError::new(429, "RateLimited", "too many requests from this address; slow down")
-            .into_response();
+        return ApiError::new(
+            429,
+            "RateLimited",
+            "too many requests from this address; slow down",
+        )
+        .into_response();
+    }
+    // Refuse an announced oversized body before any work (authentication
+    // included); bodies without a length are cut off by the extractor.
+    let announced = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        warn!(component = COMPONENT, remote = %conn.remote, path = %req.uri().path(), "request body too large");
+        return ApiError::new(
+            413,
+            "BodyTooLarge",
+            format!("request body over {MAX_BODY_BYTES} bytes"),
+        )
+        .into_response();
     }
     next.run(req).await
 }
@@ -413,7 +454,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| {
         let status = e.status().as_u16();
-        let reason = if status == 413 { "BodyTooLarge" } else { "BadBody" };
+        let reason = if status == 413 {
+            "BodyTooLarge"
+        } else {
+            "BadBody"
+        };
         ApiError::new(status, reason, e.body_text())
     })?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))
@@ -449,7 +494,8 @@ fn valid_node_name(s: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
 }
 
@@ -473,9 +519,9 @@ async fn join_worker(
             req.node_name
         )));
     }
-    req.address
-        .parse::<IpAddr>()
-        .map_err(|_| ApiError::bad_request(format!("address {:?} is not an IP address", req.address)))?;
+    req.address.parse::<IpAddr>().map_err(|_| {
+        ApiError::bad_request(format!("address {:?} is not an IP address", req.address))
+    })?;
     let csr = pki::inspect_csr(&req.csr).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let want_cn = agent_common_name(&req.node_name);
     if csr.common_name.as_deref() != Some(want_cn.as_str())
@@ -490,7 +536,13 @@ async fn join_worker(
     let lifetime = state.settings.agent_cert_lifetime;
     let csr_pem = req.csr.clone();
     let agent_cert = tokio::task::spawn_blocking(move || {
-        pki::sign_csr(&pki_dir, Ca::Konnectivity, &csr_pem, lifetime, CertUsage::Client)
+        pki::sign_csr(
+            &pki_dir,
+            Ca::Konnectivity,
+            &csr_pem,
+            lifetime,
+            CertUsage::Client,
+        )
     })
     .await
     .map_err(ApiError::internal)?
@@ -603,7 +655,11 @@ fn require_controller(conn: &ConnInfo) -> Result<String, ApiError> {
             "ClientCertificateRequired",
             "a controller client certificate (etcd CA) is required",
         )),
-        Peer::Agent(_) => Err(ApiError::new(403, "Forbidden", "only controllers may do this")),
+        Peer::Agent(_) => Err(ApiError::new(
+            403,
+            "Forbidden",
+            "only controllers may do this",
+        )),
     }
 }
 
@@ -633,7 +689,10 @@ async fn leave(
         return Err(ApiError::new(
             403,
             "Forbidden",
-            format!("controller {who} may only remove its own member, not {}", req.name),
+            format!(
+                "controller {who} may only remove its own member, not {}",
+                req.name
+            ),
         ));
     }
     if req.name == state.settings.this.name {
@@ -653,7 +712,10 @@ async fn leave(
     let mut etcd = state.etcd.clone();
     let resp = members::remove(&mut etcd, &req.name, req.force, &healthy).await?;
     let _ = etcd
-        .delete(format!("{}{}", registry::CONTROLLERS_PREFIX, req.name), None)
+        .delete(
+            format!("{}{}", registry::CONTROLLERS_PREFIX, req.name),
+            None,
+        )
         .await;
     info!(
         component = COMPONENT,

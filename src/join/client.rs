@@ -423,7 +423,8 @@ pub async fn join_worker(
             .parse::<ServerAddr>()
             .map_err(|e| protocol(format!("controller {}: {e}", c.name)))?;
     }
-    let kubelet_defaults = serde_json::to_vec_pretty(&resp.kubelet).map_err(|e| protocol(e.to_string()))?;
+    let kubelet_defaults =
+        serde_json::to_vec_pretty(&resp.kubelet).map_err(|e| protocol(e.to_string()))?;
 
     for dir in [
         paths.data_dir.clone(),
@@ -552,8 +553,11 @@ pub async fn join_controller(
         k.service_account.cert.as_bytes(),
         PUBLIC_FILE_MODE,
     )?;
-    let mut join_endpoints: Vec<String> =
-        resp.controllers.iter().map(|c| c.join_api.clone()).collect();
+    let mut join_endpoints: Vec<String> = resp
+        .controllers
+        .iter()
+        .map(|c| c.join_api.clone())
+        .collect();
     for e in &token.endpoints {
         if !join_endpoints.contains(e) {
             join_endpoints.push(e.clone());
@@ -594,8 +598,12 @@ pub struct JoinPromoter {
 impl crate::components::etcd::PromoteMember for JoinPromoter {
     async fn promote(&self, member_id: u64) -> Result<bool, String> {
         let ca = fsutil::read(&self.ca).map_err(|e| e.to_string())?;
-        let client = JoinClient::new(self.endpoints.clone(), Trust::CaPem(ca), Some(&self.identity))
-            .map_err(|e| e.to_string())?;
+        let client = JoinClient::new(
+            self.endpoints.clone(),
+            Trust::CaPem(ca),
+            Some(&self.identity),
+        )
+        .map_err(|e| e.to_string())?;
         let resp = client.promote(member_id).await.map_err(|e| e.to_string())?;
         if !resp.voting {
             return Ok(false);
@@ -682,7 +690,9 @@ pub async fn refresh_controllers(
                 });
             }
             Ok(_) => {}
-            Err(e) => warn!(component = COMPONENT, error = %e, "cannot refresh the controller list"),
+            Err(e) => {
+                warn!(component = COMPONENT, error = %e, "cannot refresh the controller list")
+            }
         }
     }
 }

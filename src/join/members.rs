@@ -60,7 +60,10 @@ async fn timed<T>(
 fn classify(e: &etcd_client::Error) -> MemberError {
     let text = e.to_string();
     if text.contains("too many learner members") {
-        MemberError::Retry("another controller is joining (etcd allows one learner at a time); retry shortly".into())
+        MemberError::Retry(
+            "another controller is joining (etcd allows one learner at a time); retry shortly"
+                .into(),
+        )
     } else if text.contains("unhealthy cluster") {
         // etcd wants every voting member connected for its health interval
         // (5 s) before a membership change: right after another join.
@@ -127,11 +130,9 @@ pub async fn add_learner(
             m.peer_urls()
         )));
     }
-    let resp = timed(client.member_add(
-        [peer_url],
-        Some(MemberAddOptions::new().with_is_learner()),
-    ))
-    .await?;
+    let resp =
+        timed(client.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner())))
+            .await?;
     let id = resp
         .member()
         .map(|m| m.id())
@@ -218,7 +219,9 @@ pub async fn remove(
             .count();
         if let Err(quorum) = removal_keeps_quorum(voting, healthy_remaining) {
             return Err(MemberError::Conflict(if voting <= 1 {
-                format!("{name} is the only voting etcd member; removing it would destroy the cluster")
+                format!(
+                    "{name} is the only voting etcd member; removing it would destroy the cluster"
+                )
             } else {
                 format!(
                     "removing {name} would leave {} voting members of which {healthy_remaining} are healthy, below the quorum of {quorum}; bring the other controllers back first, or use --force",

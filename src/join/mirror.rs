@@ -89,7 +89,12 @@ mod tests {
     #[test]
     fn secret_has_the_bootstrap_token_shape() {
         let t = BootstrapToken::generate();
-        let st = StoredToken::new(&t, Role::Worker, Some(std::time::Duration::from_secs(60)), "w");
+        let st = StoredToken::new(
+            &t,
+            Role::Worker,
+            Some(std::time::Duration::from_secs(60)),
+            "w",
+        );
         let s = bootstrap_secret(&t, &st);
         assert_eq!(s.type_.as_deref(), Some("bootstrap.kubernetes.io/token"));
         assert_eq!(s.metadata.name, Some(format!("bootstrap-token-{}", t.id)));

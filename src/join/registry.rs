@@ -115,7 +115,11 @@ fn write_cache(path: &Path, records: &[ControllerRecord]) -> Result<bool, JoinEr
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    Ok(fsutil::write_atomic(path, &json, fsutil::PRIVATE_FILE_MODE)?)
+    Ok(fsutil::write_atomic(
+        path,
+        &json,
+        fsutil::PRIVATE_FILE_MODE,
+    )?)
 }
 
 /// Keeps this controller's record alive and follows the registry.
@@ -184,7 +188,9 @@ impl Registration {
                     component = COMPONENT,
                     "left the controller registry (lease revoked)"
                 ),
-                Err(e) => warn!(component = COMPONENT, error = %e, "could not revoke the registry lease; the record expires with it"),
+                Err(e) => {
+                    warn!(component = COMPONENT, error = %e, "could not revoke the registry lease; the record expires with it")
+                }
             }
         }
     }

@@ -48,7 +48,11 @@ pub struct WorkerState {
 impl WorkerState {
     /// Join API URLs to ask: the known controllers', then the token's.
     pub fn join_endpoints(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.controllers.iter().map(|c| c.join_api.clone()).collect();
+        let mut out: Vec<String> = self
+            .controllers
+            .iter()
+            .map(|c| c.join_api.clone())
+            .collect();
         for e in &self.token_endpoints {
             if !out.contains(e) {
                 out.push(e.clone());
@@ -65,7 +69,9 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, JoinError> {
             .map(Some)
             .map_err(|e| JoinError::State {
                 path: path.to_path_buf(),
-                reason: format!("unreadable join state ({e}); restore it or `mkectl reset` the node"),
+                reason: format!(
+                    "unreadable join state ({e}); restore it or `mkectl reset` the node"
+                ),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(JoinError::Fs(fsutil::FsError::Read {
@@ -81,7 +87,11 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<bool, JoinError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    Ok(fsutil::write_atomic(path, &json, fsutil::PRIVATE_FILE_MODE)?)
+    Ok(fsutil::write_atomic(
+        path,
+        &json,
+        fsutil::PRIVATE_FILE_MODE,
+    )?)
 }
 
 /// Files of a joined worker under its data dir.

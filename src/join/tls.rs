@@ -37,10 +37,7 @@ fn tls_err(what: impl Into<String>, reason: impl std::fmt::Display) -> JoinError
 }
 
 /// Every certificate of a PEM text.
-pub fn certs_from_pem(
-    what: &str,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, JoinError> {
+pub fn certs_from_pem(what: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, JoinError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| tls_err(what, e))?;
@@ -295,8 +292,8 @@ fn issue(spec: &ServingSpec) -> Result<Issued, JoinError> {
     )?);
     let not_after = {
         use x509_parser::prelude::{FromDer, X509Certificate};
-        let (_, c) = X509Certificate::from_der(&chain[0])
-            .map_err(|e| tls_err("join API certificate", e))?;
+        let (_, c) =
+            X509Certificate::from_der(&chain[0]).map_err(|e| tls_err("join API certificate", e))?;
         let secs = c.validity().not_after.timestamp().max(0) as u64;
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
     };
@@ -341,7 +338,12 @@ impl ServingCert {
 
 impl ResolvesServerCert for ServingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 

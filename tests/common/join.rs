@@ -45,7 +45,10 @@ pub fn wait_log(p: &mut Controller, needle: &str, timeout: Duration) {
             return;
         }
         if let Ok(Some(st)) = p.child.try_wait() {
-            panic!("process exited ({st}) before {needle:?}; log:\n{}", p.log_text());
+            panic!(
+                "process exited ({st}) before {needle:?}; log:\n{}",
+                p.log_text()
+            );
         }
         if Instant::now() > end {
             panic!("no {needle:?} within {timeout:?}; log:\n{}", p.log_text());
@@ -101,7 +104,9 @@ where
 pub async fn readyz(port: u16) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
         s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .ok()?;
@@ -122,7 +127,9 @@ pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             if e.path().is_dir() {
                 stack.push(e.path());
