@@ -67,6 +67,11 @@ async fn controller_cold_start(dir: &Path) -> (Duration, Kill) {
         .arg("--config")
         .arg(&cfg)
         .args(["controller", "--node-name", "bench"])
+        // Without the upstream kube binaries: they are not installed here.
+        .args([
+            "--disable-components",
+            "kube-apiserver,kube-controller-manager,kube-scheduler",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

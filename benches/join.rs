@@ -18,6 +18,8 @@ use mkectl::components::etcd::{connect, EtcdClientTls};
 const MKECTL: &str = env!("CARGO_BIN_EXE_mkectl");
 const WORKER_RUNS: usize = 3;
 const LIMIT: Duration = Duration::from_secs(60);
+/// The upstream kube binaries are not on these machines.
+const NO_KUBE: &str = "kube-apiserver,kube-controller-manager,kube-scheduler";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -129,8 +131,7 @@ async fn readyz(port: u16) -> bool {
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
     };
-    if s
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .is_err()
     {
@@ -150,7 +151,11 @@ async fn poll(what: &str, mut f: impl AsyncFnMut() -> bool) {
 }
 
 async fn voting(node: &Node, name: &str) -> bool {
-    let Ok(mut c) = connect(&format!("https://127.0.0.1:{}", node.etcd_port), &node.tls()).await
+    let Ok(mut c) = connect(
+        &format!("https://127.0.0.1:{}", node.etcd_port),
+        &node.tls(),
+    )
+    .await
     else {
         return false;
     };
@@ -188,7 +193,13 @@ async fn main() {
     // Baseline 1: bootstrap the first controller until its etcd serves.
     let c1 = Node::new(root.path(), "c1", "127.0.0.1");
     let t0 = Instant::now();
-    let mut p1 = c1.spawn(&["controller", "--node-name", "c1"]);
+    let mut p1 = c1.spawn(&[
+        "controller",
+        "--node-name",
+        "c1",
+        "--disable-components",
+        NO_KUBE,
+    ]);
     poll("c1 etcd votes", async || voting(&c1, "c1").await).await;
     let bootstrap = t0.elapsed();
     p1.wait_log("controller ready");
@@ -206,6 +217,8 @@ async fn main() {
     let t0 = Instant::now();
     let mut p2 = c2.spawn(&[
         "controller",
+        "--disable-components",
+        NO_KUBE,
         "--node-name",
         "c2",
         "--token-file",
@@ -233,7 +246,11 @@ async fn main() {
     let mut joins = Vec::new();
     let mut restarts = Vec::new();
     for i in 0..WORKER_RUNS {
-        let w = Node::new(root.path(), &format!("w{i}"), &format!("127.0.0.{}", 10 + i));
+        let w = Node::new(
+            root.path(),
+            &format!("w{i}"),
+            &format!("127.0.0.{}", 10 + i),
+        );
         let name = w.name.clone();
         let address = w.address.clone();
         let t0 = Instant::now();
@@ -248,7 +265,10 @@ async fn main() {
             "--agent-admin-port",
             "0",
         ]);
-        poll("agent on every controller", async || all_ready(&ports).await).await;
+        poll("agent on every controller", async || {
+            all_ready(&ports).await
+        })
+        .await;
         joins.push(t0.elapsed());
         pw.stop();
         poll("agent gone", async || !readyz(c1.admin_port).await).await;

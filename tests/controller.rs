@@ -87,7 +87,7 @@ fn foreign_client(dir: &std::path::Path) -> EtcdClientTls {
 #[tokio::test(flavor = "multi_thread")]
 async fn etcd_under_supervision_with_mtls() {
     let node = Node::new("ctl-a");
-    let mut ctl = node.start_controller(&[]);
+    let mut ctl = node.start_controller(NO_KUBE_BINARIES);
     put_when_ready(&node, "/test/k1", "v1").await;
     assert_eq!(get(&node, "/test/k1").await.as_deref(), Some("v1"));
 
@@ -147,7 +147,7 @@ async fn etcd_under_supervision_with_mtls() {
     assert!(log.contains("component"), "logs carry the component field");
 
     // A restart keeps data and certificates.
-    let _ctl2 = node.start_controller(&[]);
+    let _ctl2 = node.start_controller(NO_KUBE_BINARIES);
     assert_eq!(get_until(&node, "/test/k1", READY).await, "v1");
     assert_eq!(fs::read(node.pki("ca.crt")).unwrap(), ca_before);
     assert_eq!(fs::read(node.pki("etcd/ca.crt")).unwrap(), etcd_ca_before);
@@ -156,7 +156,7 @@ async fn etcd_under_supervision_with_mtls() {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_mkectl_takes_etcd_along_and_next_start_cleans_up() {
     let node = Node::new("ctl-b");
-    let mut ctl = node.start_controller(&[]);
+    let mut ctl = node.start_controller(NO_KUBE_BINARIES);
     put_when_ready(&node, "/test/k2", "v2").await;
     let etcd_pid = node.child_pid("etcd").unwrap();
 
@@ -170,7 +170,7 @@ async fn killed_mkectl_takes_etcd_along_and_next_start_cleans_up() {
         "the crash leaves a stale pid file"
     );
 
-    let ctl2 = node.start_controller(&[]);
+    let ctl2 = node.start_controller(NO_KUBE_BINARIES);
     assert_eq!(get_until(&node, "/test/k2", READY).await, "v2");
     let pid2 = node.child_pid("etcd").unwrap();
     assert_ne!(pid2, etcd_pid);

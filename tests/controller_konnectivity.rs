@@ -69,7 +69,7 @@ fn agent_tls(node: &Node, ca: Ca) -> TlsFiles {
 #[tokio::test(flavor = "multi_thread")]
 async fn egress_selector_socket_tunnels_to_an_agent_target() {
     let node = Node::new("ctl-k");
-    let _ctl = node.start_controller(&[]);
+    let _ctl = node.start_controller(NO_KUBE_BINARIES);
     let admin: SocketAddr = format!("127.0.0.1:{}", node.konnectivity_admin_port)
         .parse()
         .unwrap();

@@ -40,7 +40,7 @@ async fn all_ready(ports: &[u16]) -> bool {
 async fn ha_controllers_workers_and_reset() {
     // --- 1. c1 bootstraps; c2 and c3 join with one controller token.
     let c1 = Node::with_address("c1", "127.0.0.1", "");
-    let mut p1 = c1.start_controller(&[]);
+    let mut p1 = c1.start_controller(&ctl_args(&[]));
     wait_log(&mut p1, "controller ready", START);
     let ctok = token_create(&c1, "controller", &["--description", "ha test"]);
     let ctok_file = token_file(&c1, "controller.token", &ctok);
@@ -53,7 +53,7 @@ async fn ha_controllers_workers_and_reset() {
     let mut p3 = None;
     for (node, slot) in [(&c2, &mut p2), (&c3, &mut p3)] {
         let t0 = Instant::now();
-        let mut p = node.start_controller(&["--token-file", ctok_arg]);
+        let mut p = node.start_controller(&ctl_args(&["--token-file", ctok_arg]));
         until(&format!("{} votes in etcd", node.name), START, || async {
             members(&c1)
                 .await
@@ -159,7 +159,7 @@ async fn ha_controllers_workers_and_reset() {
     // --- 3. A fourth controller added later gets the running worker's agent
     // within the refresh interval, with no change on the worker.
     let c4 = Node::with_address("c4", "127.0.0.4", "");
-    let mut p4 = c4.start_controller(&["--token-file", ctok_arg]);
+    let mut p4 = c4.start_controller(&ctl_args(&["--token-file", ctok_arg]));
     wait_log(&mut p4, "controller ready", START);
     let t0 = Instant::now();
     until(
@@ -203,7 +203,7 @@ async fn ha_controllers_workers_and_reset() {
 
     // Restarted without a token, c3 rejoins with its data: its own etcd
     // serves quorum reads again and the worker's agent comes back to it.
-    let mut p3 = c3.start_controller(&[]);
+    let mut p3 = c3.start_controller(&ctl_args(&[]));
     wait_log(&mut p3, "controller ready", START);
     until("c3 etcd healthy again", Duration::from_secs(20), || {
         etcd_healthy(&c3)

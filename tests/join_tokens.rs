@@ -43,7 +43,7 @@ fn refused_worker(token: &str) -> (i32, String) {
 fn refused_controller(token: &str) -> (i32, String) {
     let c = Node::with_address("cx", "127.0.0.21", "");
     let f = token_file(&c, "t", token);
-    let mut p = c.start_controller(&["--token-file", f.to_str().unwrap()]);
+    let mut p = c.start_controller(&ctl_args(&["--token-file", f.to_str().unwrap()]));
     let st = p.wait_exit(Duration::from_secs(30));
     let log = p.log_text();
     assert!(
@@ -96,7 +96,7 @@ async fn https_status(node: &Node, source: &str, method: &str, path: &str, body:
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_tokens_are_refused_and_nothing_is_written() {
     let c1 = Node::new("t1");
-    let mut p1 = c1.start_controller(&[]);
+    let mut p1 = c1.start_controller(&ctl_args(&[]));
     wait_log(&mut p1, "controller ready", START);
     let good = JoinToken::decode(&token_create(&c1, "worker", &[])).unwrap();
 

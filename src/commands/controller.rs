@@ -11,7 +11,8 @@ use tracing::{info, info_span, warn, Instrument};
 use super::controller_join;
 use crate::cli::{ControllerArgs, GlobalArgs};
 use crate::components::{
-    applier, controller_registry, etcd, join_api, konnectivity_server, Manager,
+    applier, binary, controller_registry, etcd, join_api, konnectivity_server,
+    kube_apiserver as kas, kube_controller_manager as kcm, kube_scheduler as ksch, Manager,
 };
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
@@ -22,16 +23,21 @@ use crate::{fsutil, pki, supervisor};
 pub const COMPONENTS: &[&str] = &[
     etcd::NAME,
     konnectivity_server::NAME,
+    kas::NAME,
     join_api::NAME,
     controller_registry::NAME,
+    kcm::NAME,
+    ksch::NAME,
     applier::NAME,
 ];
 
-/// The component the applier talks to.
-const KUBE_APISERVER: &str = "kube-apiserver";
+/// Upstream binaries that only exist with the bundle: checked before anything
+/// starts rather than in `init`, so `--init-only` works without them.
+const KUBE_BINARIES: &[&str] = &[kas::NAME, kcm::NAME, ksch::NAME];
 
-/// Upper bound for stopping every component on shutdown.
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// Upper bound for stopping every component on shutdown: covers the
+/// apiserver's drain (`kube_apiserver` stop grace, 70 s by default) plus etcd.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(120);
 
 pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -46,7 +52,17 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         }
     }
     let enabled = |name: &str| !args.disable_components.iter().any(|d| d == name);
-    let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
+    // Absolute, so the paths in component flags and files mean the same thing
+    // whatever directory a child runs in (etcd runs in its data dir).
+    let abs = |p: &std::path::Path| {
+        std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+    };
+    let bin_dir = global.bin_dir.as_deref().map(abs).transpose()?;
+    let paths = NodePaths::new(
+        &abs(&global.data_dir)?,
+        &abs(&global.run_dir)?,
+        bin_dir.as_deref(),
+    );
     let node_name = match &args.node_name {
         Some(n) => n.clone(),
         None => hostname()?,
@@ -86,6 +102,12 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         if args.init_only {
             info!("--init-only: PKI and configuration written, exiting");
             return Ok(());
+        }
+
+        for name in manager.names() {
+            if KUBE_BINARIES.contains(&name) {
+                binary::find(name, &paths)?;
+            }
         }
 
         // A crashed mkectl may have left children (PDEATHSIG covers the
@@ -145,8 +167,11 @@ pub struct ControllerContext {
 /// minus the disabled ones.
 fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> Manager {
     let mut manager = Manager::new();
+    // Controllers in the cluster as known at start: drives leader election,
+    // the apiserver's shutdown delay and the first konnectivity server count.
+    let n = controller_join::controller_count(ctx);
     // The registry counts live controllers; the konnectivity server announces it.
-    let (server_count, server_count_rx) = tokio::sync::watch::channel(1u32);
+    let (server_count, server_count_rx) = tokio::sync::watch::channel(n as u32);
     if enabled(etcd::NAME) {
         let mut settings = etcd_settings(&ctx.cfg, &ctx.paths, &ctx.pki, &ctx.node_name);
         if let Some(st) = &ctx.join {
@@ -164,7 +189,7 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
         let settings = konnectivity_server::KonnectivityServerSettings {
             server_id: ctx.node_name.clone(),
-            server_count: 1,
+            server_count: n as u32,
             agent_listen: std::net::SocketAddr::new(ctx.node_address, k.agent_port),
             admin_listen: std::net::SocketAddr::new(admin_ip, k.admin_port),
             tls: crate::konnectivity::TlsFiles {
@@ -179,9 +204,13 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
             ctx.paths.clone(),
         )));
     }
+    let (cfg, paths, pki) = (&ctx.cfg, &ctx.paths, &ctx.pki);
+    if enabled(kas::NAME) {
+        let s = kas::KubeApiserverSettings::from_config(cfg, paths, pki, ctx.node_address, n);
+        manager.add(Box::new(kas::KubeApiserver::new(s, paths.clone())));
+    }
     if enabled(join_api::NAME) {
-        let apiserver = COMPONENTS.contains(&KUBE_APISERVER) && enabled(KUBE_APISERVER);
-        let settings = controller_join::join_api_settings(ctx, apiserver);
+        let settings = controller_join::join_api_settings(ctx, enabled(kas::NAME));
         manager.add(Box::new(join_api::JoinApi::new(settings)));
     }
     if enabled(controller_registry::NAME) {
@@ -192,10 +221,19 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
             controller_join::controller_record(ctx),
             crate::join::controllers_cache_file(&ctx.paths.data_dir),
             server_count,
+            n as u32,
         )));
     }
+    if enabled(kcm::NAME) {
+        let s = kcm::KubeControllerManagerSettings::from_config(cfg, paths, pki, n);
+        manager.add(Box::new(kcm::KubeControllerManager::new(s, paths.clone())));
+    }
+    if enabled(ksch::NAME) {
+        let s = ksch::KubeSchedulerSettings::from_config(cfg, paths, pki, n);
+        manager.add(Box::new(ksch::KubeScheduler::new(s, paths.clone())));
+    }
     if enabled(applier::NAME) {
-        if manager.names().contains(&KUBE_APISERVER) {
+        if manager.names().contains(&kas::NAME) {
             manager.add(Box::new(applier::ApplierComponent::new(
                 &ctx.cfg,
                 ctx.node_address,

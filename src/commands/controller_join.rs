@@ -99,6 +99,16 @@ pub async fn join_if_needed(
     Ok(Some(st))
 }
 
+/// Controllers in the cluster as this node knows at start: the registry
+/// cache the running controller keeps, at least 2 for a node that joined.
+pub fn controller_count(ctx: &ControllerContext) -> usize {
+    let cached = join::registry::read_cache(&join::controllers_cache_file(&ctx.paths.data_dir))
+        .map(|v| v.len())
+        .unwrap_or(0);
+    let joined = if ctx.join.is_some() { 2 } else { 1 };
+    cached.max(joined)
+}
+
 /// Learner promotion for a joined controller that does not vote yet.
 pub fn learner_promotion(ctx: &ControllerContext) -> Option<LearnerPromotion> {
     let st = ctx.join.as_ref().filter(|s| !s.promoted)?;

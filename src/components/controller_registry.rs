@@ -24,6 +24,7 @@ pub struct ControllerRegistry {
     record: ControllerRecord,
     cache_file: std::path::PathBuf,
     server_count: watch::Sender<u32>,
+    started_with: u32,
     controllers: watch::Sender<Vec<ControllerRecord>>,
     registered: Arc<AtomicBool>,
     cancel: CancellationToken,
@@ -31,13 +32,15 @@ pub struct ControllerRegistry {
 }
 
 impl ControllerRegistry {
-    /// `server_count` receives the number of live controllers.
+    /// `server_count` receives the number of live controllers;
+    /// `started_with` is the count the kube components were configured for.
     pub fn new(
         etcd_endpoint: String,
         etcd_tls: EtcdClientTls,
         record: ControllerRecord,
         cache_file: std::path::PathBuf,
         server_count: watch::Sender<u32>,
+        started_with: u32,
     ) -> Self {
         Self {
             etcd_endpoint,
@@ -45,6 +48,7 @@ impl ControllerRegistry {
             record,
             cache_file,
             server_count,
+            started_with,
             controllers: watch::channel(Vec::new()).0,
             registered: Arc::new(AtomicBool::new(false)),
             cancel: CancellationToken::new(),
@@ -84,6 +88,7 @@ impl Component for ControllerRegistry {
             cache_file: self.cache_file.clone(),
             controllers: self.controllers.clone(),
             server_count: self.server_count.clone(),
+            started_with: self.started_with,
         };
         self.task = Some(tokio::spawn(reg.run(
             client,

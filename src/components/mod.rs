@@ -24,9 +24,14 @@ pub mod applier;
 pub mod binary;
 pub mod controller_registry;
 pub mod etcd;
+pub mod https_probe;
 pub mod join_api;
 pub mod konnectivity_agent;
 pub mod konnectivity_server;
+pub mod kube_apiserver;
+pub mod kube_common;
+pub mod kube_controller_manager;
+pub mod kube_scheduler;
 pub mod manager;
 
 use std::time::Duration;

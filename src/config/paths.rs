@@ -56,6 +56,17 @@ impl NodePaths {
     pub fn egress_selector_file(&self) -> PathBuf {
         self.generated_config_dir().join("egress-selector.yaml")
     }
+    /// `<data-dir>/config/<component>.args`: the argv mkectl runs a kube
+    /// component with, one flag per line, for operators to inspect.
+    pub fn component_args_file(&self, component: &str) -> PathBuf {
+        self.generated_config_dir()
+            .join(format!("{component}.args"))
+    }
+    /// `<data-dir>/<component>/serving`: where kube-controller-manager and
+    /// kube-scheduler keep their self-signed serving certificate (`--cert-dir`).
+    pub fn component_cert_dir(&self, component: &str) -> PathBuf {
+        self.data_dir.join(component).join("serving")
+    }
     /// `<run-dir>/mkectl.lock`: one mkectl per data/run dir pair.
     pub fn lock_file(&self) -> PathBuf {
         self.run_dir.join("mkectl.lock")

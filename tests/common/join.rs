@@ -9,6 +9,14 @@ use mkectl::components::etcd::{connect, EtcdClientTls};
 
 use super::{Controller, Node};
 
+/// `controller` flags for these tests: no upstream kube binaries here, plus
+/// `extra`.
+pub fn ctl_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v: Vec<&str> = super::NO_KUBE_BINARIES.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
 /// `mkectl <args>` on `node`, waited for.
 pub fn run(node: &Node, args: &[&str]) -> Output {
     node.cmd(args).output().unwrap()

@@ -13,6 +13,14 @@ use std::time::{Duration, Instant};
 
 pub const MKECTL: &str = env!("CARGO_BIN_EXE_mkectl");
 
+/// `mkectl controller` arguments that leave out the components needing the
+/// upstream kube binaries, which CI machines do not have (the applier then
+/// stays off too, for lack of an apiserver).
+pub const NO_KUBE_BINARIES: &[&str] = &[
+    "--disable-components",
+    "kube-apiserver,kube-controller-manager,kube-scheduler",
+];
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
