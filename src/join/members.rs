@@ -68,7 +68,7 @@ fn classify(e: &etcd_client::Error) -> MemberError {
         // etcd wants every voting member connected for its health interval
         // (5 s) before a membership change: right after another join.
         MemberError::Retry(format!(
-            "etcd is not ready for a membership change yet ({text}); retry shortly"
+            "etcd accepts a membership change only when every voting member has been connected for 5 s: a controller is down or just (re)started; bring it back or `mkectl reset` it, then retry ({text})"
         ))
     } else if text.contains("not enough started members") {
         MemberError::Conflict(format!("etcd refused the change to keep quorum: {text}"))
