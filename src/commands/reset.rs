@@ -26,6 +26,9 @@ use crate::join::{self, registry, ControllerJoinState, JoinError};
 use crate::pki::PkiPaths;
 use crate::supervisor;
 
+/// How long a member removal is retried while etcd answers "try again".
+const LEAVE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NodeKind {
     Controller,
@@ -205,7 +208,18 @@ async fn leave_etcd(paths: &NodePaths, force: bool) -> anyhow::Result<()> {
         name: name.clone(),
         force,
     };
-    match client.leave(&req).await {
+    // etcd may ask to retry (a member connected only seconds ago).
+    let deadline = tokio::time::Instant::now() + LEAVE_RETRY_FOR;
+    let outcome = loop {
+        match client.leave(&req).await {
+            Err(e) if e.status() == Some(503) && tokio::time::Instant::now() < deadline => {
+                info!(error = %e, "etcd busy; retrying the member removal");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            other => break other,
+        }
+    };
+    match outcome {
         Ok((endpoint, resp)) if resp.removed => {
             println!(
                 "removed etcd member {name} (via {endpoint}); {} voting members remain",

@@ -38,7 +38,7 @@ use super::members;
 use super::registry::{self, ControllerRecord};
 use super::store::{AuthError, TokenStore};
 use super::tls::{self, Peer, PeerCas, ServingCert, ServingSpec};
-use super::token::{BootstrapToken, Role};
+use super::token::{BootstrapToken, Role, StoredToken};
 use super::wire::*;
 use super::JoinError;
 use crate::components::etcd::{self as etcd_component, EtcdClientTls};
@@ -470,7 +470,7 @@ async fn authenticate(
     conn: &ConnInfo,
     headers: &HeaderMap,
     role: Role,
-) -> Result<BootstrapToken, ApiError> {
+) -> Result<(BootstrapToken, StoredToken), ApiError> {
     let token = match bearer(headers) {
         Ok(t) => t,
         Err(e) => {
@@ -478,11 +478,13 @@ async fn authenticate(
             return Err(e);
         }
     };
-    if let Err(e) = state.tokens.authenticate(&token, role).await {
-        warn!(component = COMPONENT, remote = %conn.remote, token_id = %token.id, %role, reason = e.reason(), "join refused");
-        return Err(e.into());
+    match state.tokens.authenticate(&token, role).await {
+        Ok(stored) => Ok((token, stored)),
+        Err(e) => {
+            warn!(component = COMPONENT, remote = %conn.remote, token_id = %token.id, %role, reason = e.reason(), "join refused");
+            Err(e.into())
+        }
     }
-    Ok(token)
 }
 
 /// RFC 1123 subdomain, as Kubernetes node names.
@@ -511,7 +513,7 @@ async fn join_worker(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WorkerJoinResponse>, ApiError> {
-    let token = authenticate(&state, &conn, &headers, Role::Worker).await?;
+    let (token, stored) = authenticate(&state, &conn, &headers, Role::Worker).await?;
     let req: WorkerJoinRequest = parse_body(body)?;
     if !valid_node_name(&req.node_name) {
         return Err(ApiError::bad_request(format!(
@@ -563,11 +565,6 @@ async fn join_worker(
     )
     .map_err(ApiError::internal)?;
     if let Some(kc) = &state.settings.mirror_kubeconfig {
-        let stored = state
-            .tokens
-            .authenticate(&token, Role::Worker)
-            .await
-            .map_err(ApiError::from)?;
         super::mirror::mirror_bootstrap_token(kc, &token, &stored)
             .await
             .map_err(|e| ApiError::new(503, "MirrorFailed", e.to_string()))?;
@@ -604,7 +601,7 @@ async fn join_controller(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ControllerJoinResponse>, ApiError> {
-    let token = authenticate(&state, &conn, &headers, Role::Controller).await?;
+    let (token, _) = authenticate(&state, &conn, &headers, Role::Controller).await?;
     let req: ControllerJoinRequest = parse_body(body)?;
     if !valid_node_name(&req.node_name) {
         return Err(ApiError::bad_request(format!(
