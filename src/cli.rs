@@ -59,6 +59,11 @@ pub enum Command {
     /// Inspect the cluster certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Build, plan or verify a bundle (mkectl with the upstream binaries appended).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Write a systemd unit running this mkectl as a controller or worker.
+    Install(InstallArgs),
     /// Run a standalone konnectivity server or agent (drop-in for upstream's
     /// proxy-server / proxy-agent).
     #[command(subcommand)]
@@ -70,8 +75,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Remove this node from its cluster and delete its data (stop mkectl first).
     Reset(ResetArgs),
-    /// Print the mkectl version.
-    Version,
+    /// Print the mkectl version and the versions of the bundled components.
+    Version(VersionArgs),
 }
 
 /// Role a join token grants.
@@ -191,4 +196,112 @@ pub enum OutputFormat {
     #[default]
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VersionArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Append the binaries in a directory to mkectl (offline; no download).
+    Create(BundleCreateArgs),
+    /// Print the artifacts pinned for an architecture, one per line:
+    /// component, url, algorithm, checksum, file name (tab separated).
+    /// Refuses when a checksum is missing. packaging/bundle.sh downloads these.
+    Plan(BundlePlanArgs),
+    /// Check a bundled mkectl completely (footer, payload, every file) without
+    /// extracting anything.
+    Verify {
+        /// The bundled mkectl; defaults to this executable.
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BundleCreateArgs {
+    /// Directory with the downloaded artifacts (file names as in the pinned
+    /// URLs) and, with --allow-local, local binaries.
+    #[arg(long, value_name = "DIR")]
+    pub from_dir: PathBuf,
+    /// Pinned versions and checksums (packaging/versions.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub versions: Option<PathBuf>,
+    /// Where to write the bundled mkectl.
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// The mkectl to append to (any bundle it carries is replaced); defaults
+    /// to this executable.
+    #[arg(long, value_name = "FILE")]
+    pub mkectl: Option<PathBuf>,
+    /// Architecture whose pins apply (amd64, arm64); defaults to this host's.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Also bundle files that match no pinned artifact, recording their own
+    /// SHA-256 (for local builds and tests; printed as "local").
+    #[arg(long)]
+    pub allow_local: bool,
+    /// Version recorded for a local file (repeatable); default "local".
+    #[arg(long = "local-version", value_name = "NAME=VERSION")]
+    pub local_versions: Vec<String>,
+    /// Fail unless every artifact pinned for the architecture is in the directory.
+    #[arg(long)]
+    pub require_all: bool,
+    /// gzip compression level, 0 (none) to 9 (smallest).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub compression_level: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BundlePlanArgs {
+    /// Pinned versions and checksums (packaging/versions.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub versions: PathBuf,
+    /// Architecture (amd64, arm64); defaults to this host's.
+    #[arg(long)]
+    pub arch: Option<String>,
+}
+
+/// What `mkectl install` sets up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InstallRole {
+    Controller,
+    Worker,
+}
+
+impl InstallRole {
+    /// The mkectl subcommand the unit runs.
+    pub fn subcommand(self) -> &'static str {
+        match self {
+            InstallRole::Controller => "controller",
+            InstallRole::Worker => "worker",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// controller or worker.
+    #[arg(value_enum)]
+    pub role: InstallRole,
+    /// Enable the service and start it now (restart it if the unit changed).
+    #[arg(long)]
+    pub start: bool,
+    /// Directory the unit file is written to.
+    #[arg(long, default_value = "/etc/systemd/system", value_name = "DIR")]
+    pub unit_dir: PathBuf,
+    /// Only write the unit file; run no systemctl command.
+    #[arg(long)]
+    pub no_systemctl: bool,
+    /// Flags for `mkectl controller|worker`, written into ExecStart as given
+    /// (install's own flags come before them; `--` may separate them).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "FLAGS"
+    )]
+    pub flags: Vec<String>,
 }

@@ -5,6 +5,7 @@
 //! of a node is a `components::Component` supervised by the manager.
 
 pub mod applier;
+pub mod bundle;
 pub mod cli;
 pub mod commands;
 pub mod components;

@@ -133,11 +133,11 @@ async fn ha_controllers_workers_and_reset() {
             & 0o777
     };
     assert_eq!(mode(&w1.data.join("pki/konnectivity/agent.key")), 0o600);
-    assert_eq!(mode(&w1.data.join("kubelet/bootstrap-kubeconfig")), 0o600);
+    assert_eq!(mode(&w1.data.join("kubelet/bootstrap-kubelet.conf")), 0o600);
     assert_eq!(mode(&w1.data), 0o700);
     let out = std::process::Command::new("kubectl")
         .arg("--kubeconfig")
-        .arg(w1.data.join("kubelet/bootstrap-kubeconfig"))
+        .arg(w1.data.join("kubelet/bootstrap-kubelet.conf"))
         .args(["config", "view", "-o", "jsonpath={.users[0].name}"])
         .output()
         .unwrap();

@@ -11,7 +11,7 @@ use tracing::{info, info_span, warn, Instrument};
 use super::controller_join;
 use crate::cli::{ControllerArgs, GlobalArgs};
 use crate::components::{
-    applier, binary, controller_registry, etcd, join_api, konnectivity_server,
+    applier, binary, controller_registry, csr_approver, etcd, join_api, konnectivity_server,
     kube_apiserver as kas, kube_controller_manager as kcm, kube_scheduler as ksch, Manager,
 };
 use crate::config::{ClusterConfig, NodePaths};
@@ -29,6 +29,7 @@ pub const COMPONENTS: &[&str] = &[
     kcm::NAME,
     ksch::NAME,
     applier::NAME,
+    csr_approver::NAME,
 ];
 
 /// Upstream binaries that only exist with the bundle: checked before anything
@@ -79,6 +80,9 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             controller_join::join_if_needed(args.token_file.as_deref(), &cfg, &paths, &node_name)
                 .await?;
         fsutil::ensure_dir(&paths.data_dir, fsutil::PRIVATE_DIR_MODE)?;
+        // Bundled binaries go to <data-dir>/bin before any component looks
+        // one up (lookup order in components/binary.rs).
+        crate::bundle::stage(&paths).await?;
 
         let pki_spec = pki_spec(&cfg, &paths, &node_name);
         let report = tokio::task::spawn_blocking(move || pki::ensure(&pki_spec))
@@ -232,18 +236,36 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
         let s = ksch::KubeSchedulerSettings::from_config(cfg, paths, pki, n);
         manager.add(Box::new(ksch::KubeScheduler::new(s, paths.clone())));
     }
-    if enabled(applier::NAME) {
-        if manager.names().contains(&kas::NAME) {
-            manager.add(Box::new(applier::ApplierComponent::new(
+    // These talk to the local kube-apiserver with the admin identity.
+    let apiserver_runs = manager.names().contains(&kas::NAME);
+    for name in [applier::NAME, csr_approver::NAME] {
+        if !enabled(name) {
+            continue;
+        }
+        if !apiserver_runs {
+            info!(
+                component = name,
+                "not started: it needs kube-apiserver, which is not running here"
+            );
+            continue;
+        }
+        let admin = ctx.pki.admin_kubeconfig.clone();
+        manager.add(if name == applier::NAME {
+            Box::new(applier::ApplierComponent::new(
                 &ctx.cfg,
                 ctx.node_address,
                 ctx.paths.clone(),
-                ctx.pki.admin_kubeconfig.clone(),
+                admin,
                 ctx.node_name.clone(),
-            )));
+            ))
         } else {
-            info!("applier not started: it needs kube-apiserver, which is not running here");
-        }
+            Box::new(csr_approver::CsrApprover::new(
+                csr_approver::CsrApproverSettings {
+                    kubeconfig: admin,
+                    resync: csr_approver::DEFAULT_RESYNC,
+                },
+            ))
+        });
     }
     manager
 }

@@ -1,10 +1,12 @@
 //! One file per subcommand. Each `run` returns `anyhow::Result`; `main`
 //! maps the error chain to an exit code.
 
+pub mod bundle;
 pub mod certs;
 pub mod config;
 pub mod controller;
 pub mod controller_join;
+pub mod install;
 pub mod konnectivity;
 pub mod reset;
 pub mod token;
@@ -21,7 +23,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Controller(args) => runtime()?.block_on(controller::run(&global, &args)),
         Command::Config(cmd) => config::run(&global, &cmd),
         Command::Certs(cmd) => certs::run(&global, &cmd),
-        Command::Version => version::run(),
+        Command::Bundle(cmd) => bundle::run(&cmd),
+        Command::Install(args) => install::run(&global, &args),
+        Command::Version(args) => version::run(&args),
         Command::Konnectivity(cmd) => runtime()?.block_on(konnectivity::run(&cmd)),
         Command::Token(cmd) => runtime()?.block_on(token::run(&global, &cmd)),
         Command::Worker(args) => runtime()?.block_on(worker::run(&global, &args)),

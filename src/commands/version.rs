@@ -1,7 +1,58 @@
-//! `mkectl version`.
+//! `mkectl version [-o json]`: the mkectl version and, when this executable
+//! carries a bundle, each bundled component with its version, read from the
+//! manifest (nothing is extracted; `mkectl bundle verify` checks the bytes).
 
-/// Prints the mkectl version.
-pub fn run() -> anyhow::Result<()> {
-    println!("mkectl {}", env!("CARGO_PKG_VERSION"));
+use crate::bundle::{self, Bundle};
+use crate::cli::{OutputFormat, VersionArgs};
+
+pub fn run(args: &VersionArgs) -> anyhow::Result<()> {
+    let version = env!("CARGO_PKG_VERSION");
+    let bundle = Bundle::open_self()?;
+    let manifest = match &bundle {
+        Some(b) => Some(b.manifest()?),
+        None => None,
+    };
+    match args.output {
+        OutputFormat::Json => {
+            let bundle_json = match (&bundle, &manifest) {
+                (Some(b), Some(m)) => serde_json::json!({
+                    "formatVersion": b.footer().format_version,
+                    "arch": m.arch,
+                    "createdBy": m.created_by,
+                    "payloadBytes": b.footer().payload_len,
+                    "payloadSha256": b.footer().sha256_hex(),
+                    "components": m.components(),
+                }),
+                _ => serde_json::Value::Null,
+            };
+            let doc = serde_json::json!({ "version": version, "bundle": bundle_json });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        OutputFormat::Text => {
+            println!("mkectl {version}");
+            match (&bundle, &manifest) {
+                (Some(b), Some(m)) => {
+                    println!(
+                        "bundled components ({}, payload {}):",
+                        m.arch,
+                        bundle::mib(b.footer().payload_len)
+                    );
+                    let comps = m.components();
+                    let w = comps.iter().map(|c| c.name.len()).max().unwrap_or(0);
+                    let vw = comps.iter().map(|c| c.version.len()).max().unwrap_or(0);
+                    for c in comps {
+                        println!(
+                            "  {:w$}  {:vw$}  {}  ({})",
+                            c.name,
+                            c.version,
+                            c.origin,
+                            c.files.join(", ")
+                        );
+                    }
+                }
+                _ => println!("no bundled components"),
+            }
+        }
+    }
     Ok(())
 }

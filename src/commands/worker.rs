@@ -160,7 +160,9 @@ async fn first_join(args: &WorkerArgs, worker: &WorkerPaths) -> anyhow::Result<W
 /// The worker's components in start order.
 pub fn build_components(ctx: &WorkerContext) -> Manager {
     let mut manager = Manager::new();
-    // containerd (kube-components issue) goes here, first: the kubelet needs it.
+    // containerd goes here, first (the kubelet needs its socket):
+    // `containerd::Containerd::new(ContainerdSettings::new(&ctx.paths,
+    // &cfg.spec.worker.sandbox_image, driver), ctx.paths.clone())`.
 
     let admin_listen = (ctx.args.agent_admin_port != 0)
         .then(|| SocketAddr::new(ctx.args.agent_admin_address, ctx.args.agent_admin_port));
@@ -180,11 +182,13 @@ pub fn build_components(ctx: &WorkerContext) -> Manager {
         },
     )));
 
-    // kubelet (kube-components issue) goes here, last: it bootstraps with
-    // `ctx.worker.kubelet_bootstrap_kubeconfig` (the worker token, mirrored
-    // as a bootstrap-token Secret by the join API), trusts
-    // `ctx.worker.ca_cert` and starts from `ctx.worker.kubelet_defaults`
-    // (cluster DNS, domain, CIDRs) against `ctx.state.api_servers`.
+    // kubelet goes here, last: `KubeletSettings::for_node(&ctx.paths,
+    // &ctx.state.node_name, ctx.node_address)` already points at what the
+    // join wrote (`kubelet/bootstrap-kubelet.conf` with the worker token,
+    // which the join API mirrors as a bootstrap-token Secret; client CA
+    // `pki/ca.crt`); take `cluster_dns_ip`/`cluster_domain` from
+    // `ctx.worker.kubelet_defaults` (`wire::KubeletDefaults`) and
+    // `apply_spec(&cfg.spec.worker)`.
     manager
 }
 

@@ -1,6 +1,20 @@
-//! Finding component binaries. Lookup order (DESIGN.md): `--bin-dir`, the
-//! bundle (extracted into `<data-dir>/bin`), `<data-dir>/bin`, then `PATH`.
-//! A miss names the binary and every place looked, and exits 69.
+//! Finding component binaries. A miss names the binary and every place
+//! looked, and exits 69.
+//!
+//! Lookup order (DESIGN.md), first executable match wins:
+//!
+//! 1. `--bin-dir` (`MKECTL_BIN_DIR`): the operator's explicit override.
+//! 2. The bundle: `mkectl controller|worker` extracts the binaries appended
+//!    to its own executable into `<data-dir>/bin` (`bundle::stage`) before
+//!    any component is initialised, replacing every copy there that differs
+//!    from the bundle. So whatever the bundle carries is found here.
+//! 3. Anything else in `<data-dir>/bin` (a binary the bundle does not carry,
+//!    placed there by hand). Steps 2 and 3 are one directory; the bundle
+//!    wins inside it because extraction overwrote its own files.
+//! 4. `PATH` (distribution packages, e.g. Debian's etcd).
+//!
+//! So a bundled binary beats the same name on `PATH`, and `--bin-dir` beats
+//! the bundle.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -19,7 +19,7 @@ use crate::supervisor::{self, ChildSpec, Supervised};
 
 /// The upstream Kubernetes release the generated flags target. The flag lists
 /// under `tests/data/` are the ones of this minor version.
-pub const KUBERNETES_VERSION: &str = "v1.32.4";
+pub const KUBERNETES_VERSION: &str = "v1.32.8";
 
 /// `--tls-min-version` of every kube serving port.
 pub const TLS_MIN_VERSION: &str = "VersionTLS12";

@@ -22,7 +22,9 @@
 
 pub mod applier;
 pub mod binary;
+pub mod containerd;
 pub mod controller_registry;
+pub mod csr_approver;
 pub mod etcd;
 pub mod https_probe;
 pub mod join_api;
@@ -32,6 +34,7 @@ pub mod kube_apiserver;
 pub mod kube_common;
 pub mod kube_controller_manager;
 pub mod kube_scheduler;
+pub mod kubelet;
 pub mod manager;
 
 use std::time::Duration;

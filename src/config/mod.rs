@@ -85,6 +85,9 @@ pub struct ClusterSpec {
     pub konnectivity: KonnectivitySpec,
     pub join_api: JoinApiSpec,
     pub pki: PkiSettings,
+    /// Worker node settings: sandbox image, cgroup driver, labels, taints,
+    /// kubelet ports.
+    pub worker: crate::components::kubelet::WorkerSpec,
     /// Default add-on stacks (CoreDNS, kube-proxy, CNI, bootstrap RBAC): each
     /// can be disabled, images can point at a private registry.
     pub addons: crate::applier::AddonsSettings,

@@ -71,6 +71,68 @@ impl NodePaths {
     pub fn lock_file(&self) -> PathBuf {
         self.run_dir.join("mkectl.lock")
     }
+
+    // Worker layout: containerd keeps its persistent store under the data dir
+    // and everything that must not survive a reboot (state, sockets, runc
+    // state) under the run dir, so several workers can share one host.
+
+    /// `<data-dir>/containerd`: generated config and the persistent store.
+    pub fn containerd_dir(&self) -> PathBuf {
+        self.data_dir.join("containerd")
+    }
+    /// `<data-dir>/containerd/config.toml`: containerd's generated config.
+    pub fn containerd_config_file(&self) -> PathBuf {
+        self.containerd_dir().join("config.toml")
+    }
+    /// `<data-dir>/containerd/root`: images, snapshots, metadata (`root`).
+    pub fn containerd_root(&self) -> PathBuf {
+        self.containerd_dir().join("root")
+    }
+    /// `<run-dir>/containerd`: containerd's volatile files.
+    pub fn containerd_run_dir(&self) -> PathBuf {
+        self.run_dir.join("containerd")
+    }
+    /// `<run-dir>/containerd/state`: task bundles, rootfs mounts (`state`).
+    pub fn containerd_state(&self) -> PathBuf {
+        self.containerd_run_dir().join("state")
+    }
+    /// `<run-dir>/containerd/containerd.sock`: the gRPC (and CRI) socket.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.containerd_run_dir().join("containerd.sock")
+    }
+    /// `<run-dir>/containerd/containerd.sock.ttrpc`: the ttrpc socket shims call back on.
+    pub fn containerd_ttrpc_socket(&self) -> PathBuf {
+        self.containerd_run_dir().join("containerd.sock.ttrpc")
+    }
+    /// `<run-dir>/containerd/runc`: runc's state root for CRI containers.
+    pub fn containerd_runc_root(&self) -> PathBuf {
+        self.containerd_run_dir().join("runc")
+    }
+    /// `<data-dir>/kubelet` (0700): kubelet's generated files.
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.data_dir.join("kubelet")
+    }
+    /// `<data-dir>/kubelet/config.yaml`: the KubeletConfiguration file.
+    pub fn kubelet_config_file(&self) -> PathBuf {
+        self.kubelet_dir().join("config.yaml")
+    }
+    /// `<data-dir>/kubelet/bootstrap-kubelet.conf`: the bootstrap-token
+    /// kubeconfig the join writes (0600).
+    pub fn kubelet_bootstrap_kubeconfig(&self) -> PathBuf {
+        self.kubelet_dir().join("bootstrap-kubelet.conf")
+    }
+    /// `<data-dir>/kubelet/kubelet.conf`: written by kubelet after TLS bootstrap.
+    pub fn kubelet_kubeconfig(&self) -> PathBuf {
+        self.kubelet_dir().join("kubelet.conf")
+    }
+    /// `<data-dir>/kubelet/pki` (0700): kubelet's client and serving certificates.
+    pub fn kubelet_cert_dir(&self) -> PathBuf {
+        self.kubelet_dir().join("pki")
+    }
+    /// `<data-dir>/kubelet/root`: kubelet's `--root-dir` (pods, volumes, plugins).
+    pub fn kubelet_root_dir(&self) -> PathBuf {
+        self.kubelet_dir().join("root")
+    }
 }
 
 /// The host's first global (non-loopback, non-link-local) IPv4 address, from

@@ -213,6 +213,8 @@ pub(super) fn validate(cfg: &ClusterConfig, file: &str) -> Result<(), ConfigErro
         ));
     }
 
+    s.worker.validate(file)?;
+
     // Rendering the default stacks checks images and the add-on settings
     // against the network values, before anything is written.
     let inputs = crate::components::applier::render_inputs(cfg, IpAddr::from([127, 0, 0, 1]));

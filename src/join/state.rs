@@ -107,7 +107,7 @@ pub struct WorkerPaths {
     /// `pki/konnectivity/agent.crt` / `agent.key`.
     pub agent_cert: PathBuf,
     pub agent_key: PathBuf,
-    /// `kubelet/bootstrap-kubeconfig` (embeds the bootstrap token).
+    /// `kubelet/bootstrap-kubelet.conf` (embeds the bootstrap token).
     pub kubelet_bootstrap_kubeconfig: PathBuf,
     /// `kubelet/defaults.json`: [`super::wire::KubeletDefaults`].
     pub kubelet_defaults: PathBuf,
@@ -116,7 +116,9 @@ pub struct WorkerPaths {
 impl WorkerPaths {
     pub fn new(data_dir: &Path) -> Self {
         let pki = data_dir.join("pki");
-        let kubelet = data_dir.join("kubelet");
+        // Same layout the kubelet component reads (`NodePaths`).
+        let node = crate::config::NodePaths::new(data_dir, Path::new("/"), None);
+        let kubelet = node.kubelet_dir();
         Self {
             data_dir: data_dir.to_path_buf(),
             state: data_dir.join("worker.json"),
@@ -124,7 +126,7 @@ impl WorkerPaths {
             konnectivity_ca: pki.join("konnectivity").join("ca.crt"),
             agent_cert: pki.join("konnectivity").join("agent.crt"),
             agent_key: pki.join("konnectivity").join("agent.key"),
-            kubelet_bootstrap_kubeconfig: kubelet.join("bootstrap-kubeconfig"),
+            kubelet_bootstrap_kubeconfig: node.kubelet_bootstrap_kubeconfig(),
             kubelet_defaults: kubelet.join("defaults.json"),
         }
     }

@@ -1,0 +1,941 @@
+//! kubelet on a worker: a supervised child (the upstream binary, pinned at
+//! [`KUBERNETES_VERSION`]) started with a generated `KubeletConfiguration`
+//! file and a short argv of the flags that have no config field.
+//!
+//! # Security defaults
+//!
+//! * the kubelet API (`port`, bound to the node IP) authenticates clients by
+//!   certificate against the cluster CA or by webhook token review, refuses
+//!   anonymous requests, and authorizes every request by webhook
+//!   (SubjectAccessReview);
+//! * the unauthenticated read-only port is off (`readOnlyPort: 0`);
+//! * the client certificate comes from TLS bootstrap with the join's
+//!   bootstrap token and is rotated (`rotateCertificates`); the serving
+//!   certificate is requested from the cluster CA too (`serverTLSBootstrap`),
+//!   approved by the controller's CSR approver (`csr_approver`) only for the
+//!   node's own name and addresses;
+//! * TLS 1.2+ with ECDHE + AEAD suites only;
+//! * no static pods (`staticPodPath` unset).
+//!
+//! # Files (see [`NodePaths`])
+//!
+//! | what | where |
+//! |---|---|
+//! | KubeletConfiguration | `<data-dir>/kubelet/config.yaml` |
+//! | bootstrap kubeconfig (from the join, bootstrap token) | `<data-dir>/kubelet/bootstrap-kubelet.conf` |
+//! | kubeconfig (kubelet writes it after bootstrap) | `<data-dir>/kubelet/kubelet.conf` |
+//! | client and serving certificates | `<data-dir>/kubelet/pki/` |
+//! | `--root-dir` (pods, volumes, plugins) | `<data-dir>/kubelet/root` |
+//!
+//! Readiness is kubelet's own `/healthz` on `127.0.0.1:<healthzPort>`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::containerd::{absolute, CgroupDriver, DEFAULT_SANDBOX_IMAGE};
+use super::{binary, Component, ComponentError};
+use crate::config::{ClusterConfig, ConfigError, NodePaths};
+use crate::fsutil;
+use crate::supervisor::{self, ChildSpec, Supervised};
+
+pub const NAME: &str = "kubelet";
+pub use super::kube_common::KUBERNETES_VERSION;
+/// kubelet's HTTPS API port.
+pub const DEFAULT_PORT: u16 = 10250;
+/// kubelet's healthz port (plain HTTP, loopback only).
+pub const DEFAULT_HEALTHZ_PORT: u16 = 10248;
+/// healthz never leaves the node.
+pub const HEALTHZ_BIND_ADDRESS: &str = "127.0.0.1";
+pub const CONFIG_API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
+pub const CONFIG_KIND: &str = "KubeletConfiguration";
+pub const AUTHORIZATION_MODE: &str = "Webhook";
+pub const TLS_MIN_VERSION: &str = "VersionTLS12";
+/// TLS 1.2 suites the kubelet API may negotiate: ECDHE + AEAD only (TLS 1.3
+/// suites are not configurable and all strong).
+pub const TLS_CIPHER_SUITES: &[&str] = &[
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+/// On systemd-resolved hosts `/etc/resolv.conf` points at a stub resolver on
+/// 127.0.0.53 that pods cannot reach; this file lists the real upstreams.
+pub const SYSTEMD_RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// kubelet stops its sync loops and exits within seconds of SIGTERM.
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
+/// healthz answers once kubelet has its client certificate; TLS bootstrap
+/// needs a round trip to the apiserver and the CSR approval.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// One healthz probe may take this long.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Taint effects kubelet accepts.
+pub const TAINT_EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute"];
+/// Labels in the `kubernetes.io`/`k8s.io` namespaces a kubelet may set on its
+/// own Node (the NodeRestriction rules kubelet enforces at start).
+pub const ALLOWED_KUBERNETES_LABELS: &[&str] = &[
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/instance-type",
+    "beta.kubernetes.io/os",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "kubernetes.io/arch",
+    "kubernetes.io/hostname",
+    "kubernetes.io/os",
+    "node.kubernetes.io/instance-type",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
+/// Label prefixes (namespaces) in `kubernetes.io` a kubelet may use freely.
+pub const ALLOWED_KUBERNETES_LABEL_NAMESPACES: &[&str] =
+    &["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error("kubelet setting `{field}`: {message}")]
+    Invalid { field: String, message: String },
+    #[error("cannot render the kubelet config: {0}")]
+    Render(String),
+    #[error(transparent)]
+    Fs(#[from] fsutil::FsError),
+    #[error("{path}: {message}")]
+    Input { path: PathBuf, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> KubeletError {
+    KubeletError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// How containerd and kubelet pick their cgroup driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriverSetting {
+    /// `systemd` when systemd is init, else `cgroupfs` ([`CgroupDriver::detect`]).
+    #[default]
+    Auto,
+    Systemd,
+    Cgroupfs,
+}
+
+impl CgroupDriverSetting {
+    pub fn resolve(self) -> CgroupDriver {
+        match self {
+            CgroupDriverSetting::Auto => CgroupDriver::detect(),
+            CgroupDriverSetting::Systemd => CgroupDriver::Systemd,
+            CgroupDriverSetting::Cgroupfs => CgroupDriver::Cgroupfs,
+        }
+    }
+}
+
+/// The worker section of the cluster config (`spec.worker`): what containerd
+/// and kubelet take from the operator. `mkectl worker --labels/--taints` add
+/// to `labels` and `taints`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkerSpec {
+    /// Pause image for pod sandboxes (point it at a private registry offline).
+    pub sandbox_image: String,
+    pub cgroup_driver: CgroupDriverSetting,
+    /// Node labels set at registration (`key: value`).
+    pub labels: BTreeMap<String, String>,
+    /// Taints set at registration: `key[=value]:Effect`.
+    pub taints: Vec<String>,
+    /// kubelet API port (on the node IP).
+    pub kubelet_port: u16,
+    /// kubelet healthz port (on 127.0.0.1).
+    pub kubelet_healthz_port: u16,
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        Self {
+            sandbox_image: DEFAULT_SANDBOX_IMAGE.into(),
+            cgroup_driver: CgroupDriverSetting::default(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            kubelet_port: DEFAULT_PORT,
+            kubelet_healthz_port: DEFAULT_HEALTHZ_PORT,
+        }
+    }
+}
+
+impl WorkerSpec {
+    /// Checks every value; errors name `spec.worker.<field>` in `file`.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |field: String, message: String| ConfigError::Invalid {
+            file: file.into(),
+            field: format!("spec.worker.{field}"),
+            message,
+        };
+        if self.sandbox_image.trim().is_empty() || self.sandbox_image.contains(char::is_whitespace)
+        {
+            return Err(err(
+                "sandboxImage".into(),
+                "must be an image reference".into(),
+            ));
+        }
+        for (k, v) in &self.labels {
+            validate_node_label(k, v).map_err(|m| err(format!("labels.{k}"), m))?;
+        }
+        for (i, t) in self.taints.iter().enumerate() {
+            Taint::parse(t).map_err(|m| err(format!("taints[{i}]"), m))?;
+        }
+        for (field, port) in [
+            ("kubeletPort", self.kubelet_port),
+            ("kubeletHealthzPort", self.kubelet_healthz_port),
+        ] {
+            if port == 0 {
+                return Err(err(field.into(), "must be 1-65535".into()));
+            }
+        }
+        if self.kubelet_port == self.kubelet_healthz_port {
+            return Err(err(
+                "kubeletHealthzPort".into(),
+                "must differ from kubeletPort".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A node taint (`registerWithTaints` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    pub effect: String,
+}
+
+impl Taint {
+    /// Parses `key[=value]:Effect`.
+    pub fn parse(s: &str) -> Result<Taint, String> {
+        let (kv, effect) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?}: expected key[=value]:Effect"))?;
+        if !TAINT_EFFECTS.contains(&effect) {
+            return Err(format!(
+                "{s:?}: effect must be one of {}",
+                TAINT_EFFECTS.join(", ")
+            ));
+        }
+        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+        validate_qualified_name(key).map_err(|m| format!("{s:?}: key {m}"))?;
+        validate_label_value(value).map_err(|m| format!("{s:?}: value {m}"))?;
+        Ok(Taint {
+            key: key.into(),
+            value: value.into(),
+            effect: effect.into(),
+        })
+    }
+}
+
+/// `[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?`, at most 63 characters.
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A lowercase RFC 1123 DNS subdomain (what Node names and label prefixes are).
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        })
+}
+
+/// A label key: `[prefix/]name`, prefix a DNS subdomain.
+fn validate_qualified_name(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        if !is_dns_subdomain(p) {
+            return Err(format!("{key:?}: prefix must be a lowercase DNS subdomain"));
+        }
+    }
+    if !is_label_name(name) {
+        return Err(format!(
+            "{key:?}: name must be 1-63 letters, digits, '-', '_', '.', starting and ending alphanumeric"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() || is_label_name(v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{v:?}: must be empty or 1-63 letters, digits, '-', '_', '.', starting and ending alphanumeric"
+        ))
+    }
+}
+
+/// A label kubelet may set on its own Node: a valid key and value, and in the
+/// `kubernetes.io` / `k8s.io` namespaces only what NodeRestriction allows.
+pub fn validate_node_label(key: &str, value: &str) -> Result<(), String> {
+    validate_qualified_name(key)?;
+    validate_label_value(value)?;
+    if let Some((prefix, _)) = key.split_once('/') {
+        let k8s_namespace = ["kubernetes.io", "k8s.io"]
+            .iter()
+            .any(|ns| prefix == *ns || prefix.ends_with(&format!(".{ns}")));
+        let allowed = ALLOWED_KUBERNETES_LABELS.contains(&key)
+            || ALLOWED_KUBERNETES_LABEL_NAMESPACES
+                .iter()
+                .any(|ns| prefix == *ns || prefix.ends_with(&format!(".{ns}")));
+        if k8s_namespace && !allowed {
+            return Err(format!(
+                "{key:?}: kubelet may not set labels in the kubernetes.io/k8s.io namespaces except under {} or {}",
+                ALLOWED_KUBERNETES_LABEL_NAMESPACES.join(", "),
+                ALLOWED_KUBERNETES_LABELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The resolv.conf kubelet hands to pods: systemd-resolved's upstream list
+/// when the host runs it, else `/etc/resolv.conf`.
+pub fn detect_resolv_conf() -> PathBuf {
+    if Path::new(SYSTEMD_RESOLV_CONF).is_file() {
+        SYSTEMD_RESOLV_CONF.into()
+    } else {
+        DEFAULT_RESOLV_CONF.into()
+    }
+}
+
+/// Everything the kubelet component needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubeletSettings {
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    pub cluster_dns_ip: IpAddr,
+    pub cluster_domain: String,
+    /// CA bundle that signs client certificates kubelet accepts (the cluster
+    /// CA: the apiserver's kubelet-client certificate chains to it).
+    pub client_ca: PathBuf,
+    /// Bootstrap-token kubeconfig from the join.
+    pub bootstrap_kubeconfig: PathBuf,
+    /// Where kubelet writes its own kubeconfig after TLS bootstrap.
+    pub kubeconfig: PathBuf,
+    pub config_file: PathBuf,
+    pub cert_dir: PathBuf,
+    pub root_dir: PathBuf,
+    pub containerd_socket: PathBuf,
+    pub cgroup_driver: CgroupDriver,
+    pub resolv_conf: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub port: u16,
+    pub healthz_port: u16,
+    /// `spec.extraArgs.kubelet`: flags without dashes; they override ours.
+    pub extra_args: BTreeMap<String, String>,
+}
+
+impl KubeletSettings {
+    /// Settings with the node's standard layout and the cluster defaults
+    /// (DNS = 10th service IP of the default CIDR, `cluster.local`, client CA
+    /// `<data-dir>/pki/ca.crt`); callers override what the join returned.
+    pub fn for_node(paths: &NodePaths, node_name: &str, node_ip: IpAddr) -> Self {
+        let cluster = ClusterConfig::default();
+        // Absolute: kubelet runs with its root dir as working directory.
+        let abs = |p: PathBuf| absolute(&p);
+        Self {
+            node_name: node_name.into(),
+            node_ip,
+            cluster_dns_ip: cluster.cluster_dns_ip(),
+            cluster_domain: cluster.spec.network.cluster_domain.clone(),
+            client_ca: abs(paths.pki_dir().join("ca.crt")),
+            bootstrap_kubeconfig: abs(paths.kubelet_bootstrap_kubeconfig()),
+            kubeconfig: abs(paths.kubelet_kubeconfig()),
+            config_file: abs(paths.kubelet_config_file()),
+            cert_dir: abs(paths.kubelet_cert_dir()),
+            root_dir: abs(paths.kubelet_root_dir()),
+            containerd_socket: abs(paths.containerd_socket()),
+            cgroup_driver: CgroupDriver::detect(),
+            resolv_conf: detect_resolv_conf(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            port: DEFAULT_PORT,
+            healthz_port: DEFAULT_HEALTHZ_PORT,
+            extra_args: BTreeMap::new(),
+        }
+    }
+
+    /// Takes labels, taints, ports and the cgroup driver from `spec.worker`
+    /// (validated first with [`WorkerSpec::validate`]).
+    pub fn apply_spec(&mut self, spec: &WorkerSpec) -> Result<(), KubeletError> {
+        self.labels.extend(spec.labels.clone());
+        for (i, t) in spec.taints.iter().enumerate() {
+            let taint = Taint::parse(t).map_err(|m| invalid(format!("taints[{i}]"), m))?;
+            self.taints.push(taint);
+        }
+        self.port = spec.kubelet_port;
+        self.healthz_port = spec.kubelet_healthz_port;
+        self.cgroup_driver = spec.cgroup_driver.resolve();
+        Ok(())
+    }
+
+    /// Checks what kubelet would refuse, so the error names our setting.
+    pub fn validate(&self) -> Result<(), KubeletError> {
+        if !is_dns_subdomain(&self.node_name) {
+            return Err(invalid(
+                "node_name",
+                format!(
+                    "{:?} is not a lowercase RFC 1123 DNS subdomain (Node names must be)",
+                    self.node_name
+                ),
+            ));
+        }
+        if !is_dns_subdomain(&self.cluster_domain) {
+            return Err(invalid(
+                "cluster_domain",
+                format!("{:?} is not a DNS name", self.cluster_domain),
+            ));
+        }
+        for (k, v) in &self.labels {
+            validate_node_label(k, v).map_err(|m| invalid(format!("labels.{k}"), m))?;
+        }
+        if self.port == 0 || self.healthz_port == 0 || self.port == self.healthz_port {
+            return Err(invalid(
+                "port",
+                "port and healthz port must be distinct and non-zero",
+            ));
+        }
+        for k in self.extra_args.keys() {
+            let name = k.trim_start_matches('-');
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(invalid(format!("extra_args.{k}"), "not a valid flag name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The generated KubeletConfiguration.
+    pub fn config(&self) -> KubeletConfiguration {
+        KubeletConfiguration {
+            api_version: CONFIG_API_VERSION.into(),
+            kind: CONFIG_KIND.into(),
+            enable_server: true,
+            address: self.node_ip.to_string(),
+            port: self.port,
+            read_only_port: 0,
+            tls_min_version: TLS_MIN_VERSION.into(),
+            tls_cipher_suites: TLS_CIPHER_SUITES.iter().map(|s| s.to_string()).collect(),
+            rotate_certificates: true,
+            server_tls_bootstrap: true,
+            authentication: KubeletAuthentication {
+                x509: KubeletX509Authentication {
+                    client_ca_file: self.client_ca.display().to_string(),
+                },
+                webhook: KubeletWebhookAuthentication { enabled: true },
+                anonymous: KubeletAnonymousAuthentication { enabled: false },
+            },
+            authorization: KubeletAuthorization {
+                mode: AUTHORIZATION_MODE.into(),
+            },
+            healthz_port: self.healthz_port,
+            healthz_bind_address: HEALTHZ_BIND_ADDRESS.into(),
+            cluster_domain: self.cluster_domain.clone(),
+            cluster_dns: vec![self.cluster_dns_ip.to_string()],
+            resolv_conf: self.resolv_conf.display().to_string(),
+            cgroup_driver: self.cgroup_driver.as_str().into(),
+            container_runtime_endpoint: format!("unix://{}", self.containerd_socket.display()),
+            register_node: true,
+            register_with_taints: self.taints.clone(),
+        }
+    }
+
+    /// The config file's text.
+    pub fn render_config(&self) -> Result<String, KubeletError> {
+        serde_saphyr::to_string(&self.config()).map_err(|e| KubeletError::Render(e.to_string()))
+    }
+
+    /// The argv (without the program): only what has no config field, then
+    /// `extra_args` on top.
+    pub fn args(&self) -> Vec<String> {
+        let mut flags: BTreeMap<String, String> = BTreeMap::new();
+        let p = |p: &Path| p.display().to_string();
+        flags.insert("config".into(), p(&self.config_file));
+        flags.insert("bootstrap-kubeconfig".into(), p(&self.bootstrap_kubeconfig));
+        flags.insert("kubeconfig".into(), p(&self.kubeconfig));
+        flags.insert("cert-dir".into(), p(&self.cert_dir));
+        flags.insert("root-dir".into(), p(&self.root_dir));
+        flags.insert("node-ip".into(), self.node_ip.to_string());
+        flags.insert("hostname-override".into(), self.node_name.clone());
+        if !self.labels.is_empty() {
+            let labels = self
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            flags.insert("node-labels".into(), labels);
+        }
+        for (k, v) in &self.extra_args {
+            flags.insert(k.trim_start_matches('-').to_string(), v.clone());
+        }
+        flags
+            .into_iter()
+            .map(|(k, v)| format!("--{k}={v}"))
+            .collect()
+    }
+
+    /// Path-valued flags that must exist before kubelet starts (`kubeconfig`
+    /// is written by kubelet itself after bootstrap).
+    pub fn input_paths(&self) -> Vec<(&'static str, &Path)> {
+        vec![
+            ("config", &self.config_file),
+            ("cert-dir", &self.cert_dir),
+            ("root-dir", &self.root_dir),
+            ("authentication.x509.clientCAFile", &self.client_ca),
+            ("resolvConf", &self.resolv_conf),
+        ]
+    }
+
+    /// Writes the config and creates the directories; checks the inputs the
+    /// join provides. Starts nothing.
+    pub fn write_files(&self) -> Result<(), KubeletError> {
+        self.validate()?;
+        for dir in [&self.cert_dir, &self.root_dir] {
+            fsutil::ensure_dir(dir, fsutil::PRIVATE_DIR_MODE)?;
+        }
+        for file in [&self.config_file, &self.kubeconfig] {
+            if let Some(parent) = file.parent() {
+                fsutil::ensure_dir(parent, fsutil::PRIVATE_DIR_MODE)?;
+            }
+        }
+        let ca = std::fs::read(&self.client_ca).map_err(|e| KubeletError::Input {
+            path: self.client_ca.clone(),
+            message: format!("client CA unreadable: {e}"),
+        })?;
+        if !String::from_utf8_lossy(&ca).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(KubeletError::Input {
+                path: self.client_ca.clone(),
+                message: "client CA holds no PEM certificate".into(),
+            });
+        }
+        if !self.bootstrap_kubeconfig.is_file() && !self.kubeconfig.is_file() {
+            return Err(KubeletError::Input {
+                path: self.bootstrap_kubeconfig.clone(),
+                message: format!(
+                    "neither the bootstrap kubeconfig nor {} exists: join the node first",
+                    self.kubeconfig.display()
+                ),
+            });
+        }
+        fsutil::write_atomic(
+            &self.config_file,
+            self.render_config()?.as_bytes(),
+            fsutil::PRIVATE_FILE_MODE,
+        )?;
+        Ok(())
+    }
+}
+
+// The KubeletConfiguration (kubelet.config.k8s.io/v1beta1) mkectl writes:
+// only the fields it sets, with upstream's names. Deserialize with
+// deny_unknown_fields so the contract test proves the file holds exactly this.
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubeletConfiguration {
+    pub api_version: String,
+    pub kind: String,
+    pub enable_server: bool,
+    pub address: String,
+    pub port: u16,
+    pub read_only_port: u16,
+    #[serde(rename = "tlsMinVersion")]
+    pub tls_min_version: String,
+    #[serde(rename = "tlsCipherSuites")]
+    pub tls_cipher_suites: Vec<String>,
+    pub rotate_certificates: bool,
+    #[serde(rename = "serverTLSBootstrap")]
+    pub server_tls_bootstrap: bool,
+    pub authentication: KubeletAuthentication,
+    pub authorization: KubeletAuthorization,
+    pub healthz_port: u16,
+    pub healthz_bind_address: String,
+    pub cluster_domain: String,
+    #[serde(rename = "clusterDNS")]
+    pub cluster_dns: Vec<String>,
+    pub resolv_conf: String,
+    pub cgroup_driver: String,
+    pub container_runtime_endpoint: String,
+    pub register_node: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub register_with_taints: Vec<Taint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeletAuthentication {
+    pub x509: KubeletX509Authentication,
+    pub webhook: KubeletWebhookAuthentication,
+    pub anonymous: KubeletAnonymousAuthentication,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeletX509Authentication {
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeletWebhookAuthentication {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeletAnonymousAuthentication {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeletAuthorization {
+    pub mode: String,
+}
+
+/// GET `http://127.0.0.1:<port>/healthz`; Ok when it answers 200.
+pub async fn probe_healthz(port: u16) -> Result<(), String> {
+    use http_body_util::{BodyExt, Empty};
+    let probe = async {
+        let stream = tokio::net::TcpStream::connect((HEALTHZ_BIND_ADDRESS, port))
+            .await
+            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get("/healthz")
+            .header(http::header::HOST, format!("127.0.0.1:{port}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        conn.abort();
+        if status == http::StatusCode::OK {
+            Ok(())
+        } else {
+            Err(format!(
+                "healthz answered {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ))
+        }
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+        Ok(r) => r,
+        Err(_) => Err("healthz probe timed out".into()),
+    }
+}
+
+pub struct Kubelet {
+    settings: KubeletSettings,
+    paths: NodePaths,
+    child: Option<Supervised>,
+}
+
+impl Kubelet {
+    pub fn new(settings: KubeletSettings, paths: NodePaths) -> Self {
+        Self {
+            settings,
+            paths,
+            child: None,
+        }
+    }
+
+    pub fn settings(&self) -> &KubeletSettings {
+        &self.settings
+    }
+
+    /// The supervised child, once started.
+    pub fn child(&self) -> Option<&Supervised> {
+        self.child.as_ref()
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> ComponentError {
+    ComponentError::Failed {
+        component: NAME,
+        message: e.to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Component for Kubelet {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn init(&mut self) -> Result<(), ComponentError> {
+        self.settings.write_files().map_err(failed)?;
+        binary::find(NAME, &self.paths)?;
+        Ok(())
+    }
+
+    async fn start(&mut self) -> Result<(), ComponentError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let program = binary::find(NAME, &self.paths)?;
+        let spec = ChildSpec {
+            name: NAME.into(),
+            program,
+            args: self.settings.args(),
+            env: Vec::new(),
+            cwd: Some(self.settings.root_dir.clone()),
+            run_dir: self.paths.run_dir.clone(),
+            stop_grace: STOP_GRACE,
+            backoff: Default::default(),
+        };
+        let child = supervisor::start(spec)
+            .await
+            .map_err(|source| ComponentError::Supervisor {
+                component: NAME,
+                source,
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), ComponentError> {
+        probe_healthz(self.settings.healthz_port)
+            .await
+            .map_err(|message| ComponentError::NotReady {
+                component: NAME,
+                message,
+            })
+    }
+
+    async fn stop(&mut self) -> Result<(), ComponentError> {
+        if let Some(child) = self.child.take() {
+            child.stop().await;
+        }
+        Ok(())
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        READY_TIMEOUT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> KubeletSettings {
+        let paths = NodePaths::new(Path::new("/d"), Path::new("/r"), None);
+        let mut s = KubeletSettings::for_node(&paths, "worker-1", "192.0.2.21".parse().unwrap());
+        s.cgroup_driver = CgroupDriver::Cgroupfs;
+        s.resolv_conf = DEFAULT_RESOLV_CONF.into();
+        s
+    }
+
+    #[test]
+    fn argv_has_paths_identity_and_labels() {
+        let mut s = settings();
+        s.labels.insert("tier".into(), "edge".into());
+        s.labels
+            .insert("node.kubernetes.io/pool".into(), "a".into());
+        let args = s.args();
+        for want in [
+            "--config=/d/kubelet/config.yaml",
+            "--bootstrap-kubeconfig=/d/kubelet/bootstrap-kubelet.conf",
+            "--kubeconfig=/d/kubelet/kubelet.conf",
+            "--cert-dir=/d/kubelet/pki",
+            "--root-dir=/d/kubelet/root",
+            "--node-ip=192.0.2.21",
+            "--hostname-override=worker-1",
+            "--node-labels=node.kubernetes.io/pool=a,tier=edge",
+        ] {
+            assert!(args.iter().any(|a| a == want), "missing {want} in {args:?}");
+        }
+    }
+
+    #[test]
+    fn no_labels_no_label_flag_and_extra_args_override() {
+        let mut s = settings();
+        assert!(!s.args().iter().any(|a| a.starts_with("--node-labels")));
+        s.extra_args
+            .insert("--root-dir".into(), "/var/lib/kubelet".into());
+        s.extra_args.insert("v".into(), "2".into());
+        let args = s.args();
+        assert!(args.contains(&"--root-dir=/var/lib/kubelet".to_string()));
+        assert!(args.contains(&"--v=2".to_string()));
+        assert_eq!(
+            args.iter().filter(|a| a.starts_with("--root-dir")).count(),
+            1
+        );
+    }
+
+    #[test]
+    fn config_is_locked_down() {
+        let mut s = settings();
+        s.taints
+            .push(Taint::parse("dedicated=gpu:NoSchedule").unwrap());
+        let c = s.config();
+        assert!(!c.authentication.anonymous.enabled);
+        assert!(c.authentication.webhook.enabled);
+        assert_eq!(c.authentication.x509.client_ca_file, "/d/pki/ca.crt");
+        assert_eq!(c.authorization.mode, "Webhook");
+        assert_eq!(c.read_only_port, 0);
+        assert!(c.rotate_certificates && c.server_tls_bootstrap);
+        assert_eq!(c.cluster_dns, ["10.96.0.10"]);
+        assert_eq!(c.cluster_domain, "cluster.local");
+        assert_eq!(c.healthz_bind_address, "127.0.0.1");
+        assert_eq!(c.tls_min_version, "VersionTLS12");
+        assert_eq!(
+            c.container_runtime_endpoint,
+            "unix:///r/containerd/containerd.sock"
+        );
+        assert_eq!(c.register_with_taints[0].effect, "NoSchedule");
+        // Round trip through YAML with unknown fields refused.
+        let yaml = s.render_config().unwrap();
+        let back: KubeletConfiguration = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(back, c);
+        assert!(yaml.contains("clusterDNS:"), "{yaml}");
+        assert!(yaml.contains("serverTLSBootstrap: true"), "{yaml}");
+        assert!(!yaml.contains("staticPodPath"), "{yaml}");
+    }
+
+    #[test]
+    fn taints_parse_and_refuse_garbage() {
+        assert_eq!(
+            Taint::parse("example.com/key:NoExecute").unwrap(),
+            Taint {
+                key: "example.com/key".into(),
+                value: String::new(),
+                effect: "NoExecute".into()
+            }
+        );
+        assert_eq!(Taint::parse("k=v:PreferNoSchedule").unwrap().value, "v");
+        for bad in [
+            "k=v",
+            "k=v:Sometimes",
+            ":NoSchedule",
+            "bad key:NoSchedule",
+            "k=v v:NoSchedule",
+        ] {
+            assert!(Taint::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn node_labels_follow_node_restriction() {
+        assert!(validate_node_label("tier", "edge").is_ok());
+        assert!(validate_node_label("node.kubernetes.io/pool", "a").is_ok());
+        assert!(validate_node_label("topology.kubernetes.io/zone", "z1").is_ok());
+        assert!(validate_node_label("example.com/x", "").is_ok());
+        let e = validate_node_label("node-role.kubernetes.io/worker", "").unwrap_err();
+        assert!(e.contains("may not set"), "{e}");
+        assert!(validate_node_label("Bad_Prefix/x", "y").is_err());
+        assert!(validate_node_label("x", "has space").is_err());
+        assert!(validate_node_label(&"a".repeat(64), "v").is_err());
+    }
+
+    #[test]
+    fn settings_validation_names_the_field() {
+        let mut s = settings();
+        s.node_name = "Worker_1".into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("node_name"), "{e}");
+        let mut s = settings();
+        s.healthz_port = s.port;
+        assert!(s.validate().is_err());
+        let mut s = settings();
+        s.extra_args.insert("bad flag".into(), "x".into());
+        assert!(s.validate().unwrap_err().to_string().contains("extra_args"));
+    }
+
+    #[test]
+    fn worker_spec_defaults_validate_and_apply() {
+        let spec = WorkerSpec::default();
+        assert_eq!(spec.sandbox_image, "registry.k8s.io/pause:3.10");
+        spec.validate("f.yaml").unwrap();
+
+        let yaml = "labels:\n  tier: edge\ntaints: [\"dedicated=gpu:NoSchedule\"]\ncgroupDriver: systemd\nkubeletPort: 11250\n";
+        let spec: WorkerSpec = serde_saphyr::from_str(yaml).unwrap();
+        spec.validate("f.yaml").unwrap();
+        let mut s = settings();
+        s.apply_spec(&spec).unwrap();
+        assert_eq!(s.labels["tier"], "edge");
+        assert_eq!(s.taints[0].key, "dedicated");
+        assert_eq!(s.cgroup_driver, CgroupDriver::Systemd);
+        assert_eq!(s.port, 11250);
+
+        let bad: WorkerSpec = serde_saphyr::from_str("taints: [\"x:Never\"]\n").unwrap();
+        let e = bad.validate("f.yaml").unwrap_err();
+        assert_eq!(e.field(), Some("spec.worker.taints[0]"));
+        assert!(serde_saphyr::from_str::<WorkerSpec>("nope: 1\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn healthz_probe_reads_the_status() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            for answer in [
+                "200 OK\r\nContent-Length: 2\r\n\r\nok",
+                "500 Internal Server Error\r\nContent-Length: 4\r\n\r\nsick",
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /healthz HTTP/1.1"));
+                s.write_all(format!("HTTP/1.1 {answer}").as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+        probe_healthz(port).await.unwrap();
+        let e = probe_healthz(port).await.unwrap_err();
+        assert!(e.contains("500") && e.contains("sick"), "{e}");
+        server.await.unwrap();
+        // Nothing listens any more: refused, not a hang.
+        assert!(probe_healthz(port).await.unwrap_err().contains("connect"));
+    }
+}
