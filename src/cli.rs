@@ -75,6 +75,16 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Remove this node from its cluster and delete its data (stop mkectl first).
     Reset(ResetArgs),
+    /// Show this node's status; exits 1 while something is not ready, 69
+    /// when no node runs with this run dir.
+    Status(StatusArgs),
+    /// Print kubeconfigs for the cluster.
+    #[command(subcommand)]
+    Kubeconfig(KubeconfigCommand),
+    /// Write one archive with an etcd snapshot, the PKI and the config.
+    Backup(BackupArgs),
+    /// Restore a backup archive into an empty data directory.
+    Restore(RestoreArgs),
     /// Print the mkectl version and the versions of the bundled components.
     Version(VersionArgs),
 }
@@ -154,6 +164,49 @@ pub struct ResetArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KubeconfigCommand {
+    /// Print an admin (system:masters) kubeconfig whose server is reachable
+    /// from outside the node (spec.api.externalAddress, else the node address).
+    Admin,
+    /// Issue a client certificate for USER and print a kubeconfig with it.
+    Create {
+        /// User name (the certificate's CN).
+        user: String,
+        /// Groups (the certificate's O attributes), comma separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Certificate lifetime (e.g. 720h); defaults to spec.pki.leafLifetime.
+        #[arg(long)]
+        expiry: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// Archive to write (.tar.gz), or an existing directory to write a
+    /// timestamped archive into. An existing file is never overwritten.
+    #[arg(long)]
+    pub save_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The archive written by `mkectl backup`.
+    pub archive: PathBuf,
+    /// etcd member name; must match the controller's --node-name. Defaults
+    /// to the hostname, as for the controller.
+    #[arg(long, env = "MKECTL_NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct ControllerArgs {
     /// Write the PKI and component configuration files, then exit.
     #[arg(long)]
@@ -188,6 +241,20 @@ pub enum CertsCommand {
         #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Renew leaf certificates now (never CAs). Through the running node
+    /// when there is one, which restarts the components using them;
+    /// otherwise the files only.
+    Renew {
+        /// Certificates to renew (names as in check-expiration).
+        names: Vec<String>,
+        /// Renew every leaf.
+        #[arg(long)]
+        all: bool,
+        /// Node name the PKI was made for (only used when no node is
+        /// running). Defaults to the hostname, as for the controller.
+        #[arg(long, env = "MKECTL_NODE_NAME")]
+        node_name: Option<String>,
+    },
 }
 
 /// Machine-readable or human output.
@@ -196,6 +263,7 @@ pub enum OutputFormat {
     #[default]
     Text,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, Clone, Args)]

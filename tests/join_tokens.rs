@@ -225,6 +225,17 @@ async fn bad_tokens_are_refused_and_nothing_is_written() {
         200
     );
 
+    // Every join API request is counted by outcome on /metrics.
+    let page = c1.metrics_page();
+    for result in ["ok", "denied", "invalid", "rate_limited"] {
+        assert!(
+            page.contains(&format!(
+                "mkectl_join_requests_total{{result=\"{result}\"}}"
+            )),
+            "no {result} count in:\n{page}"
+        );
+    }
+
     // With the controller stopped, `mkectl token` says so and exits 69.
     signal(p1.pid(), libc::SIGTERM);
     assert!(p1.wait_exit(Duration::from_secs(30)).success());

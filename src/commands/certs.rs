@@ -1,17 +1,28 @@
 //! `mkectl certs check-expiration`: every certificate under the data dir with
-//! its expiry, soonest first.
+//! its expiry, soonest first. `mkectl certs renew`: reissue leaves now,
+//! through the running node (which restarts their users) or, when none runs,
+//! on disk only.
 
 use std::time::SystemTime;
 
 use anyhow::Context;
 
 use crate::cli::{CertsCommand, GlobalArgs, OutputFormat};
-use crate::config::NodePaths;
+use crate::config::{ClusterConfig, NodePaths};
+use crate::exit::UsageError;
+use crate::ops::client::{self, ClientError};
+use crate::ops::rotation;
+use crate::ops::server::RenewRequest;
 use crate::pki;
 
 pub fn run(global: &GlobalArgs, cmd: &CertsCommand) -> anyhow::Result<()> {
     match cmd {
         CertsCommand::CheckExpiration { output } => check_expiration(global, *output),
+        CertsCommand::Renew {
+            names,
+            all,
+            node_name,
+        } => renew(global, names, *all, node_name.as_deref()),
     }
 }
 
@@ -35,7 +46,7 @@ fn check_expiration(global: &GlobalArgs, output: OutputFormat) -> anyhow::Result
         }
     };
     match output {
-        OutputFormat::Json => {
+        OutputFormat::Json | OutputFormat::Yaml => {
             let rows: Vec<_> = certs
                 .iter()
                 .map(|c| {
@@ -50,7 +61,7 @@ fn check_expiration(global: &GlobalArgs, output: OutputFormat) -> anyhow::Result
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+            super::status::print_structured(&rows, output)?;
         }
         OutputFormat::Text => {
             let width = certs.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
@@ -78,4 +89,80 @@ fn check_expiration(global: &GlobalArgs, output: OutputFormat) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+fn renew(
+    global: &GlobalArgs,
+    names: &[String],
+    all: bool,
+    node_name: Option<&str>,
+) -> anyhow::Result<()> {
+    let leaves = rotation::parse_leaves(names, all).map_err(UsageError)?;
+    let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
+    let socket = paths.status_socket();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let req = RenewRequest {
+        certificates: names.to_vec(),
+        all,
+    };
+    match rt.block_on(client::renew(&socket, &req)) {
+        Ok(outcome) => {
+            println!("renewed: {}", list_or_none(&outcome.renewed));
+            println!("restarted: {}", list_or_none(&outcome.restarted));
+            if !outcome.failed.is_empty() {
+                anyhow::bail!("restart failed: {}", outcome.failed.join("; "));
+            }
+            Ok(())
+        }
+        Err(ClientError::NotRunning { .. }) => {
+            if node_running(&paths) {
+                anyhow::bail!(
+                    "a node holds {} but its status socket {} does not answer; not renewing behind its back",
+                    paths.lock_file().display(),
+                    socket.display()
+                );
+            }
+            let cfg = ClusterConfig::load(global.config.as_deref())?;
+            let node_name = match node_name {
+                Some(n) => n.to_string(),
+                None => super::controller::hostname()?,
+            };
+            let spec = super::controller::pki_spec(&cfg, &paths, &node_name);
+            if !pki::PkiPaths::new(&spec.dir).ca.cert.exists() {
+                anyhow::bail!(
+                    "no cluster PKI at {} (run on a controller, as root, with its --data-dir)",
+                    spec.dir.display()
+                );
+            }
+            let renewed = rotation::force_renew(&spec, &leaves)?;
+            println!(
+                "no node is running with run dir {}: renewed the files only ({}); they are used from the next start",
+                paths.run_dir.display(),
+                list_or_none(&renewed)
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Whether a node holds the run dir's lock (see `controller::lock_run_dir`).
+fn node_running(paths: &NodePaths) -> bool {
+    let Ok(file) = std::fs::File::open(paths.lock_file()) else {
+        return false;
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(_unlocked_on_drop) => false,
+        Err((_, e)) => e == nix::errno::Errno::EWOULDBLOCK,
+    }
 }

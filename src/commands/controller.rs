@@ -16,7 +16,7 @@ use crate::components::{
 };
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
-use crate::{fsutil, pki, supervisor};
+use crate::{fsutil, ops, pki, supervisor};
 
 /// Every component a controller can run, in start order; the names
 /// `--disable-components` accepts.
@@ -100,6 +100,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             node_name: node_name.clone(),
             node_address,
             join,
+            metrics: Default::default(),
         };
         let mut manager = build_components(&ctx, &enabled);
         manager.init_all().await?;
@@ -134,6 +135,17 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
 
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone())?;
+        // Status socket, /metrics and certificate rotation (issue 7).
+        let ops = ops::OpsSettings {
+            role: "controller",
+            cfg: cfg.clone(),
+            paths: paths.clone(),
+            node_name: node_name.clone(),
+            node_address,
+            pki_spec: self::pki_spec(&cfg, &paths, &node_name),
+            metrics: ctx.metrics.clone(),
+        };
+        let _ops = ops::start(ops, manager.handle(), &cancel).await?;
         if let Err(e) = manager.start_all(&cancel).await {
             if cancel.is_cancelled() {
                 info!("start interrupted by a signal");
@@ -165,6 +177,8 @@ pub struct ControllerContext {
     pub node_address: std::net::IpAddr,
     /// Set when this controller joined an existing cluster (`join.json`).
     pub join: Option<crate::join::ControllerJoinState>,
+    /// Counters served on /metrics (the join API records its requests here).
+    pub metrics: std::sync::Arc<ops::Metrics>,
 }
 
 /// The controller's components in start order (DESIGN.md "Process model"),
@@ -336,6 +350,8 @@ fn etcd_settings(
     }
 }
 
+/// The default node name (lowercased hostname), shared with the commands
+/// that must agree with the controller on it (`restore`, `certs renew`).
 pub fn hostname() -> anyhow::Result<String> {
     let h = nix::unistd::gethostname().context("reading the hostname")?;
     Ok(h.to_string_lossy().to_lowercase())

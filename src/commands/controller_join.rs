@@ -195,5 +195,6 @@ pub fn join_api_settings(ctx: &ControllerContext, mirror: bool) -> ApiSettings {
         },
         agent_cert_lifetime: pki.leaf_lifetime.as_duration(),
         mirror_kubeconfig: mirror.then(|| ctx.pki.admin_kubeconfig.clone()),
+        metrics: ctx.metrics.clone(),
     }
 }

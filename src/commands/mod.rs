@@ -1,6 +1,7 @@
 //! One file per subcommand. Each `run` returns `anyhow::Result`; `main`
 //! maps the error chain to an exit code.
 
+pub mod backup;
 pub mod bundle;
 pub mod certs;
 pub mod config;
@@ -8,7 +9,10 @@ pub mod controller;
 pub mod controller_join;
 pub mod install;
 pub mod konnectivity;
+pub mod kubeconfig;
 pub mod reset;
+pub mod restore;
+pub mod status;
 pub mod token;
 pub mod version;
 pub mod worker;
@@ -23,6 +27,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Controller(args) => runtime()?.block_on(controller::run(&global, &args)),
         Command::Config(cmd) => config::run(&global, &cmd),
         Command::Certs(cmd) => certs::run(&global, &cmd),
+        Command::Status(args) => runtime()?.block_on(status::run(&global, &args)),
+        Command::Kubeconfig(cmd) => kubeconfig::run(&global, &cmd),
+        Command::Backup(args) => runtime()?.block_on(backup::run(&global, &args)),
+        Command::Restore(args) => restore::run(&global, &args),
         Command::Bundle(cmd) => bundle::run(&cmd),
         Command::Install(args) => install::run(&global, &args),
         Command::Version(args) => version::run(&args),

@@ -164,6 +164,7 @@ fn print_list(list: &[StoredToken], output: OutputFormat) -> anyhow::Result<()> 
         .collect();
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&views)?),
+        OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(&views)?),
         OutputFormat::Text => {
             println!(
                 "{:<8} {:<11} {:<12} {:<21} DESCRIPTION",

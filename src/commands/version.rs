@@ -13,7 +13,7 @@ pub fn run(args: &VersionArgs) -> anyhow::Result<()> {
         None => None,
     };
     match args.output {
-        OutputFormat::Json => {
+        OutputFormat::Json | OutputFormat::Yaml => {
             let bundle_json = match (&bundle, &manifest) {
                 (Some(b), Some(m)) => serde_json::json!({
                     "formatVersion": b.footer().format_version,
@@ -26,7 +26,7 @@ pub fn run(args: &VersionArgs) -> anyhow::Result<()> {
                 _ => serde_json::Value::Null,
             };
             let doc = serde_json::json!({ "version": version, "bundle": bundle_json });
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            super::status::print_structured(&doc, args.output)?;
         }
         OutputFormat::Text => {
             println!("mkectl {version}");

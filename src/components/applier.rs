@@ -153,6 +153,12 @@ impl Component for ApplierComponent {
         }
     }
 
+    /// Its client is built from admin.conf at start: a renewed admin
+    /// certificate needs a restart (stop + start) to be used.
+    fn uses_certs(&self) -> &[crate::pki::Leaf] {
+        &[crate::pki::Leaf::Admin]
+    }
+
     async fn stop(&mut self) -> Result<(), ComponentError> {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{binary, Component, ComponentError};
 use crate::config::NodePaths;
 use crate::fsutil;
+use crate::pki::Leaf;
 use crate::supervisor::{self, ChildSpec, Supervised};
 
 pub const NAME: &str = "etcd";
@@ -55,6 +56,16 @@ pub async fn connect(
     endpoint: &str,
     tls: &EtcdClientTls,
 ) -> Result<etcd_client::Client, EtcdClientError> {
+    connect_with_timeout(endpoint, tls, PROBE_TIMEOUT).await
+}
+
+/// [`connect`] with a per-request timeout other than the probe's (a
+/// snapshot for a backup takes longer than a probe).
+pub async fn connect_with_timeout(
+    endpoint: &str,
+    tls: &EtcdClientTls,
+    timeout: Duration,
+) -> Result<etcd_client::Client, EtcdClientError> {
     let ca = fsutil::read(&tls.ca)?;
     let cert = fsutil::read(&tls.cert)?;
     let key = fsutil::read(&tls.key)?;
@@ -65,7 +76,7 @@ pub async fn connect(
     let opts = etcd_client::ConnectOptions::new()
         .with_tls(tls_opts)
         .with_connect_timeout(PROBE_TIMEOUT)
-        .with_timeout(PROBE_TIMEOUT);
+        .with_timeout(timeout);
     etcd_client::Client::connect([endpoint], Some(opts))
         .await
         .map_err(|source| EtcdClientError::Etcd {
@@ -284,11 +295,14 @@ impl Component for Etcd {
         };
         // A linearizable read needs a quorum: the same bar the apiserver has.
         let key = format!("{MKECTL_PREFIX}health");
-        match tokio::time::timeout(PROBE_TIMEOUT, client.get(key, None)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(not_ready(e.to_string())),
-            Err(_) => Err(not_ready("probe timed out")),
-        }
+        let result = match tokio::time::timeout(PROBE_TIMEOUT, client.get(key, None)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => not_ready(e.to_string()),
+            Err(_) => not_ready("probe timed out"),
+        };
+        // Reconnect next time: the client certificate may have been renewed.
+        *guard = None;
+        Err(result)
     }
 
     async fn stop(&mut self) -> Result<(), ComponentError> {
@@ -302,6 +316,24 @@ impl Component for Etcd {
 
     fn ready_timeout(&self) -> Duration {
         READY_TIMEOUT
+    }
+
+    fn supervised(&self) -> Option<&Supervised> {
+        self.child.as_ref()
+    }
+
+    fn uses_certs(&self) -> &[Leaf] {
+        // The probe's client certificate is re-read on reconnect, which a
+        // failed probe triggers; only the serving and peer certs need a restart.
+        &[Leaf::EtcdServer, Leaf::EtcdPeer]
+    }
+
+    async fn restart(&mut self) -> Result<(), ComponentError> {
+        *self.client.lock().await = None;
+        if let Some(child) = &self.child {
+            child.restart().await;
+        }
+        Ok(())
     }
 }
 

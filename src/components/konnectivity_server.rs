@@ -159,6 +159,18 @@ impl Component for KonnectivityServer {
         }
     }
 
+    fn uses_certs(&self) -> &[crate::pki::Leaf] {
+        &[crate::pki::Leaf::KonnectivityServer]
+    }
+
+    fn peers(&self) -> Option<super::Peers> {
+        let handle = self.handle.as_ref()?;
+        Some(super::Peers {
+            kind: "agents".into(),
+            connected: handle.agents().into_iter().map(|(id, ..)| id).collect(),
+        })
+    }
+
     async fn stop(&mut self) -> Result<(), ComponentError> {
         if let Some(handle) = self.handle.take() {
             handle.shutdown();

@@ -290,10 +290,27 @@ impl KubeApiserver {
     }
 }
 
+/// The leaves this component reads (see `Component::uses_certs`).
+const LEAVES: [crate::pki::Leaf; 4] = [
+    crate::pki::Leaf::ApiServer,
+    crate::pki::Leaf::ApiServerKubeletClient,
+    crate::pki::Leaf::ApiServerEtcdClient,
+    crate::pki::Leaf::FrontProxyClient,
+];
+
 #[async_trait::async_trait]
 impl Component for KubeApiserver {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn supervised(&self) -> Option<&crate::supervisor::Supervised> {
+        self.process.child()
+    }
+
+    /// Renewing one of these restarts the process (status, rotation).
+    fn uses_certs(&self) -> &[crate::pki::Leaf] {
+        &LEAVES
     }
 
     async fn init(&mut self) -> Result<(), ComponentError> {

@@ -96,10 +96,22 @@ impl KubeScheduler {
     }
 }
 
+/// The leaves this component reads (see `Component::uses_certs`).
+const LEAVES: [crate::pki::Leaf; 1] = [crate::pki::Leaf::Scheduler];
+
 #[async_trait::async_trait]
 impl Component for KubeScheduler {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn supervised(&self) -> Option<&crate::supervisor::Supervised> {
+        self.process.child()
+    }
+
+    /// Renewing one of these restarts the process (status, rotation).
+    fn uses_certs(&self) -> &[crate::pki::Leaf] {
+        &LEAVES
     }
 
     async fn init(&mut self) -> Result<(), ComponentError> {

@@ -19,6 +19,26 @@
 //!   polls it with a bound (`ready_timeout`) after `start`.
 //! * `stop` is idempotent and callable from any state, including after a
 //!   failed `start`; it releases everything the component holds.
+//!
+//! # Operating hooks (status, metrics, certificate rotation)
+//!
+//! Optional methods with defaults, so a component opts in:
+//!
+//! * `supervised` exposes the child behind a component that runs one, which
+//!   gives `mkectl status` and the metrics its pid, restarts and last exit.
+//! * `uses_certs` names the PKI leaves the component reads (its own serving
+//!   or client certificates). When the rotation loop renews one of them it
+//!   calls `restart` on exactly the components that list it.
+//! * `restart` makes the component pick up new files. The default restarts
+//!   the supervised child in place (`Supervised::restart`), and otherwise
+//!   runs `stop` then `start`. The manager calls it only on a running
+//!   component and waits for `ready` again afterwards.
+//! * `peers` lists the connections a component holds that operators care
+//!   about (the konnectivity agents a server sees), shown by `mkectl status`.
+//!
+//! The manager keeps every component behind a lock, so `ready`, `supervised`
+//! and `peers` may be called concurrently with each other (status readers)
+//! while `init`/`start`/`stop`/`restart` run exclusively.
 
 pub mod applier;
 pub mod binary;
@@ -39,7 +59,10 @@ pub mod manager;
 
 use std::time::Duration;
 
-pub use manager::Manager;
+pub use manager::{ComponentStatus, LastExit, Manager, ManagerHandle, Phase};
+
+use crate::pki::Leaf;
+use crate::supervisor::Supervised;
 
 /// How long the manager waits for a component to turn ready by default.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -101,4 +124,44 @@ pub trait Component: Send + Sync {
     fn ready_timeout(&self) -> Duration {
         DEFAULT_READY_TIMEOUT
     }
+
+    /// The supervised child, for components that run one.
+    fn supervised(&self) -> Option<&Supervised> {
+        None
+    }
+
+    /// The PKI leaves this component reads; renewing one restarts it.
+    fn uses_certs(&self) -> &[Leaf] {
+        &[]
+    }
+
+    /// Picks up renewed certificates: restarts the supervised child in place,
+    /// or stops and starts an in-process component.
+    async fn restart(&mut self) -> Result<(), ComponentError> {
+        if let Some(child) = self.supervised() {
+            child.restart().await;
+            return Ok(());
+        }
+        // Start even when the stop reported a problem (e.g. a slow drain):
+        // a component left stopped serves nobody.
+        if let Err(e) = self.stop().await {
+            tracing::warn!(component = self.name(), error = %e, "stop before restart failed; starting anyway");
+        }
+        self.start().await
+    }
+
+    /// Connected peers worth showing in `mkectl status`, if the component
+    /// has any (e.g. the agents a konnectivity server sees).
+    fn peers(&self) -> Option<Peers> {
+        None
+    }
+}
+
+/// Peers a component is connected to, as `mkectl status` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Peers {
+    /// What the peers are: `agents` (a konnectivity server), `servers` (an agent).
+    pub kind: String,
+    /// Their identities, sorted.
+    pub connected: Vec<String>,
 }

@@ -20,6 +20,13 @@ pub const KONNECTIVITY_ADMIN_ADDRESS: &str = "127.0.0.1";
 
 pub const JOIN_API_PORT: u16 = 9443;
 
+/// mkectl's Prometheus endpoint; a port no Kubernetes component uses by
+/// default (kube-proxy 10249/10256, kubelet 10250, controller-manager 10257,
+/// scheduler 10259, node-exporter 9100, Prometheus 9090).
+pub const METRICS_PORT: u16 = 9641;
+/// Metrics are served on loopback unless the operator opens them up.
+pub const METRICS_ADDRESS: &str = "127.0.0.1";
+
 const HOUR: u64 = 3600;
 /// CAs live ten years: replacing one means re-trusting every node.
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * HOUR);

@@ -84,6 +84,7 @@ pub struct ClusterSpec {
     pub etcd: EtcdSpec,
     pub konnectivity: KonnectivitySpec,
     pub join_api: JoinApiSpec,
+    pub metrics: MetricsSpec,
     pub pki: PkiSettings,
     /// Worker node settings: sandbox image, cgroup driver, labels, taints,
     /// kubelet ports.
@@ -159,6 +160,15 @@ pub struct KonnectivitySpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct JoinApiSpec {
+    pub port: u16,
+}
+
+/// mkectl's own Prometheus endpoint (`/metrics`, plain HTTP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsSpec {
+    /// Address the endpoint binds to (loopback by default).
+    pub address: String,
     pub port: u16,
 }
 
@@ -250,6 +260,15 @@ impl Default for JoinApiSpec {
     fn default() -> Self {
         Self {
             port: defaults::JOIN_API_PORT,
+        }
+    }
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        Self {
+            address: defaults::METRICS_ADDRESS.into(),
+            port: defaults::METRICS_PORT,
         }
     }
 }

@@ -67,6 +67,11 @@ impl NodePaths {
     pub fn component_cert_dir(&self, component: &str) -> PathBuf {
         self.data_dir.join(component).join("serving")
     }
+    /// `<run-dir>/status.sock` (0600): `mkectl status` and `certs renew`
+    /// talk to the running node over it.
+    pub fn status_socket(&self) -> PathBuf {
+        self.run_dir.join("status.sock")
+    }
     /// `<run-dir>/mkectl.lock`: one mkectl per data/run dir pair.
     pub fn lock_file(&self) -> PathBuf {
         self.run_dir.join("mkectl.lock")

@@ -163,6 +163,7 @@ pub(super) fn validate(cfg: &ClusterConfig, file: &str) -> Result<(), ConfigErro
     c.port("spec.konnectivity.agentPort", s.konnectivity.agent_port)?;
     c.port("spec.konnectivity.adminPort", s.konnectivity.admin_port)?;
     c.port("spec.joinApi.port", s.join_api.port)?;
+    c.port("spec.metrics.port", s.metrics.port)?;
     let ports = [
         ("spec.api.port", s.api.port),
         ("spec.etcd.clientPort", s.etcd.client_port),
@@ -170,6 +171,7 @@ pub(super) fn validate(cfg: &ClusterConfig, file: &str) -> Result<(), ConfigErro
         ("spec.konnectivity.agentPort", s.konnectivity.agent_port),
         ("spec.konnectivity.adminPort", s.konnectivity.admin_port),
         ("spec.joinApi.port", s.join_api.port),
+        ("spec.metrics.port", s.metrics.port),
     ];
     for (i, (name, port)) in ports.iter().enumerate() {
         if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
@@ -183,6 +185,7 @@ pub(super) fn validate(cfg: &ClusterConfig, file: &str) -> Result<(), ConfigErro
         "spec.konnectivity.adminAddress",
         &s.konnectivity.admin_address,
     )?;
+    c.ip("spec.metrics.address", &s.metrics.address)?;
 
     let pki = &s.pki;
     for (field, d) in [
@@ -306,6 +309,11 @@ mod tests {
                 "spec.pki.renewBefore",
             ),
             ("spec:\n  joinApi:\n    port: 6443\n", "spec.joinApi.port"),
+            ("spec:\n  metrics:\n    port: 9443\n", "spec.metrics.port"),
+            (
+                "spec:\n  metrics:\n    address: localhost\n",
+                "spec.metrics.address",
+            ),
             (
                 "spec:\n  api:\n    sans: [\"bad name!\"]\n",
                 "spec.api.sans[0]",

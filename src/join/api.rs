@@ -81,6 +81,8 @@ pub struct ApiSettings {
     /// Admin kubeconfig to mirror worker tokens as bootstrap-token Secrets;
     /// None when kube-apiserver does not run on this controller.
     pub mirror_kubeconfig: Option<PathBuf>,
+    /// `/metrics` counters: every request is counted by outcome.
+    pub metrics: Arc<crate::ops::Metrics>,
 }
 
 /// What a handler sees about its connection.
@@ -338,7 +340,30 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/controllers", get(list_controllers))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
+}
+
+/// The `result` label of `mkectl_join_requests_total` for a status.
+pub fn outcome(status: u16) -> &'static str {
+    match status {
+        200..=299 => "ok",
+        401 | 403 => "denied",
+        429 => "rate_limited",
+        409 => "conflict",
+        400..=499 => "invalid",
+        _ => "error",
+    }
+}
+
+/// Counts every request by outcome (`/metrics`).
+async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    state
+        .settings
+        .metrics
+        .record_join_request(outcome(resp.status().as_u16()));
+    resp
 }
 
 async fn accept_loop(

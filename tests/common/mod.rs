@@ -90,6 +90,7 @@ pub struct Node {
     pub konnectivity_agent_port: u16,
     pub konnectivity_admin_port: u16,
     pub join_port: u16,
+    pub metrics_port: u16,
     pub name: String,
 }
 
@@ -113,8 +114,9 @@ impl Node {
         let config = tmp.path().join("mkectl.yaml");
         let (c, p) = (free_port(), free_port());
         let (api, ka, kadm, join) = (free_port(), free_port(), free_port(), free_port());
+        let metrics = free_port();
         let yaml = format!(
-            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: {address}\n    port: {api}\n  etcd:\n    clientPort: {c}\n    peerPort: {p}\n  konnectivity:\n    agentPort: {ka}\n    adminPort: {kadm}\n  joinApi:\n    port: {join}\n{extra_spec}",
+            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: {address}\n    port: {api}\n  etcd:\n    clientPort: {c}\n    peerPort: {p}\n  konnectivity:\n    agentPort: {ka}\n    adminPort: {kadm}\n  joinApi:\n    port: {join}\n  metrics:\n    port: {metrics}\n{extra_spec}",
         );
         fs::write(&config, yaml).unwrap();
         Self {
@@ -128,6 +130,7 @@ impl Node {
             konnectivity_agent_port: ka,
             konnectivity_admin_port: kadm,
             join_port: join,
+            metrics_port: metrics,
             name: name.into(),
         }
     }
@@ -199,6 +202,55 @@ impl Node {
     pub fn etcd_endpoint(&self) -> String {
         format!("https://127.0.0.1:{}", self.etcd_client_port)
     }
+
+    /// `mkectl status -o json`: its exit code and, when it printed one, the
+    /// status document.
+    pub fn status_json(&self) -> (i32, Option<serde_json::Value>) {
+        let out = self.cmd(&["status", "-o", "json"]).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_slice(&out.stdout).ok(),
+        )
+    }
+
+    /// Waits until `mkectl status` exits 0 and `pred` holds for its document.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(what, timeout, || match self.status_json() {
+            (0, Some(v)) if pred(&v) => Some(v),
+            _ => None,
+        })
+    }
+
+    /// `GET /metrics` on the node's metrics port.
+    pub fn metrics_page(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        body.to_string()
+    }
+}
+
+/// The component named `name` in a status document.
+pub fn component<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no component {name} in {status}"))
 }
 
 pub struct Controller {

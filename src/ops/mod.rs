@@ -1,0 +1,134 @@
+//! Operating a running node: the status socket (`mkectl status`), the
+//! Prometheus endpoint, live leaf rotation (`certs renew`), backup and
+//! restore.
+//!
+//! [`start`] wires the node-side services into a controller in one call.
+//! Other parts of mkectl feed them through two seams:
+//!
+//! * components: `Component::supervised`, `uses_certs`, `restart` and
+//!   `peers` (see `components`), read through the manager's handle;
+//! * counters: [`Metrics`] (`record_join_request`), shared as an `Arc`.
+
+pub mod backup;
+pub mod client;
+pub mod collect;
+pub mod etcd_info;
+pub mod metrics;
+pub mod model;
+pub mod restore;
+pub mod rotation;
+pub mod server;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+pub use metrics::Metrics;
+pub use model::NodeStatus;
+
+use crate::components::etcd::EtcdClientTls;
+use crate::components::ManagerHandle;
+use crate::config::{ClusterConfig, NodePaths};
+use crate::pki::{PkiPaths, PkiSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Fs {
+        #[from]
+        source: crate::fsutil::FsError,
+    },
+    #[error("cannot bind the metrics endpoint {addr} (spec.metrics): {source}")]
+    BindMetrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("spec.metrics.address {0:?} is not an IP address")]
+    MetricsAddress(String),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// What the node-side services are built from.
+pub struct OpsSettings {
+    pub role: &'static str,
+    pub cfg: ClusterConfig,
+    pub paths: NodePaths,
+    pub node_name: String,
+    pub node_address: IpAddr,
+    /// The same spec the controller ensured its PKI with, so rotation
+    /// reissues nothing else.
+    pub pki_spec: PkiSpec,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The running services; dropping it removes the status socket.
+pub struct OpsServices {
+    _socket: server::SocketGuard,
+    pub metrics_addr: SocketAddr,
+}
+
+/// Binds the status socket and the metrics endpoint (errors here fail the
+/// start) and spawns the rotation loop; everything stops with `cancel`.
+pub async fn start(
+    s: OpsSettings,
+    manager: ManagerHandle,
+    cancel: &CancellationToken,
+) -> Result<OpsServices, OpsError> {
+    let pki = PkiPaths::new(&s.paths.pki_dir());
+    let etcd = etcd_info::EtcdInfo::new(
+        format!("https://127.0.0.1:{}", s.cfg.spec.etcd.client_port),
+        EtcdClientTls {
+            ca: pki.etcd_ca.cert.clone(),
+            cert: pki.apiserver_etcd_client.cert.clone(),
+            key: pki.apiserver_etcd_client.key.clone(),
+        },
+    );
+    let collector = Arc::new(collect::Collector {
+        role: s.role,
+        node_name: s.node_name.clone(),
+        node_address: s.node_address,
+        pki_dir: pki.dir.clone(),
+        manager: manager.clone(),
+        etcd: Some(etcd),
+        started: Instant::now(),
+    });
+    let rotator = Arc::new(rotation::Rotator::new(s.pki_spec, manager, cancel.clone()));
+    let ip: IpAddr = s
+        .cfg
+        .spec
+        .metrics
+        .address
+        .parse()
+        .map_err(|_| OpsError::MetricsAddress(s.cfg.spec.metrics.address.clone()))?;
+    let (socket, metrics_addr) = server::serve(
+        &s.paths.status_socket(),
+        SocketAddr::new(ip, s.cfg.spec.metrics.port),
+        collector,
+        rotator.clone(),
+        s.metrics,
+        cancel,
+    )
+    .await?;
+    tracing::info!(
+        component = "status",
+        socket = %s.paths.status_socket().display(),
+        metrics = %metrics_addr,
+        "status socket and metrics endpoint listening"
+    );
+    tokio::spawn(rotator.run());
+    Ok(OpsServices {
+        _socket: socket,
+        metrics_addr,
+    })
+}
