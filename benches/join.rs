@@ -43,7 +43,8 @@ impl Node {
         std::fs::create_dir_all(&dir).unwrap();
         let (etcd_port, admin_port) = (free_port(), free_port());
         let yaml = format!(
-            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: {address}\n    port: {}\n  etcd:\n    clientPort: {etcd_port}\n    peerPort: {}\n  konnectivity:\n    agentPort: {}\n    adminPort: {admin_port}\n  joinApi:\n    port: {}\n",
+            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: {address}\n    port: {}\n  etcd:\n    clientPort: {etcd_port}\n    peerPort: {}\n  konnectivity:\n    agentPort: {}\n    adminPort: {admin_port}\n  joinApi:\n    port: {}\n  metrics:\n    port: {}\n",
+            free_port(),
             free_port(),
             free_port(),
             free_port(),
@@ -208,7 +209,7 @@ async fn main() {
         .cmd(&["token", "create", "--role", "controller"])
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let tok_file = root.path().join("controller.token");
     std::fs::write(&tok_file, &out.stdout).unwrap();
 
@@ -239,7 +240,7 @@ async fn main() {
         .cmd(&["token", "create", "--role", "worker"])
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let wtok = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let ports = [c1.admin_port, c2.admin_port];
 
