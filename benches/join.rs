@@ -209,7 +209,11 @@ async fn main() {
         .cmd(&["token", "create", "--role", "controller"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tok_file = root.path().join("controller.token");
     std::fs::write(&tok_file, &out.stdout).unwrap();
 
@@ -240,7 +244,11 @@ async fn main() {
         .cmd(&["token", "create", "--role", "worker"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let wtok = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let ports = [c1.admin_port, c2.admin_port];
 
