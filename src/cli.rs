@@ -68,6 +68,13 @@ pub enum Command {
     /// proxy-server / proxy-agent).
     #[command(subcommand)]
     Konnectivity(crate::commands::konnectivity::KonnectivityCommand),
+    /// Create, list and invalidate join tokens (on a running controller).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Join a cluster as a worker (once, with a token) and run the worker.
+    Worker(WorkerArgs),
+    /// Remove this node from its cluster and delete its data (stop mkectl first).
+    Reset(ResetArgs),
     /// Show this node's status; exits 1 while something is not ready, 69
     /// when no node runs with this run dir.
     Status(StatusArgs),
@@ -80,6 +87,80 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Print the mkectl version and the versions of the bundled components.
     Version(VersionArgs),
+}
+
+/// Role a join token grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenRole {
+    Worker,
+    Controller,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token and print it (the only time its secret is shown).
+    Create {
+        /// Which kind of node may join with it.
+        #[arg(long, value_enum)]
+        role: TokenRole,
+        /// Validity (e.g. 1h, 24h, 7d); 0 = until invalidated.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        expiry: std::time::Duration,
+        /// Free text shown by `token list`.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (ids, roles, expiry; never secrets).
+    List {
+        #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Invalidate tokens by id; joins with them are refused from now on.
+    Invalidate {
+        /// Token ids (the 6 characters before the dot).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Worker join token (`mkectl token create --role worker`). Needed only
+    /// for the first start; prefer --token-file (argv is visible to others).
+    #[arg(
+        long,
+        env = "MKECTL_TOKEN",
+        conflicts_with = "token_file",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// File holding the worker join token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Node name. Defaults to the hostname.
+    #[arg(long, env = "MKECTL_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Node address (konnectivity `host=` identifier, source of join API
+    /// requests). Defaults to the host's first global IPv4 address.
+    #[arg(long)]
+    pub address: Option<std::net::IpAddr>,
+    /// How often the controller list is refreshed from the join API.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub refresh_interval: std::time::Duration,
+    /// Konnectivity agent /healthz /readyz /metrics port; 0 = off.
+    #[arg(long, default_value_t = 8093)]
+    pub agent_admin_port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub agent_admin_address: std::net::IpAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResetArgs {
+    /// Remove the local data even when the etcd member cannot be removed
+    /// safely (quorum), no other controller is reachable, or this is the
+    /// last controller (which destroys the cluster).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -137,6 +218,11 @@ pub struct ControllerArgs {
     /// Node name (etcd member name, certificate SANs). Defaults to the hostname.
     #[arg(long, env = "MKECTL_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Join an existing cluster with the controller token in this file
+    /// (`mkectl token create --role controller`). Used once: a restart
+    /// reuses the joined state.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,10 +8,11 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
+use super::controller_join;
 use crate::cli::{ControllerArgs, GlobalArgs};
 use crate::components::{
-    applier, binary, csr_approver, etcd, konnectivity_server, kube_apiserver as kas,
-    kube_controller_manager as kcm, kube_scheduler as ksch, Manager,
+    applier, binary, controller_registry, csr_approver, etcd, join_api, konnectivity_server,
+    kube_apiserver as kas, kube_controller_manager as kcm, kube_scheduler as ksch, Manager,
 };
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
@@ -23,6 +24,8 @@ pub const COMPONENTS: &[&str] = &[
     etcd::NAME,
     konnectivity_server::NAME,
     kas::NAME,
+    join_api::NAME,
+    controller_registry::NAME,
     kcm::NAME,
     ksch::NAME,
     applier::NAME,
@@ -32,10 +35,6 @@ pub const COMPONENTS: &[&str] = &[
 /// Upstream binaries that only exist with the bundle: checked before anything
 /// starts rather than in `init`, so `--init-only` works without them.
 const KUBE_BINARIES: &[&str] = &[kas::NAME, kcm::NAME, ksch::NAME];
-
-/// Controllers in the cluster. One until controller join lands; it drives
-/// leader election and the apiserver's shutdown delay.
-const CONTROLLER_COUNT: usize = 1;
 
 /// Upper bound for stopping every component on shutdown: covers the
 /// apiserver's drain (`kube_apiserver` stop grace, 70 s by default) plus etcd.
@@ -73,9 +72,14 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
     let span = info_span!("controller", component = "controller", node = %node_name);
     async move {
         info!(%node_address, data_dir = %paths.data_dir.display(), "starting controller");
-        fsutil::ensure_dir(&paths.data_dir, fsutil::PRIVATE_DIR_MODE)?;
         fsutil::ensure_dir(&paths.run_dir, fsutil::PRIVATE_DIR_MODE)?;
         let _lock = lock_run_dir(&paths)?;
+        // Before anything is written to the data dir: a refused token
+        // leaves nothing behind.
+        let join =
+            controller_join::join_if_needed(args.token_file.as_deref(), &cfg, &paths, &node_name)
+                .await?;
+        fsutil::ensure_dir(&paths.data_dir, fsutil::PRIVATE_DIR_MODE)?;
         // Bundled binaries go to <data-dir>/bin before any component looks
         // one up (lookup order in components/binary.rs).
         crate::bundle::stage(&paths).await?;
@@ -95,6 +99,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             paths: paths.clone(),
             node_name: node_name.clone(),
             node_address,
+            join,
             metrics: Default::default(),
         };
         let mut manager = build_components(&ctx, &enabled);
@@ -170,6 +175,8 @@ pub struct ControllerContext {
     pub pki: pki::PkiPaths,
     pub node_name: String,
     pub node_address: std::net::IpAddr,
+    /// Set when this controller joined an existing cluster (`join.json`).
+    pub join: Option<crate::join::ControllerJoinState>,
     /// Counters served on /metrics (the join API records its requests here).
     pub metrics: std::sync::Arc<ops::Metrics>,
 }
@@ -178,8 +185,18 @@ pub struct ControllerContext {
 /// minus the disabled ones.
 fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> Manager {
     let mut manager = Manager::new();
+    // Controllers in the cluster as known at start: drives leader election,
+    // the apiserver's shutdown delay and the first konnectivity server count.
+    let n = controller_join::controller_count(ctx);
+    // The registry counts live controllers; the konnectivity server announces it.
+    let (server_count, server_count_rx) = tokio::sync::watch::channel(n as u32);
     if enabled(etcd::NAME) {
-        let settings = etcd_settings(&ctx.cfg, &ctx.paths, &ctx.pki, &ctx.node_name);
+        let mut settings = etcd_settings(&ctx.cfg, &ctx.paths, &ctx.pki, &ctx.node_name);
+        if let Some(st) = &ctx.join {
+            settings.initial_cluster = Some(st.initial_cluster.clone());
+            settings.initial_cluster_state = "existing".into();
+            settings.learner = controller_join::learner_promotion(ctx);
+        }
         manager.add(Box::new(etcd::Etcd::new(settings, ctx.paths.clone())));
     }
     if enabled(konnectivity_server::NAME) {
@@ -190,7 +207,7 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
         let settings = konnectivity_server::KonnectivityServerSettings {
             server_id: ctx.node_name.clone(),
-            server_count: 1,
+            server_count: n as u32,
             agent_listen: std::net::SocketAddr::new(ctx.node_address, k.agent_port),
             admin_listen: std::net::SocketAddr::new(admin_ip, k.admin_port),
             tls: crate::konnectivity::TlsFiles {
@@ -198,16 +215,32 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
                 key: ctx.pki.konnectivity_server.key.clone(),
                 ca: ctx.pki.konnectivity_ca.cert.clone(),
             },
+            server_count_updates: enabled(controller_registry::NAME).then_some(server_count_rx),
         };
         manager.add(Box::new(konnectivity_server::KonnectivityServer::new(
             settings,
             ctx.paths.clone(),
         )));
     }
-    let (cfg, paths, pki, n) = (&ctx.cfg, &ctx.paths, &ctx.pki, CONTROLLER_COUNT);
+    let (cfg, paths, pki) = (&ctx.cfg, &ctx.paths, &ctx.pki);
     if enabled(kas::NAME) {
         let s = kas::KubeApiserverSettings::from_config(cfg, paths, pki, ctx.node_address, n);
         manager.add(Box::new(kas::KubeApiserver::new(s, paths.clone())));
+    }
+    if enabled(join_api::NAME) {
+        let settings = controller_join::join_api_settings(ctx, enabled(kas::NAME));
+        manager.add(Box::new(join_api::JoinApi::new(settings)));
+    }
+    if enabled(controller_registry::NAME) {
+        let (endpoint, tls) = controller_join::etcd_client(ctx);
+        manager.add(Box::new(controller_registry::ControllerRegistry::new(
+            endpoint,
+            tls,
+            controller_join::controller_record(ctx),
+            crate::join::controllers_cache_file(&ctx.paths.data_dir),
+            server_count,
+            n as u32,
+        )));
     }
     if enabled(kcm::NAME) {
         let s = kcm::KubeControllerManagerSettings::from_config(cfg, paths, pki, n);
@@ -313,6 +346,7 @@ fn etcd_settings(
             key: pki.apiserver_etcd_client.key.clone(),
         },
         extra_args: cfg.spec.etcd.extra_args.clone(),
+        learner: None,
     }
 }
 
@@ -325,7 +359,7 @@ pub fn hostname() -> anyhow::Result<String> {
 
 /// One mkectl per run dir: a second one would fight over children and pid
 /// files. The lock dies with the process, so a crash never leaves it held.
-fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+pub fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     let path = paths.lock_file();
     let file = OpenOptions::new()
         .create(true)
@@ -344,7 +378,7 @@ fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<nix::fcntl::Flock<std::fs::
 
 /// First SIGTERM/SIGINT cancels `cancel` (graceful drain); a second one exits
 /// at once (children die with us through PDEATHSIG).
-fn spawn_signal_handler(cancel: CancellationToken) -> anyhow::Result<()> {
+pub fn spawn_signal_handler(cancel: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;

@@ -6,12 +6,16 @@ pub mod bundle;
 pub mod certs;
 pub mod config;
 pub mod controller;
+pub mod controller_join;
 pub mod install;
 pub mod konnectivity;
 pub mod kubeconfig;
+pub mod reset;
 pub mod restore;
 pub mod status;
+pub mod token;
 pub mod version;
+pub mod worker;
 
 use crate::cli::{Cli, Command};
 
@@ -31,6 +35,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Install(args) => install::run(&global, &args),
         Command::Version(args) => version::run(&args),
         Command::Konnectivity(cmd) => runtime()?.block_on(konnectivity::run(&cmd)),
+        Command::Token(cmd) => runtime()?.block_on(token::run(&global, &cmd)),
+        Command::Worker(args) => runtime()?.block_on(worker::run(&global, &args)),
+        Command::Reset(args) => runtime()?.block_on(reset::run(&global, &args)),
     }
 }
 

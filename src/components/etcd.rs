@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use super::{binary, Component, ComponentError};
 use crate::config::NodePaths;
@@ -83,6 +85,30 @@ pub async fn connect_with_timeout(
         })
 }
 
+/// Asks the rest of the cluster to promote this node's learner member (the
+/// join API of another controller; a learner cannot promote itself).
+#[async_trait::async_trait]
+pub trait PromoteMember: Send + Sync {
+    /// `Ok(true)` once the member votes, `Ok(false)` while it catches up.
+    async fn promote(&self, member_id: u64) -> Result<bool, String>;
+}
+
+/// A member that joined as a learner and must be promoted after start.
+#[derive(Clone)]
+pub struct LearnerPromotion {
+    pub member_id: u64,
+    pub promoter: Arc<dyn PromoteMember>,
+}
+
+impl std::fmt::Debug for LearnerPromotion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LearnerPromotion({:x})", self.member_id)
+    }
+}
+
+/// Pause between promotion attempts while the learner catches up.
+pub const PROMOTE_EVERY: Duration = Duration::from_millis(250);
+
 /// Everything the etcd component needs, resolved from config and PKI.
 #[derive(Debug, Clone)]
 pub struct EtcdSettings {
@@ -103,6 +129,10 @@ pub struct EtcdSettings {
     /// The identity the readiness probe uses (the apiserver's).
     pub probe_client: EtcdClientTls,
     pub extra_args: BTreeMap<String, String>,
+    /// Set when this member joined as a learner: after start it is promoted
+    /// (a learner refuses the linearizable readiness read, so `ready` turns
+    /// true only once it votes).
+    pub learner: Option<LearnerPromotion>,
 }
 
 impl EtcdSettings {
@@ -176,6 +206,7 @@ pub struct Etcd {
     paths: NodePaths,
     child: Option<Supervised>,
     client: Mutex<Option<etcd_client::Client>>,
+    promotion: CancellationToken,
 }
 
 impl Etcd {
@@ -185,6 +216,7 @@ impl Etcd {
             paths,
             child: None,
             client: Mutex::new(None),
+            promotion: CancellationToken::new(),
         }
     }
 
@@ -243,6 +275,10 @@ impl Component for Etcd {
                 source,
             })?;
         self.child = Some(child);
+        if let Some(learner) = self.settings.learner.clone() {
+            self.promotion = CancellationToken::new();
+            tokio::spawn(promote_until_voting(learner, self.promotion.clone()));
+        }
         Ok(())
     }
 
@@ -270,6 +306,7 @@ impl Component for Etcd {
     }
 
     async fn stop(&mut self) -> Result<(), ComponentError> {
+        self.promotion.cancel();
         *self.client.lock().await = None;
         if let Some(child) = self.child.take() {
             child.stop().await;
@@ -300,6 +337,45 @@ impl Component for Etcd {
     }
 }
 
+/// Asks for promotion until the member votes, `READY_TIMEOUT` passes (the
+/// manager gives up on readiness then) or the component stops.
+async fn promote_until_voting(learner: LearnerPromotion, cancel: CancellationToken) {
+    let begin = tokio::time::Instant::now();
+    let mut last_log = begin;
+    tracing::info!(
+        component = NAME,
+        member_id = format!("{:x}", learner.member_id),
+        "etcd started as a learner; waiting to be promoted"
+    );
+    while begin.elapsed() < READY_TIMEOUT {
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = learner.promoter.promote(learner.member_id) => r,
+        };
+        match attempt {
+            Ok(true) => {
+                tracing::info!(
+                    component = NAME,
+                    elapsed_ms = begin.elapsed().as_millis() as u64,
+                    "etcd member promoted to a voting member"
+                );
+                return;
+            }
+            Ok(false) => {}
+            Err(e) if last_log.elapsed() >= Duration::from_secs(5) => {
+                tracing::info!(component = NAME, error = %e, "etcd learner not promoted yet");
+                last_log = tokio::time::Instant::now();
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(PROMOTE_EVERY) => {}
+        }
+    }
+    tracing::warn!(component = NAME, "gave up promoting the etcd learner");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +401,7 @@ mod tests {
             peer_key: "/p/etcd/peer.key".into(),
             probe_client: tls,
             extra_args: BTreeMap::new(),
+            learner: None,
         }
     }
 

@@ -6,7 +6,10 @@
 //! EgressSelectorConfiguration pointing at the gRPC socket.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -32,13 +35,16 @@ pub struct KonnectivityServerSettings {
     pub admin_listen: SocketAddr,
     /// Server certificate + key, and the CA agent certificates must chain to.
     pub tls: TlsFiles,
+    /// Live updates of `server_count` (the controller registry counts the
+    /// registered controllers); None keeps `server_count`.
+    pub server_count_updates: Option<watch::Receiver<u32>>,
 }
 
 pub struct KonnectivityServer {
     settings: KonnectivityServerSettings,
     paths: NodePaths,
     cancel: CancellationToken,
-    handle: Option<ServerHandle>,
+    handle: Option<Arc<ServerHandle>>,
 }
 
 impl KonnectivityServer {
@@ -53,7 +59,7 @@ impl KonnectivityServer {
 
     /// The running server (agents, stats), once started.
     pub fn handle(&self) -> Option<&ServerHandle> {
-        self.handle.as_ref()
+        self.handle.as_deref()
     }
 }
 
@@ -116,6 +122,27 @@ impl Component for KonnectivityServer {
             uds = %self.paths.konnectivity_uds().display(),
             "konnectivity server listening"
         );
+        let handle = Arc::new(handle);
+        if let Some(mut updates) = s.server_count_updates.clone() {
+            let h = handle.clone();
+            let cancel = self.cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    let count = *updates.borrow_and_update();
+                    if count > 0 && count != h.server_count() {
+                        info!(
+                            server_count = count,
+                            "announcing a new server count to agents"
+                        );
+                        h.set_server_count(count);
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        r = updates.changed() => if r.is_err() { break },
+                    }
+                }
+            });
+        }
         self.handle = Some(handle);
         Ok(())
     }

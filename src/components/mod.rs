@@ -43,9 +43,12 @@
 pub mod applier;
 pub mod binary;
 pub mod containerd;
+pub mod controller_registry;
 pub mod csr_approver;
 pub mod etcd;
 pub mod https_probe;
+pub mod join_api;
+pub mod konnectivity_agent;
 pub mod konnectivity_server;
 pub mod kube_apiserver;
 pub mod kube_common;

@@ -206,6 +206,10 @@ pub struct StoredToken {
     pub expires: Option<u64>,
     #[serde(default)]
     pub description: String,
+    /// Seconds since the epoch when `mkectl token invalidate` revoked it; the
+    /// record stays a while as a tombstone so a join with it is told why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalidated: Option<u64>,
 }
 
 /// Seconds since the epoch.
@@ -231,6 +235,7 @@ impl StoredToken {
             created: now,
             expires: ttl.map(|d| now + d.as_secs()),
             description: description.into(),
+            invalidated: None,
         }
     }
 

@@ -499,6 +499,48 @@ pub fn issue_client_cert_at(
     Ok(issued)
 }
 
+/// Issues a serving certificate (serverAuth) from one of the CAs in
+/// `pki_dir` with a fresh key, for listeners whose certificate is kept in
+/// memory and reissued by their owner (the join API). `sans` are IP
+/// addresses or DNS names. Nothing is written to disk.
+pub fn issue_server_cert(
+    pki_dir: &Path,
+    ca: Ca,
+    common_name: &str,
+    sans: &[String],
+    lifetime: Duration,
+    key_type: KeyType,
+) -> Result<IssuedCert, PkiError> {
+    validate_identity(common_name, &[])?;
+    let now = SystemTime::now();
+    let loaded = ca::load_existing(&PkiPaths::new(pki_dir), ca, now)?;
+    let mut parsed = Vec::new();
+    for s in sans {
+        push_unique(&mut parsed, San::parse(s)?);
+    }
+    let profile = Profile {
+        common_name: common_name.to_string(),
+        organizations: Vec::new(),
+        sans: parsed,
+        usage: CertUsage::Server,
+    };
+    let issued = issue(
+        &profile,
+        &loaded,
+        key_type,
+        lifetime,
+        now,
+        &format!("serving certificate {common_name}"),
+    )?;
+    tracing::info!(
+        component = super::COMPONENT,
+        ca = ca.name(),
+        common_name,
+        "issued serving certificate"
+    );
+    Ok(issued)
+}
+
 /// What a certificate signing request asks for (its signature verified).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CsrInfo {

@@ -74,8 +74,8 @@ pub use expiry::{list_certificates, next_renewal_due, CertInfo};
 pub use keys::{spki_sha256, spki_sha256_der};
 pub use kubeconfig::{render_kubeconfig, KubeconfigUser};
 pub use leaf::{
-    inspect_csr, issue_client_cert, issue_client_cert_at, sign_csr, sign_csr_at, CertUsage,
-    CsrInfo, IssuedCert, Leaf,
+    inspect_csr, issue_client_cert, issue_client_cert_at, issue_server_cert, sign_csr, sign_csr_at,
+    CertUsage, CsrInfo, IssuedCert, Leaf,
 };
 pub use paths::{CertKeyPaths, PkiPaths};
 pub use spec::{

@@ -2,6 +2,7 @@
 //! directories, the mkectl binary as a real process, bounded waits.
 #![allow(dead_code)]
 
+pub mod join;
 pub mod konnectivity;
 pub mod netns;
 
@@ -101,6 +102,13 @@ impl Node {
 
     /// `extra_spec` is YAML appended under `spec:` (indented two spaces).
     pub fn with_spec(name: &str, extra_spec: &str) -> Self {
+        Self::with_address(name, "127.0.0.1", extra_spec)
+    }
+
+    /// A node on its own loopback address (127.0.0.2, 127.0.0.3, ...):
+    /// apiserver, join API, konnectivity agent port and etcd peer port bind
+    /// there; every port is free and distinct.
+    pub fn with_address(name: &str, address: &str, extra_spec: &str) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         let run = tmp.path().join("run");
@@ -109,7 +117,7 @@ impl Node {
         let (api, ka, kadm, join) = (free_port(), free_port(), free_port(), free_port());
         let metrics = free_port();
         let yaml = format!(
-            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: 127.0.0.1\n    port: {api}\n  etcd:\n    clientPort: {c}\n    peerPort: {p}\n  konnectivity:\n    agentPort: {ka}\n    adminPort: {kadm}\n  joinApi:\n    port: {join}\n  metrics:\n    port: {metrics}\n{extra_spec}",
+            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: {address}\n    port: {api}\n  etcd:\n    clientPort: {c}\n    peerPort: {p}\n  konnectivity:\n    agentPort: {ka}\n    adminPort: {kadm}\n  joinApi:\n    port: {join}\n  metrics:\n    port: {metrics}\n{extra_spec}",
         );
         fs::write(&config, yaml).unwrap();
         Self {
@@ -146,19 +154,32 @@ impl Node {
 
     /// Starts `mkectl controller` with logs going to `<tmp>/controller-N.log`.
     pub fn start_controller(&self, extra: &[&str]) -> Controller {
+        let mut args = vec!["controller", "--node-name", &self.name];
+        args.extend_from_slice(extra);
+        self.spawn_logged("controller", &args)
+    }
+
+    /// Starts `mkectl worker` with logs going to `<tmp>/worker-N.log`.
+    pub fn start_worker(&self, extra: &[&str]) -> Controller {
+        let mut args = vec!["worker", "--node-name", &self.name];
+        args.extend_from_slice(extra);
+        self.spawn_logged("worker", &args)
+    }
+
+    /// Runs `mkectl <args>` in the background, logging to `<tmp>/<kind>-N.log`.
+    pub fn spawn_logged(&self, kind: &str, args: &[&str]) -> Controller {
+        let prefix = format!("{kind}-");
         let n = fs::read_dir(self.tmp.path())
             .unwrap()
             .filter(|e| {
                 e.as_ref()
-                    .map(|e| e.file_name().to_string_lossy().starts_with("controller-"))
+                    .map(|e| e.file_name().to_string_lossy().starts_with(&prefix))
                     .unwrap_or(false)
             })
             .count();
-        let log = self.tmp.path().join(format!("controller-{n}.log"));
-        let mut args = vec!["controller", "--node-name", &self.name];
-        args.extend_from_slice(extra);
+        let log = self.tmp.path().join(format!("{kind}-{n}.log"));
         let child = self
-            .cmd(&args)
+            .cmd(args)
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()

@@ -156,6 +156,7 @@ impl AgentService for AgentSvc {
             "servercount",
             shared
                 .server_count
+                .load(std::sync::atomic::Ordering::Relaxed)
                 .to_string()
                 .parse()
                 .map_err(|_| Status::internal("bad server count"))?,

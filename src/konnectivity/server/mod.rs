@@ -17,7 +17,7 @@ pub mod tunnels;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,7 +159,8 @@ pub struct ServerStats {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub server_id: String,
-    pub server_count: u32,
+    /// Changes at run time (see [`ServerHandle::set_server_count`]).
+    pub server_count: AtomicU32,
     pub backends: BackendManager,
     pub tunnels: Tunnels,
     pub metrics: Arc<ServerMetrics>,
@@ -310,6 +311,22 @@ impl ServerHandle {
         &self.shared.server_id
     }
 
+    /// Updates the `servercount` header sent to agents that connect from now
+    /// on (an HA controller set grows or shrinks while the server runs).
+    /// Agents already connected keep the count they were told; with one
+    /// address per controller they do not need it to find every server.
+    /// Zero is ignored (the count is at least this server).
+    pub fn set_server_count(&self, count: u32) {
+        if count > 0 {
+            self.shared.server_count.store(count, Ordering::Relaxed);
+        }
+    }
+
+    /// The count currently announced to agents.
+    pub fn server_count(&self) -> u32 {
+        self.shared.server_count.load(Ordering::Relaxed)
+    }
+
     /// Agent streams counted by the first strategy (what `/readyz` checks).
     pub fn ready_backends(&self) -> usize {
         self.shared.backends.ready_count()
@@ -409,7 +426,7 @@ impl Server {
         let metrics = Arc::new(ServerMetrics::default());
         let shared = Arc::new(Shared {
             server_id: cfg.server_id.clone(),
-            server_count: cfg.server_count,
+            server_count: AtomicU32::new(cfg.server_count),
             backends: BackendManager::new(cfg.proxy_strategies.clone()),
             tunnels: Tunnels::new(metrics.clone()),
             metrics,

@@ -1,0 +1,198 @@
+//! `mkectl worker`: joins the cluster once with a worker token (the private
+//! key of the agent certificate is generated here and never leaves the
+//! node), then runs the worker's components until SIGTERM/SIGINT (a second
+//! signal forces the exit). A restart reuses the saved credentials.
+//!
+//! Order (DESIGN.md "Process model"): join/bootstrap → containerd →
+//! konnectivity agent → kubelet.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use super::controller::{hostname, lock_run_dir, spawn_signal_handler, SHUTDOWN_DEADLINE};
+use super::controller_join::{join_failure, read_token_file};
+use crate::cli::{GlobalArgs, WorkerArgs};
+use crate::components::konnectivity_agent::{KonnectivityAgent, KonnectivityAgentSettings};
+use crate::components::Manager;
+use crate::config::NodePaths;
+use crate::exit::UsageError;
+use crate::join::client::join_worker;
+use crate::join::state::{self, WorkerPaths, WorkerState};
+use crate::join::{JoinToken, Role};
+use crate::konnectivity::TlsFiles;
+use crate::{fsutil, supervisor};
+
+/// Everything the worker's components are built from.
+pub struct WorkerContext {
+    pub paths: NodePaths,
+    pub worker: WorkerPaths,
+    /// Identity, address, cluster name, controllers, apiserver URLs.
+    pub state: WorkerState,
+    pub node_address: IpAddr,
+    pub args: WorkerArgs,
+}
+
+pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
+    let worker = WorkerPaths::new(&paths.data_dir);
+    let span = info_span!("worker", component = "worker");
+    async move {
+        fsutil::ensure_dir(&paths.run_dir, fsutil::PRIVATE_DIR_MODE)?;
+        let _lock = lock_run_dir(&paths)?;
+        let st = match state::read::<WorkerState>(&worker.state)? {
+            Some(st) => {
+                if args.token.is_some() || args.token_file.is_some() {
+                    info!(state = %worker.state.display(), "already joined; the token is ignored");
+                }
+                if args.node_name.as_ref().is_some_and(|n| *n != st.node_name) {
+                    return Err(UsageError(format!(
+                        "this node joined as {:?}; --node-name {:?} differs (run `mkectl reset` to join again under another name)",
+                        st.node_name,
+                        args.node_name.as_deref().unwrap_or_default()
+                    ))
+                    .into());
+                }
+                st
+            }
+            None => first_join(args, &worker).await?,
+        };
+        let node_address: IpAddr = st
+            .address
+            .parse()
+            .with_context(|| format!("{}: bad address", worker.state.display()))?;
+        info!(
+            node = %st.node_name,
+            %node_address,
+            join_ms = started.elapsed().as_millis() as u64,
+            "worker joined; starting components"
+        );
+        let ctx = WorkerContext {
+            paths: paths.clone(),
+            worker: worker.clone(),
+            state: st,
+            node_address,
+            args: args.clone(),
+        };
+        let mut manager = build_components(&ctx);
+        manager.init_all().await?;
+
+        let run_dir = paths.run_dir.clone();
+        let names = manager.names();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            for name in names {
+                if let Some(pgid) = supervisor::cleanup_stale(&run_dir, name)? {
+                    warn!(component = name, pgid, "stopped a stale child left by an earlier mkectl");
+                }
+            }
+            Ok(())
+        })
+        .await
+        .context("stale child cleanup task")??;
+
+        let cancel = CancellationToken::new();
+        spawn_signal_handler(cancel.clone())?;
+        if let Err(e) = manager.start_all(&cancel).await {
+            if cancel.is_cancelled() {
+                info!("start interrupted by a signal");
+                return Ok(());
+            }
+            return Err(e.into());
+        }
+        info!(
+            components = ?manager.names(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "worker ready"
+        );
+        cancel.cancelled().await;
+        info!("shutting down");
+        manager.stop_all(SHUTDOWN_DEADLINE).await;
+        info!("worker stopped");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// The first start: join with the token, write the credentials.
+async fn first_join(args: &WorkerArgs, worker: &WorkerPaths) -> anyhow::Result<WorkerState> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => {
+            let token = JoinToken::decode(t).map_err(|e| UsageError(format!("--token: {e}")))?;
+            if token.role != Role::Worker {
+                return Err(join_failure(crate::join::JoinError::WrongRole {
+                    have: token.role,
+                    want: Role::Worker,
+                    what: "`mkectl worker`",
+                }));
+            }
+            token
+        }
+        (None, Some(f)) => read_token_file(f, Role::Worker)?,
+        (None, None) => {
+            return Err(UsageError(format!(
+                "this node has not joined a cluster yet ({} missing): give --token or --token-file",
+                worker.state.display()
+            ))
+            .into())
+        }
+    };
+    let node_name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => hostname()?,
+    };
+    let address = args
+        .address
+        .or_else(crate::config::paths::detect_node_address)
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    info!(endpoints = ?token.endpoints, token_id = %token.bootstrap.id, %node_name, %address, "joining the cluster as a worker");
+    join_worker(&token, &node_name, address, worker)
+        .await
+        .map_err(join_failure)
+        .context("worker join")
+}
+
+/// The worker's components in start order.
+pub fn build_components(ctx: &WorkerContext) -> Manager {
+    let mut manager = Manager::new();
+    // containerd goes here, first (the kubelet needs its socket):
+    // `containerd::Containerd::new(ContainerdSettings::new(&ctx.paths,
+    // &cfg.spec.worker.sandbox_image, driver), ctx.paths.clone())`.
+
+    let admin_listen = (ctx.args.agent_admin_port != 0)
+        .then(|| SocketAddr::new(ctx.args.agent_admin_address, ctx.args.agent_admin_port));
+    manager.add(Box::new(KonnectivityAgent::new(
+        KonnectivityAgentSettings {
+            tls: TlsFiles {
+                cert: ctx.worker.agent_cert.clone(),
+                key: ctx.worker.agent_key.clone(),
+                ca: ctx.worker.konnectivity_ca.clone(),
+            },
+            agent_id: ctx.state.node_name.clone(),
+            identifiers: format!("host={}", ctx.node_address),
+            admin_listen,
+            refresh_interval: ctx.args.refresh_interval.max(Duration::from_millis(100)),
+            paths: ctx.worker.clone(),
+            state: ctx.state.clone(),
+        },
+    )));
+
+    // kubelet goes here, last: `KubeletSettings::for_node(&ctx.paths,
+    // &ctx.state.node_name, ctx.node_address)` already points at what the
+    // join wrote (`kubelet/bootstrap-kubelet.conf` with the worker token,
+    // which the join API mirrors as a bootstrap-token Secret; client CA
+    // `pki/ca.crt`); take `cluster_dns_ip`/`cluster_domain` from
+    // `ctx.worker.kubelet_defaults` (`wire::KubeletDefaults`) and
+    // `apply_spec(&cfg.spec.worker)`.
+    manager
+}
+
+/// The data dir file that marks a joined worker (for `reset`).
+pub fn state_file(data_dir: &std::path::Path) -> PathBuf {
+    WorkerPaths::new(data_dir).state
+}
