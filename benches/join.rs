@@ -265,6 +265,8 @@ async fn main() {
         let t0 = Instant::now();
         let mut pw = w.spawn(&[
             "worker",
+            "--disable-components",
+            "containerd,kubelet",
             "--node-name",
             &name,
             "--address",
@@ -283,7 +285,15 @@ async fn main() {
         poll("agent gone", async || !readyz(c1.admin_port).await).await;
 
         let t0 = Instant::now();
-        let mut pw = w.spawn(&["worker", "--address", &address, "--agent-admin-port", "0"]);
+        let mut pw = w.spawn(&[
+            "worker",
+            "--disable-components",
+            "containerd,kubelet",
+            "--address",
+            &address,
+            "--agent-admin-port",
+            "0",
+        ]);
         poll("restarted agent on every controller", async || {
             all_ready(&ports).await
         })

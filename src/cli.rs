@@ -152,6 +152,16 @@ pub struct WorkerArgs {
     pub agent_admin_port: u16,
     #[arg(long, default_value = "127.0.0.1")]
     pub agent_admin_address: std::net::IpAddr,
+    /// Node labels `key=value`, comma separated; added to spec.worker.labels.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Taints `key[=value]:Effect`, comma separated; added to spec.worker.taints.
+    #[arg(long, value_delimiter = ',')]
+    pub taints: Vec<String>,
+    /// Worker components not to run: containerd, kubelet (the konnectivity
+    /// agent always runs).
+    #[arg(long, value_delimiter = ',')]
+    pub disable_components: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -17,18 +17,26 @@ use tracing::{info, info_span, warn, Instrument};
 use super::controller::{hostname, lock_run_dir, spawn_signal_handler, SHUTDOWN_DEADLINE};
 use super::controller_join::{join_failure, read_token_file};
 use crate::cli::{GlobalArgs, WorkerArgs};
+use crate::components::containerd::{self, Containerd, ContainerdSettings};
 use crate::components::konnectivity_agent::{KonnectivityAgent, KonnectivityAgentSettings};
+use crate::components::kubelet::{self, Kubelet, KubeletSettings, WorkerSpec};
 use crate::components::Manager;
-use crate::config::NodePaths;
+use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
 use crate::join::client::join_worker;
 use crate::join::state::{self, WorkerPaths, WorkerState};
+use crate::join::wire::KubeletDefaults;
 use crate::join::{JoinToken, Role};
 use crate::konnectivity::TlsFiles;
 use crate::{fsutil, supervisor};
 
 /// Everything the worker's components are built from.
 pub struct WorkerContext {
+    /// The local ClusterConfig (`--config`): `spec.worker` and the kubelet's
+    /// extraArgs; cluster-wide values come from the join.
+    pub cfg: ClusterConfig,
+    /// `spec.worker` with `--labels` and `--taints` merged in, validated.
+    pub worker_spec: WorkerSpec,
     pub paths: NodePaths,
     pub worker: WorkerPaths,
     /// Identity, address, cluster name, controllers, apiserver URLs.
@@ -39,12 +47,31 @@ pub struct WorkerContext {
 
 pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Everything from the command line and the config is checked before
+    // anything is written or joined.
+    let cfg = ClusterConfig::load(global.config.as_deref())?;
+    for name in &args.disable_components {
+        if !WORKER_OPTIONAL.contains(&name.as_str()) {
+            return Err(UsageError(format!(
+                "--disable-components: unknown worker component {name:?}; known: {}",
+                WORKER_OPTIONAL.join(", ")
+            ))
+            .into());
+        }
+    }
+    let worker_spec = worker_spec(
+        &cfg,
+        args,
+        &crate::config::display_name(global.config.as_deref()),
+    )?;
     let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
     let worker = WorkerPaths::new(&paths.data_dir);
     let span = info_span!("worker", component = "worker");
     async move {
         fsutil::ensure_dir(&paths.run_dir, fsutil::PRIVATE_DIR_MODE)?;
         let _lock = lock_run_dir(&paths)?;
+        // Bundled binaries (containerd, kubelet, runc) land in <data-dir>/bin.
+        crate::bundle::stage(&paths).await?;
         let st = match state::read::<WorkerState>(&worker.state)? {
             Some(st) => {
                 if args.token.is_some() || args.token_file.is_some() {
@@ -73,13 +100,15 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
             "worker joined; starting components"
         );
         let ctx = WorkerContext {
+            cfg: cfg.clone(),
+            worker_spec: worker_spec.clone(),
             paths: paths.clone(),
             worker: worker.clone(),
             state: st,
             node_address,
             args: args.clone(),
         };
-        let mut manager = build_components(&ctx);
+        let mut manager = build_components(&ctx)?;
         manager.init_all().await?;
 
         let run_dir = paths.run_dir.clone();
@@ -158,11 +187,19 @@ async fn first_join(args: &WorkerArgs, worker: &WorkerPaths) -> anyhow::Result<W
 }
 
 /// The worker's components in start order.
-pub fn build_components(ctx: &WorkerContext) -> Manager {
+pub fn build_components(ctx: &WorkerContext) -> anyhow::Result<Manager> {
+    let enabled = |name: &str| !ctx.args.disable_components.iter().any(|d| d == name);
     let mut manager = Manager::new();
-    // containerd goes here, first (the kubelet needs its socket):
-    // `containerd::Containerd::new(ContainerdSettings::new(&ctx.paths,
-    // &cfg.spec.worker.sandbox_image, driver), ctx.paths.clone())`.
+    let driver = ctx.worker_spec.cgroup_driver.resolve();
+    let containerd_settings =
+        ContainerdSettings::new(&ctx.paths, &ctx.worker_spec.sandbox_image, driver);
+    // containerd first: the kubelet needs its socket.
+    if enabled(containerd::NAME) {
+        manager.add(Box::new(Containerd::new(
+            containerd_settings.clone(),
+            ctx.paths.clone(),
+        )));
+    }
 
     let admin_listen = (ctx.args.agent_admin_port != 0)
         .then(|| SocketAddr::new(ctx.args.agent_admin_address, ctx.args.agent_admin_port));
@@ -182,14 +219,54 @@ pub fn build_components(ctx: &WorkerContext) -> Manager {
         },
     )));
 
-    // kubelet goes here, last: `KubeletSettings::for_node(&ctx.paths,
-    // &ctx.state.node_name, ctx.node_address)` already points at what the
-    // join wrote (`kubelet/bootstrap-kubelet.conf` with the worker token,
-    // which the join API mirrors as a bootstrap-token Secret; client CA
-    // `pki/ca.crt`); take `cluster_dns_ip`/`cluster_domain` from
-    // `ctx.worker.kubelet_defaults` (`wire::KubeletDefaults`) and
-    // `apply_spec(&cfg.spec.worker)`.
-    manager
+    // kubelet last: its bootstrap kubeconfig (with the worker token, which
+    // the join API mirrors as a bootstrap-token Secret) and the client CA
+    // were written by the join; cluster DNS and domain come from it too.
+    if enabled(kubelet::NAME) {
+        let defaults: KubeletDefaults = serde_json::from_slice(&fsutil::read(
+            &ctx.worker.kubelet_defaults,
+        )?)
+        .with_context(|| {
+            format!(
+                "{}: bad kubelet defaults",
+                ctx.worker.kubelet_defaults.display()
+            )
+        })?;
+        let mut k = KubeletSettings::for_node(&ctx.paths, &ctx.state.node_name, ctx.node_address);
+        if let Some(dns) = defaults.cluster_dns.first() {
+            k.cluster_dns_ip = dns.parse().with_context(|| {
+                format!(
+                    "{}: bad clusterDNS {dns:?}",
+                    ctx.worker.kubelet_defaults.display()
+                )
+            })?;
+        }
+        k.cluster_domain = defaults.cluster_domain.clone();
+        k.containerd_socket = containerd_settings.socket.clone();
+        k.cgroup_driver = containerd_settings.cgroup_driver;
+        k.apply_spec(&ctx.worker_spec)?;
+        k.extra_args = ctx.cfg.spec.extra_args.kubelet.clone();
+        manager.add(Box::new(Kubelet::new(k, ctx.paths.clone())));
+    }
+    Ok(manager)
+}
+
+/// Worker components that `--disable-components` may leave out.
+pub const WORKER_OPTIONAL: &[&str] = &[containerd::NAME, kubelet::NAME];
+
+/// `spec.worker` with `--labels` and `--taints` merged in, validated.
+fn worker_spec(cfg: &ClusterConfig, args: &WorkerArgs, file: &str) -> anyhow::Result<WorkerSpec> {
+    let mut spec = cfg.spec.worker.clone();
+    for l in &args.labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--labels: {l:?} is not key=value")))?;
+        spec.labels.insert(k.to_string(), v.to_string());
+    }
+    spec.taints.extend(args.taints.iter().cloned());
+    spec.validate(file)
+        .map_err(|e| UsageError(format!("--labels/--taints or {e}")))?;
+    Ok(spec)
 }
 
 /// The data dir file that marks a joined worker (for `reset`).

@@ -160,8 +160,22 @@ impl Node {
     }
 
     /// Starts `mkectl worker` with logs going to `<tmp>/worker-N.log`.
+    /// Starts `mkectl worker` without containerd and kubelet (kubelet is an
+    /// upstream binary CI machines do not have; containerd has its own test),
+    /// so the join and the konnectivity agent are what runs.
     pub fn start_worker(&self, extra: &[&str]) -> Controller {
-        let mut args = vec!["worker", "--node-name", &self.name];
+        self.start_worker_without("containerd,kubelet", extra)
+    }
+
+    /// `mkectl worker --disable-components <disabled> <extra>`.
+    pub fn start_worker_without(&self, disabled: &str, extra: &[&str]) -> Controller {
+        let mut args = vec![
+            "worker",
+            "--node-name",
+            &self.name,
+            "--disable-components",
+            disabled,
+        ];
         args.extend_from_slice(extra);
         self.spawn_logged("worker", &args)
     }
