@@ -37,9 +37,11 @@ async fn worker_runs_containerd_and_agent_and_stops_clean() {
     );
     wait_log(&mut pw, "worker ready", START);
     let port = c1.konnectivity_admin_port;
-    until("agent on the controller", Duration::from_secs(20), || async move {
-        readyz(port).await == 200
-    })
+    until(
+        "agent on the controller",
+        Duration::from_secs(20),
+        || async move { readyz(port).await == 200 },
+    )
     .await;
 
     // containerd came up from the generated config with its socket in the
@@ -51,7 +53,11 @@ async fn worker_runs_containerd_and_agent_and_stops_clean() {
         .arg("version")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = std::fs::read_to_string(w.data.join("containerd/config.toml")).unwrap();
     assert!(config.contains(&w.data.join("containerd").display().to_string()));
     let cd_pid = w.child_pid("containerd").expect("containerd pid file");
