@@ -113,4 +113,21 @@ fi
 on_worker "$node" "curl -fsS --max-time 5 http://$pod_ip/" | grep -q "Welcome to nginx" \
   || fail "positive control: $node cannot reach its own pod at $pod_ip"
 
+step "ignored tests that need a real apiserver (from the host, against the VM)"
+# The applier's real-apiserver test uses the cluster's admin kubeconfig
+# (the controller's private-network address is reachable from the host).
+kc="$(mktemp)"
+on_controller "sudo cat /var/lib/mke/pki/admin.conf" > "$kc"
+(cd .. && MKECTL_E2E_KUBECONFIG="$kc" cargo test --locked --test applier -- --ignored real_apiserver) \
+  || fail "applier test against the real apiserver"
+rm -f "$kc"
+# The control-plane and kubelet tests start the upstream binaries on this
+# host when they are given (Linux host with the bundle's binaries unpacked).
+if [ -n "${MKECTL_UPSTREAM_BIN_DIR:-}" ]; then
+  (cd .. && cargo test --locked --test kube_contract --test kubelet_contract -- --ignored) \
+    || fail "upstream-binary contract tests"
+else
+  echo "MKECTL_UPSTREAM_BIN_DIR not set: skipping the upstream-binary contract tests"
+fi
+
 step "all checks passed"
