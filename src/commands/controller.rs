@@ -115,23 +115,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             }
         }
 
-        // A crashed mkectl may have left children (PDEATHSIG covers the
-        // leader, not always its group); find them by their marker.
-        let run_dir = paths.run_dir.clone();
-        let names = manager.names();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            for name in names {
-                if let Some(pgid) = supervisor::cleanup_stale(&run_dir, name)? {
-                    warn!(
-                        component = name,
-                        pgid, "stopped a stale child left by an earlier mkectl"
-                    );
-                }
-            }
-            Ok(())
-        })
-        .await
-        .context("stale child cleanup task")??;
+        stop_stale_children(&paths, &manager).await?;
 
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone())?;
@@ -146,23 +130,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             metrics: ctx.metrics.clone(),
         };
         let _ops = ops::start(ops, manager.handle(), &cancel).await?;
-        if let Err(e) = manager.start_all(&cancel).await {
-            if cancel.is_cancelled() {
-                info!("start interrupted by a signal");
-                return Ok(());
-            }
-            return Err(e.into());
-        }
-        info!(
-            components = ?manager.names(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "controller ready"
-        );
-        cancel.cancelled().await;
-        info!("shutting down");
-        manager.stop_all(SHUTDOWN_DEADLINE).await;
-        info!("controller stopped");
-        Ok(())
+        run_until_signal(&mut manager, &cancel, started, "controller").await
     }
     .instrument(span)
     .await
@@ -374,6 +342,53 @@ pub fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<nix::fcntl::Flock<std::
             path.display()
         )
     })
+}
+
+/// Stops children a crashed mkectl may have left for these components
+/// (PDEATHSIG covers a child, not always its group); found by their marker.
+pub async fn stop_stale_children(paths: &NodePaths, manager: &Manager) -> anyhow::Result<()> {
+    let run_dir = paths.run_dir.clone();
+    let names = manager.names();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        for name in names {
+            if let Some(pgid) = supervisor::cleanup_stale(&run_dir, name)? {
+                warn!(
+                    component = name,
+                    pgid, "stopped a stale child left by an earlier mkectl"
+                );
+            }
+        }
+        Ok(())
+    })
+    .await
+    .context("stale child cleanup task")?
+}
+
+/// Starts every component, then runs until `cancel` (the signal handler)
+/// fires and stops them in reverse order. `role` names the node in logs.
+pub async fn run_until_signal(
+    manager: &mut Manager,
+    cancel: &CancellationToken,
+    started: Instant,
+    role: &str,
+) -> anyhow::Result<()> {
+    if let Err(e) = manager.start_all(cancel).await {
+        if cancel.is_cancelled() {
+            info!("start interrupted by a signal");
+            return Ok(());
+        }
+        return Err(e.into());
+    }
+    info!(
+        components = ?manager.names(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "{role} ready"
+    );
+    cancel.cancelled().await;
+    info!("shutting down");
+    manager.stop_all(SHUTDOWN_DEADLINE).await;
+    info!("{role} stopped");
+    Ok(())
 }
 
 /// First SIGTERM/SIGINT cancels `cancel` (graceful drain); a second one exits

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{info, info_span, Instrument};
 
-use super::controller::{hostname, lock_run_dir, spawn_signal_handler, SHUTDOWN_DEADLINE};
+use super::controller::{
+    hostname, lock_run_dir, run_until_signal, spawn_signal_handler, stop_stale_children,
+};
 use super::controller_join::{join_failure, read_token_file};
 use crate::cli::{GlobalArgs, WorkerArgs};
 use crate::components::containerd::{self, Containerd, ContainerdSettings};
@@ -23,12 +25,12 @@ use crate::components::kubelet::{self, Kubelet, KubeletSettings, WorkerSpec};
 use crate::components::Manager;
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
+use crate::fsutil;
 use crate::join::client::join_worker;
 use crate::join::state::{self, WorkerPaths, WorkerState};
 use crate::join::wire::KubeletDefaults;
 use crate::join::{JoinToken, Role};
 use crate::konnectivity::TlsFiles;
-use crate::{fsutil, supervisor};
 
 /// Everything the worker's components are built from.
 pub struct WorkerContext {
@@ -111,38 +113,11 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
         let mut manager = build_components(&ctx)?;
         manager.init_all().await?;
 
-        let run_dir = paths.run_dir.clone();
-        let names = manager.names();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            for name in names {
-                if let Some(pgid) = supervisor::cleanup_stale(&run_dir, name)? {
-                    warn!(component = name, pgid, "stopped a stale child left by an earlier mkectl");
-                }
-            }
-            Ok(())
-        })
-        .await
-        .context("stale child cleanup task")??;
+        stop_stale_children(&paths, &manager).await?;
 
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone())?;
-        if let Err(e) = manager.start_all(&cancel).await {
-            if cancel.is_cancelled() {
-                info!("start interrupted by a signal");
-                return Ok(());
-            }
-            return Err(e.into());
-        }
-        info!(
-            components = ?manager.names(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "worker ready"
-        );
-        cancel.cancelled().await;
-        info!("shutting down");
-        manager.stop_all(SHUTDOWN_DEADLINE).await;
-        info!("worker stopped");
-        Ok(())
+        run_until_signal(&mut manager, &cancel, started, "worker").await
     }
     .instrument(span)
     .await
