@@ -306,6 +306,83 @@ impl KubeProcess {
     }
 }
 
+/// What differs between kube-controller-manager and kube-scheduler: both are
+/// a supervised upstream binary bound to 127.0.0.1 with a self-signed
+/// serving cert in `cert_dir`, probed on `/healthz`, using one client leaf.
+pub trait LocalKubeSettings: Send + Sync {
+    const NAME: &'static str;
+    /// The leaves the component reads (renewing one restarts it).
+    const LEAVES: &'static [crate::pki::Leaf];
+    const STOP_GRACE: Duration;
+    const READY_TIMEOUT: Duration;
+    fn args(&self) -> Vec<String>;
+    fn readiness_probe(&self) -> Result<super::https_probe::HttpsProbe, ComponentError>;
+    fn cert_dir(&self) -> &Path;
+}
+
+/// kube-controller-manager or kube-scheduler as a component.
+pub struct LocalKubeComponent<S> {
+    settings: S,
+    paths: NodePaths,
+    process: KubeProcess,
+}
+
+impl<S: LocalKubeSettings> LocalKubeComponent<S> {
+    pub fn new(settings: S, paths: NodePaths) -> Self {
+        Self {
+            process: KubeProcess::new(S::NAME, paths.clone()),
+            settings,
+            paths,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: LocalKubeSettings> super::Component for LocalKubeComponent<S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn supervised(&self) -> Option<&crate::supervisor::Supervised> {
+        self.process.child()
+    }
+
+    /// Renewing one of these restarts the process (status, rotation).
+    fn uses_certs(&self) -> &[crate::pki::Leaf] {
+        S::LEAVES
+    }
+
+    async fn init(&mut self) -> Result<(), ComponentError> {
+        self.settings.readiness_probe()?;
+        ensure_cert_dir(S::NAME, self.settings.cert_dir())?;
+        write_args_file(S::NAME, &self.paths, &self.settings.args())?;
+        Ok(())
+    }
+
+    async fn start(&mut self) -> Result<(), ComponentError> {
+        self.process
+            .start(self.settings.args(), S::STOP_GRACE)
+            .await
+    }
+
+    async fn ready(&self) -> Result<(), ComponentError> {
+        let probe = self.settings.readiness_probe()?;
+        probe.check().await.map_err(|e| ComponentError::NotReady {
+            component: S::NAME,
+            message: e.to_string(),
+        })
+    }
+
+    async fn stop(&mut self) -> Result<(), ComponentError> {
+        self.process.stop().await;
+        Ok(())
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        S::READY_TIMEOUT
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use super::https_probe::HttpsProbe;
 use super::kube_common::{
-    ensure_cert_dir, self_signed_probe, write_args_file, Flags, KubeProcess, TLS_CIPHER_SUITES,
+    self_signed_probe, Flags, LocalKubeComponent, LocalKubeSettings, TLS_CIPHER_SUITES,
     TLS_MIN_VERSION,
 };
-use super::{Component, ComponentError};
+use super::ComponentError;
 use crate::config::{ClusterConfig, NodePaths};
 use crate::pki::PkiPaths;
 
@@ -80,66 +80,22 @@ impl KubeSchedulerSettings {
     }
 }
 
-pub struct KubeScheduler {
-    settings: KubeSchedulerSettings,
-    paths: NodePaths,
-    process: KubeProcess,
-}
+/// The component: the shared local-kube implementation with these settings.
+pub type KubeScheduler = LocalKubeComponent<KubeSchedulerSettings>;
 
-impl KubeScheduler {
-    pub fn new(settings: KubeSchedulerSettings, paths: NodePaths) -> Self {
-        Self {
-            process: KubeProcess::new(NAME, paths.clone()),
-            settings,
-            paths,
-        }
+impl LocalKubeSettings for KubeSchedulerSettings {
+    const NAME: &'static str = NAME;
+    const LEAVES: &'static [crate::pki::Leaf] = &[crate::pki::Leaf::Scheduler];
+    const STOP_GRACE: Duration = STOP_GRACE;
+    const READY_TIMEOUT: Duration = READY_TIMEOUT;
+    fn args(&self) -> Vec<String> {
+        KubeSchedulerSettings::args(self)
     }
-}
-
-/// The leaves this component reads (see `Component::uses_certs`).
-const LEAVES: [crate::pki::Leaf; 1] = [crate::pki::Leaf::Scheduler];
-
-#[async_trait::async_trait]
-impl Component for KubeScheduler {
-    fn name(&self) -> &'static str {
-        NAME
+    fn readiness_probe(&self) -> Result<HttpsProbe, ComponentError> {
+        KubeSchedulerSettings::readiness_probe(self)
     }
-
-    fn supervised(&self) -> Option<&crate::supervisor::Supervised> {
-        self.process.child()
-    }
-
-    /// Renewing one of these restarts the process (status, rotation).
-    fn uses_certs(&self) -> &[crate::pki::Leaf] {
-        &LEAVES
-    }
-
-    async fn init(&mut self) -> Result<(), ComponentError> {
-        self.settings.readiness_probe()?;
-        ensure_cert_dir(NAME, &self.settings.cert_dir)?;
-        write_args_file(NAME, &self.paths, &self.settings.args())?;
-        Ok(())
-    }
-
-    async fn start(&mut self) -> Result<(), ComponentError> {
-        self.process.start(self.settings.args(), STOP_GRACE).await
-    }
-
-    async fn ready(&self) -> Result<(), ComponentError> {
-        let probe = self.settings.readiness_probe()?;
-        probe.check().await.map_err(|e| ComponentError::NotReady {
-            component: NAME,
-            message: e.to_string(),
-        })
-    }
-
-    async fn stop(&mut self) -> Result<(), ComponentError> {
-        self.process.stop().await;
-        Ok(())
-    }
-
-    fn ready_timeout(&self) -> Duration {
-        READY_TIMEOUT
+    fn cert_dir(&self) -> &std::path::Path {
+        &self.cert_dir
     }
 }
 
