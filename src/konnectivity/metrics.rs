@@ -80,7 +80,8 @@ impl Family {
     }
 }
 
-fn escape(v: &str) -> String {
+/// Escapes a label value for the Prometheus text format.
+pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -197,7 +198,10 @@ impl PacketCounter {
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// Writes the `# HELP` and `# TYPE` lines of a metric family (text format
+/// 0.0.4; also used by the node's own metrics page).
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }

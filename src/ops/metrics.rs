@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::model::NodeStatus;
+use crate::konnectivity::metrics::{escape, header};
 use crate::pki::CertInfo;
 
 /// Content type of the page.
@@ -136,9 +137,7 @@ struct Page(String);
 
 impl Page {
     fn family(&mut self, name: &str, help: &str, kind: &str) {
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        header(&mut self.0, name, kind, help);
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: i64) {
@@ -149,11 +148,7 @@ impl Page {
                 if i > 0 {
                     self.0.push(',');
                 }
-                let v = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.0, "{k}=\"{v}\"");
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
             }
             self.0.push('}');
         }
