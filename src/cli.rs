@@ -11,6 +11,9 @@ use crate::telemetry::LogFormat;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/mke";
 /// Default run directory (pid files, sockets).
 pub const DEFAULT_RUN_DIR: &str = "/run/mke";
+/// Default port of the embedded konnectivity agent's /healthz /readyz
+/// /metrics (upstream proxy-agent's health port).
+pub const DEFAULT_AGENT_ADMIN_PORT: u16 = 8093;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -148,7 +151,7 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub refresh_interval: std::time::Duration,
     /// Konnectivity agent /healthz /readyz /metrics port; 0 = off.
-    #[arg(long, default_value_t = 8093)]
+    #[arg(long, default_value_t = DEFAULT_AGENT_ADMIN_PORT)]
     pub agent_admin_port: u16,
     #[arg(long, default_value = "127.0.0.1")]
     pub agent_admin_address: std::net::IpAddr,
@@ -222,9 +225,32 @@ pub struct ControllerArgs {
     #[arg(long)]
     pub init_only: bool,
     /// Components not to run, comma separated (for example
-    /// kube-apiserver,kube-controller-manager,kube-scheduler).
+    /// kube-apiserver,kube-controller-manager,kube-scheduler; with
+    /// --enable-worker also containerd,kubelet).
     #[arg(long, value_delimiter = ',')]
     pub disable_components: Vec<String>,
+    /// Also run the worker side on this node (containerd, konnectivity
+    /// agent, kubelet), for single-node and edge installs. Pods then run on
+    /// the controller: this gives up the isolation of the controllers from
+    /// the pod network.
+    #[arg(long)]
+    pub enable_worker: bool,
+    /// With --enable-worker: register the node without the control-plane
+    /// taint, so ordinary pods schedule here.
+    #[arg(long, requires = "enable_worker")]
+    pub no_taints: bool,
+    /// With --enable-worker: node labels `key=value`, comma separated; added
+    /// to spec.worker.labels.
+    #[arg(long, value_delimiter = ',', requires = "enable_worker")]
+    pub labels: Vec<String>,
+    /// With --enable-worker: taints `key[=value]:Effect`, comma separated;
+    /// added to spec.worker.taints (and the control-plane taint).
+    #[arg(long, value_delimiter = ',', requires = "enable_worker")]
+    pub taints: Vec<String>,
+    /// With --enable-worker: the konnectivity agent's /healthz /readyz
+    /// /metrics port on 127.0.0.1; 0 = off.
+    #[arg(long, default_value_t = DEFAULT_AGENT_ADMIN_PORT, requires = "enable_worker")]
+    pub agent_admin_port: u16,
     /// Node name (etcd member name, certificate SANs). Defaults to the hostname.
     #[arg(long, env = "MKECTL_NODE_NAME")]
     pub node_name: Option<String>,

@@ -358,7 +358,7 @@ fn full_pki_chains_identities_usages_and_modes() {
     assert!(list.iter().filter(|c| c.is_ca).count() == 4);
     let left = admin.remaining(SystemTime::now());
     assert!(left > DEFAULT_LEAF_LIFETIME - DAY && left <= DEFAULT_LEAF_LIFETIME);
-    let due = pki::next_renewal_due(&spec.dir, spec.renew_before)
+    let due = pki::next_renewal_due(&spec.dir, spec.renew_before, &spec.leaves())
         .unwrap()
         .unwrap();
     let until_due = due.duration_since(SystemTime::now()).unwrap();

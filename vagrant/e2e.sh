@@ -6,7 +6,10 @@
 #   - kubectl exec, port-forward and logs work: the apiserver reaches the
 #     kubelets only through the konnectivity tunnels the workers opened;
 #   - the controller has no route into the pod network and cannot reach a
-#     pod IP, while a worker can (so the pod itself is reachable).
+#     pod IP, while a worker can (so the pod itself is reachable);
+#   - a second, single-node cluster (`controller --enable-worker
+#     --no-taints`, VM "single") turns its own node Ready and runs and
+#     execs into a pod.
 #
 #   vagrant/e2e.sh [--provider libvirt|virtualbox] [--keep]
 #
@@ -112,6 +115,22 @@ if on_controller "curl -fsS --max-time 5 http://$pod_ip/ >/dev/null && echo reac
 fi
 on_worker "$node" "curl -fsS --max-time 5 http://$pod_ip/" | grep -q "Welcome to nginx" \
   || fail "positive control: $node cannot reach its own pod at $pod_ip"
+
+step "single node: controller --enable-worker --no-taints"
+vagrant up single "${up_args[@]}"
+on_single() { vagrant ssh single -c "$1" -- -q | tr -d '\r'; }
+on_single "$KUBECTL wait --for=condition=Ready node/single --timeout=600s" \
+  || fail "the single node did not turn Ready"
+taints="$(on_single "$KUBECTL get node single -o jsonpath='{.spec.taints}'")"
+[ -z "$taints" ] || fail "--no-taints, but node/single has taints: $taints"
+on_single "sudo mkectl status -o json" | grep -q '"role": *"controller+worker"' \
+  || fail "mkectl status does not report controller+worker"
+on_single "$KUBECTL create deployment $DEPLOY --image=$IMAGE --replicas=1 --port=80" >/dev/null
+on_single "$KUBECTL rollout status deployment/$DEPLOY --timeout=600s" \
+  || fail "deployment $DEPLOY did not roll out on the single node"
+spod="$(on_single "$KUBECTL get pods -l app=$DEPLOY -o jsonpath='{.items[0].metadata.name}'")"
+out="$(on_single "$KUBECTL exec $spod -- cat /etc/hostname")"
+[ "$out" = "$spod" ] || fail "exec on the single node printed '$out', expected '$spod'"
 
 step "ignored tests that need a real apiserver (from the host, against the VM)"
 # The applier's real-apiserver test uses the cluster's admin kubeconfig

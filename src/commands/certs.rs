@@ -97,7 +97,10 @@ fn renew(
     all: bool,
     node_name: Option<&str>,
 ) -> anyhow::Result<()> {
-    let leaves = rotation::parse_leaves(names, all).map_err(UsageError)?;
+    // Names are checked against every leaf here; the node (or, offline,
+    // force_renew) refuses one it does not maintain.
+    let every: Vec<pki::Leaf> = pki::Leaf::every().collect();
+    let leaves = rotation::parse_leaves(names, all, &every).map_err(UsageError)?;
     let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
     let socket = paths.status_socket();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -129,7 +132,15 @@ fn renew(
                 Some(n) => n.to_string(),
                 None => super::controller::hostname()?,
             };
-            let spec = super::controller::pki_spec(&cfg, &paths, &node_name);
+            // A controller that ran with --enable-worker left its kubelet
+            // certificate: keep maintaining it.
+            let worker = pki::PkiPaths::new(&paths.pki_dir())
+                .kubelet_client
+                .cert
+                .exists();
+            let spec = super::controller::pki_spec(&cfg, &paths, &node_name, worker);
+            // `--all` offline means every leaf this PKI holds.
+            let leaves = if all { spec.leaves() } else { leaves };
             if !pki::PkiPaths::new(&spec.dir).ca.cert.exists() {
                 anyhow::bail!(
                     "no cluster PKI at {} (run on a controller, as root, with its --data-dir)",

@@ -9,7 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::controller_join;
+use super::worker::{add_node_components, worker_spec, NodeSide, WORKER_OPTIONAL};
 use crate::cli::{ControllerArgs, GlobalArgs};
+use crate::components::konnectivity_agent::ServerSource;
+use crate::components::kubelet::{self, WorkerSpec};
 use crate::components::{
     applier, binary, controller_registry, csr_approver, etcd, join_api, konnectivity_server,
     kube_apiserver as kas, kube_controller_manager as kcm, kube_scheduler as ksch, Manager,
@@ -34,7 +37,11 @@ pub const COMPONENTS: &[&str] = &[
 
 /// Upstream binaries that only exist with the bundle: checked before anything
 /// starts rather than in `init`, so `--init-only` works without them.
-const KUBE_BINARIES: &[&str] = &[kas::NAME, kcm::NAME, ksch::NAME];
+const KUBE_BINARIES: &[&str] = &[kas::NAME, kcm::NAME, ksch::NAME, kubelet::NAME];
+
+/// The taint a controller running the worker side registers its node with
+/// (unless `--no-taints`), so only pods that tolerate it land there.
+pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane:NoSchedule";
 
 /// Upper bound for stopping every component on shutdown: covers the
 /// apiserver's drain (`kube_apiserver` stop grace, 70 s by default) plus etcd.
@@ -44,14 +51,46 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
     let started = Instant::now();
     let cfg = ClusterConfig::load(global.config.as_deref())?;
     for name in &args.disable_components {
-        if !COMPONENTS.contains(&name.as_str()) {
+        let worker_side = WORKER_OPTIONAL.contains(&name.as_str());
+        if worker_side && !args.enable_worker {
+            return Err(UsageError(format!(
+                "--disable-components: {name:?} runs only with --enable-worker"
+            ))
+            .into());
+        }
+        if !COMPONENTS.contains(&name.as_str()) && !worker_side {
+            let mut known = COMPONENTS.to_vec();
+            if args.enable_worker {
+                known.extend(WORKER_OPTIONAL);
+            }
             return Err(UsageError(format!(
                 "--disable-components: unknown component {name:?}; known: {}",
-                COMPONENTS.join(", ")
+                known.join(", ")
             ))
             .into());
         }
     }
+    // The worker side's labels and taints are checked before anything is
+    // written, like the rest of the config.
+    let worker = if args.enable_worker {
+        let mut taints = args.taints.clone();
+        if !args.no_taints {
+            taints.push(CONTROL_PLANE_TAINT.to_string());
+        }
+        let file = crate::config::display_name(global.config.as_deref());
+        Some(ControllerWorker {
+            spec: worker_spec(&cfg, &args.labels, &taints, &file)?,
+            agent_admin: (args.agent_admin_port != 0).then(|| {
+                std::net::SocketAddr::new(
+                    std::net::IpAddr::from([127, 0, 0, 1]),
+                    args.agent_admin_port,
+                )
+            }),
+            disabled: args.disable_components.clone(),
+        })
+    } else {
+        None
+    };
     let enabled = |name: &str| !args.disable_components.iter().any(|d| d == name);
     // Absolute, so the paths in component flags and files mean the same thing
     // whatever directory a child runs in (etcd runs in its data dir).
@@ -84,7 +123,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         // one up (lookup order in components/binary.rs).
         crate::bundle::stage(&paths).await?;
 
-        let pki_spec = pki_spec(&cfg, &paths, &node_name);
+        let pki_spec = pki_spec(&cfg, &paths, &node_name, args.enable_worker);
         let report = tokio::task::spawn_blocking(move || pki::ensure(&pki_spec))
             .await
             .context("PKI generation task")??;
@@ -101,8 +140,9 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             node_address,
             join,
             metrics: Default::default(),
+            worker,
         };
-        let mut manager = build_components(&ctx, &enabled);
+        let mut manager = build_components(&ctx, &enabled)?;
         manager.init_all().await?;
         if args.init_only {
             info!("--init-only: PKI and configuration written, exiting");
@@ -121,12 +161,16 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         spawn_signal_handler(cancel.clone())?;
         // Status socket, /metrics and certificate rotation (issue 7).
         let ops = ops::OpsSettings {
-            role: "controller",
+            role: if args.enable_worker {
+                "controller+worker"
+            } else {
+                "controller"
+            },
             cfg: cfg.clone(),
             paths: paths.clone(),
             node_name: node_name.clone(),
             node_address,
-            pki_spec: self::pki_spec(&cfg, &paths, &node_name),
+            pki_spec: self::pki_spec(&cfg, &paths, &node_name, args.enable_worker),
             metrics: ctx.metrics.clone(),
         };
         let _ops = ops::start(ops, manager.handle(), &cancel).await?;
@@ -147,12 +191,28 @@ pub struct ControllerContext {
     pub join: Option<crate::join::ControllerJoinState>,
     /// Counters served on /metrics (the join API records its requests here).
     pub metrics: std::sync::Arc<ops::Metrics>,
+    /// `--enable-worker`: the worker side runs here too.
+    pub worker: Option<ControllerWorker>,
+}
+
+/// The worker side of `controller --enable-worker`.
+pub struct ControllerWorker {
+    /// `spec.worker` with `--labels`, `--taints` and (unless `--no-taints`)
+    /// the control-plane taint.
+    pub spec: WorkerSpec,
+    pub agent_admin: Option<std::net::SocketAddr>,
+    pub disabled: Vec<String>,
 }
 
 /// The controller's components in start order (DESIGN.md "Process model"),
-/// minus the disabled ones.
-fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> Manager {
+/// minus the disabled ones; with `--enable-worker` the worker side last.
+fn build_components(
+    ctx: &ControllerContext,
+    enabled: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<Manager> {
     let mut manager = Manager::new();
+    // The live controller list, for an embedded agent.
+    let mut controllers = None;
     // Controllers in the cluster as known at start: drives leader election,
     // the apiserver's shutdown delay and the first konnectivity server count.
     let n = controller_join::controller_count(ctx);
@@ -201,14 +261,16 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
     }
     if enabled(controller_registry::NAME) {
         let (endpoint, tls) = controller_join::etcd_client(ctx);
-        manager.add(Box::new(controller_registry::ControllerRegistry::new(
+        let registry = controller_registry::ControllerRegistry::new(
             endpoint,
             tls,
             controller_join::controller_record(ctx),
             crate::join::controllers_cache_file(&ctx.paths.data_dir),
             server_count,
             n as u32,
-        )));
+        );
+        controllers = Some(registry.controllers());
+        manager.add(Box::new(registry));
     }
     if enabled(kcm::NAME) {
         let s = kcm::KubeControllerManagerSettings::from_config(cfg, paths, pki, n);
@@ -249,11 +311,59 @@ fn build_components(ctx: &ControllerContext, enabled: &dyn Fn(&str) -> bool) -> 
             ))
         });
     }
-    manager
+    if let Some(w) = &ctx.worker {
+        add_worker_side(&mut manager, ctx, w, controllers)?;
+    }
+    Ok(manager)
 }
 
-/// Maps the cluster config onto the PKI's inputs.
-pub fn pki_spec(cfg: &ClusterConfig, paths: &NodePaths, node_name: &str) -> pki::PkiSpec {
+/// containerd, the konnectivity agent and the kubelet, with credentials
+/// issued from the local CAs (`PkiSpec::worker`) instead of a join: the
+/// agent dials this controller's own agent listener (and every other
+/// controller's, from the registry), the kubelet uses `pki/kubelet.conf`.
+fn add_worker_side(
+    manager: &mut Manager,
+    ctx: &ControllerContext,
+    w: &ControllerWorker,
+    controllers: Option<tokio::sync::watch::Receiver<Vec<crate::join::registry::ControllerRecord>>>,
+) -> anyhow::Result<()> {
+    let local = crate::konnectivity::ServerAddr {
+        host: ctx.node_address.to_string(),
+        port: ctx.cfg.spec.konnectivity.agent_port,
+    };
+    // Without the registry the list stays empty: the local server only.
+    let controllers = controllers.unwrap_or_else(|| tokio::sync::watch::channel(Vec::new()).1);
+    add_node_components(
+        manager,
+        NodeSide {
+            cfg: &ctx.cfg,
+            worker_spec: &w.spec,
+            paths: &ctx.paths,
+            node_name: &ctx.node_name,
+            node_address: ctx.node_address,
+            agent_tls: crate::konnectivity::TlsFiles {
+                cert: ctx.pki.konnectivity_agent.cert.clone(),
+                key: ctx.pki.konnectivity_agent.key.clone(),
+                ca: ctx.pki.konnectivity_ca.cert.clone(),
+            },
+            agent_admin: w.agent_admin,
+            servers: ServerSource::Registry { local, controllers },
+            cluster_dns: ctx.cfg.cluster_dns_ip(),
+            cluster_domain: ctx.cfg.spec.network.cluster_domain.clone(),
+            kubelet_kubeconfig: Some(ctx.pki.kubelet_kubeconfig.clone()),
+            disabled: &w.disabled,
+        },
+    )
+}
+
+/// Maps the cluster config onto the PKI's inputs; `worker` adds the
+/// kubelet and konnectivity agent certificates of `--enable-worker`.
+pub fn pki_spec(
+    cfg: &ClusterConfig,
+    paths: &NodePaths,
+    node_name: &str,
+    worker: bool,
+) -> pki::PkiSpec {
     let node = cfg.node_address();
     let mut node_addresses = vec![node];
     let peer = cfg.etcd_peer_address();
@@ -278,6 +388,7 @@ pub fn pki_spec(cfg: &ClusterConfig, paths: &NodePaths, node_name: &str) -> pki:
         node_addresses,
         extra_sans,
         api_server_url: url_for(node, cfg.spec.api.port),
+        worker,
     }
 }
 

@@ -20,7 +20,9 @@ use super::controller::{
 use super::controller_join::{join_failure, read_token_file};
 use crate::cli::{GlobalArgs, WorkerArgs};
 use crate::components::containerd::{self, Containerd, ContainerdSettings};
-use crate::components::konnectivity_agent::{KonnectivityAgent, KonnectivityAgentSettings};
+use crate::components::konnectivity_agent::{
+    KonnectivityAgent, KonnectivityAgentSettings, ServerSource,
+};
 use crate::components::kubelet::{self, Kubelet, KubeletSettings, WorkerSpec};
 use crate::components::Manager;
 use crate::config::{ClusterConfig, NodePaths};
@@ -63,7 +65,8 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
     }
     let worker_spec = worker_spec(
         &cfg,
-        args,
+        &args.labels,
+        &args.taints,
         &crate::config::display_name(global.config.as_deref()),
     )?;
     let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
@@ -112,6 +115,11 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
         };
         let mut manager = build_components(&ctx)?;
         manager.init_all().await?;
+        // kubelet is an upstream binary that only comes with the bundle:
+        // missing, it is exit 69 before anything starts.
+        if manager.names().contains(&kubelet::NAME) {
+            crate::components::binary::find(kubelet::NAME, &paths)?;
+        }
 
         stop_stale_children(&paths, &manager).await?;
 
@@ -163,82 +171,139 @@ async fn first_join(args: &WorkerArgs, worker: &WorkerPaths) -> anyhow::Result<W
 
 /// The worker's components in start order.
 pub fn build_components(ctx: &WorkerContext) -> anyhow::Result<Manager> {
-    let enabled = |name: &str| !ctx.args.disable_components.iter().any(|d| d == name);
+    // Cluster DNS and domain come from the join.
+    let defaults: KubeletDefaults = serde_json::from_slice(&fsutil::read(
+        &ctx.worker.kubelet_defaults,
+    )?)
+    .with_context(|| {
+        format!(
+            "{}: bad kubelet defaults",
+            ctx.worker.kubelet_defaults.display()
+        )
+    })?;
+    let cluster_dns = match defaults.cluster_dns.first() {
+        Some(dns) => dns.parse().with_context(|| {
+            format!(
+                "{}: bad clusterDNS {dns:?}",
+                ctx.worker.kubelet_defaults.display()
+            )
+        })?,
+        None => ClusterConfig::default().cluster_dns_ip(),
+    };
     let mut manager = Manager::new();
-    let driver = ctx.worker_spec.cgroup_driver.resolve();
-    let containerd_settings =
-        ContainerdSettings::new(&ctx.paths, &ctx.worker_spec.sandbox_image, driver);
-    // containerd first: the kubelet needs its socket.
-    if enabled(containerd::NAME) {
-        manager.add(Box::new(Containerd::new(
-            containerd_settings.clone(),
-            ctx.paths.clone(),
-        )));
-    }
-
-    let admin_listen = (ctx.args.agent_admin_port != 0)
-        .then(|| SocketAddr::new(ctx.args.agent_admin_address, ctx.args.agent_admin_port));
-    manager.add(Box::new(KonnectivityAgent::new(
-        KonnectivityAgentSettings {
-            tls: TlsFiles {
+    add_node_components(
+        &mut manager,
+        NodeSide {
+            cfg: &ctx.cfg,
+            worker_spec: &ctx.worker_spec,
+            paths: &ctx.paths,
+            node_name: &ctx.state.node_name,
+            node_address: ctx.node_address,
+            agent_tls: TlsFiles {
                 cert: ctx.worker.agent_cert.clone(),
                 key: ctx.worker.agent_key.clone(),
                 ca: ctx.worker.konnectivity_ca.clone(),
             },
-            agent_id: ctx.state.node_name.clone(),
-            identifiers: format!("host={}", ctx.node_address),
-            admin_listen,
-            refresh_interval: ctx.args.refresh_interval.max(Duration::from_millis(100)),
-            paths: ctx.worker.clone(),
-            state: ctx.state.clone(),
+            agent_admin: (ctx.args.agent_admin_port != 0)
+                .then(|| SocketAddr::new(ctx.args.agent_admin_address, ctx.args.agent_admin_port)),
+            servers: ServerSource::JoinApi {
+                refresh_interval: ctx.args.refresh_interval.max(Duration::from_millis(100)),
+                paths: Box::new(ctx.worker.clone()),
+                state: Box::new(ctx.state.clone()),
+            },
+            cluster_dns,
+            cluster_domain: defaults.cluster_domain.clone(),
+            // The join wrote the bootstrap kubeconfig (with the worker token,
+            // which the join API mirrors as a bootstrap-token Secret).
+            kubelet_kubeconfig: None,
+            disabled: &ctx.args.disable_components,
+        },
+    )?;
+    Ok(manager)
+}
+
+/// What the node side (containerd, konnectivity agent, kubelet) is built
+/// from, under `mkectl worker` and under `mkectl controller --enable-worker`.
+pub struct NodeSide<'a> {
+    pub cfg: &'a ClusterConfig,
+    pub worker_spec: &'a WorkerSpec,
+    pub paths: &'a NodePaths,
+    pub node_name: &'a str,
+    pub node_address: IpAddr,
+    /// Agent certificate and key, and the konnectivity CA.
+    pub agent_tls: TlsFiles,
+    /// The agent's /healthz /readyz /metrics; None = off.
+    pub agent_admin: Option<SocketAddr>,
+    pub servers: ServerSource,
+    pub cluster_dns: IpAddr,
+    pub cluster_domain: String,
+    /// A kubeconfig the kubelet uses from its first start (a controller's
+    /// own, issued from the local CA); None = TLS bootstrap with the
+    /// bootstrap kubeconfig the join wrote.
+    pub kubelet_kubeconfig: Option<PathBuf>,
+    /// `--disable-components` (only names in [`WORKER_OPTIONAL`] matter).
+    pub disabled: &'a [String],
+}
+
+/// Adds the node side in start order (DESIGN.md "Process model"):
+/// containerd (the kubelet needs its socket), the konnectivity agent, the
+/// kubelet last.
+pub fn add_node_components(manager: &mut Manager, n: NodeSide<'_>) -> anyhow::Result<()> {
+    let enabled = |name: &str| !n.disabled.iter().any(|d| d == name);
+    let driver = n.worker_spec.cgroup_driver.resolve();
+    let containerd_settings =
+        ContainerdSettings::new(n.paths, &n.worker_spec.sandbox_image, driver);
+    if enabled(containerd::NAME) {
+        manager.add(Box::new(Containerd::new(
+            containerd_settings.clone(),
+            n.paths.clone(),
+        )));
+    }
+
+    manager.add(Box::new(KonnectivityAgent::new(
+        KonnectivityAgentSettings {
+            tls: n.agent_tls,
+            agent_id: n.node_name.to_string(),
+            identifiers: format!("host={}", n.node_address),
+            admin_listen: n.agent_admin,
+            servers: n.servers,
         },
     )));
 
-    // kubelet last: its bootstrap kubeconfig (with the worker token, which
-    // the join API mirrors as a bootstrap-token Secret) and the client CA
-    // were written by the join; cluster DNS and domain come from it too.
     if enabled(kubelet::NAME) {
-        let defaults: KubeletDefaults = serde_json::from_slice(&fsutil::read(
-            &ctx.worker.kubelet_defaults,
-        )?)
-        .with_context(|| {
-            format!(
-                "{}: bad kubelet defaults",
-                ctx.worker.kubelet_defaults.display()
-            )
-        })?;
-        let mut k = KubeletSettings::for_node(&ctx.paths, &ctx.state.node_name, ctx.node_address);
-        if let Some(dns) = defaults.cluster_dns.first() {
-            k.cluster_dns_ip = dns.parse().with_context(|| {
-                format!(
-                    "{}: bad clusterDNS {dns:?}",
-                    ctx.worker.kubelet_defaults.display()
-                )
-            })?;
-        }
-        k.cluster_domain = defaults.cluster_domain.clone();
+        let mut k = KubeletSettings::for_node(n.paths, n.node_name, n.node_address);
+        k.cluster_dns_ip = n.cluster_dns;
+        k.cluster_domain = n.cluster_domain;
         k.containerd_socket = containerd_settings.socket.clone();
         k.cgroup_driver = containerd_settings.cgroup_driver;
-        k.apply_spec(&ctx.worker_spec)?;
-        k.extra_args = ctx.cfg.spec.extra_args.kubelet.clone();
-        manager.add(Box::new(Kubelet::new(k, ctx.paths.clone())));
+        if let Some(kubeconfig) = n.kubelet_kubeconfig {
+            k.kubeconfig = kubeconfig;
+        }
+        k.apply_spec(n.worker_spec)?;
+        k.extra_args = n.cfg.spec.extra_args.kubelet.clone();
+        manager.add(Box::new(Kubelet::new(k, n.paths.clone())));
     }
-    Ok(manager)
+    Ok(())
 }
 
 /// Worker components that `--disable-components` may leave out.
 pub const WORKER_OPTIONAL: &[&str] = &[containerd::NAME, kubelet::NAME];
 
 /// `spec.worker` with `--labels` and `--taints` merged in, validated.
-fn worker_spec(cfg: &ClusterConfig, args: &WorkerArgs, file: &str) -> anyhow::Result<WorkerSpec> {
+pub fn worker_spec(
+    cfg: &ClusterConfig,
+    labels: &[String],
+    taints: &[String],
+    file: &str,
+) -> anyhow::Result<WorkerSpec> {
     let mut spec = cfg.spec.worker.clone();
-    for l in &args.labels {
+    for l in labels {
         let (k, v) = l
             .split_once('=')
             .ok_or_else(|| UsageError(format!("--labels: {l:?} is not key=value")))?;
         spec.labels.insert(k.to_string(), v.to_string());
     }
-    spec.taints.extend(args.taints.iter().cloned());
+    spec.taints.extend(taints.iter().cloned());
     spec.validate(file)
         .map_err(|e| UsageError(format!("--labels/--taints or {e}")))?;
     Ok(spec)

@@ -925,6 +925,11 @@ impl Component for Containerd {
         NAME
     }
 
+    /// Status (pid, restarts, last exit) and in-place restarts.
+    fn supervised(&self) -> Option<&Supervised> {
+        self.child.as_ref()
+    }
+
     async fn init(&mut self) -> Result<(), ComponentError> {
         let s = &self.settings;
         s.validate().map_err(|message| ComponentError::Failed {

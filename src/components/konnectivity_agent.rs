@@ -1,10 +1,12 @@
 //! The embedded konnectivity agent of a worker: connects to every
 //! controller's agent listener (mTLS with the certificate from the join),
 //! identifies itself with `host=<node address>`, and follows the controller
-//! set: a refresher asks the join API every interval and hands changes to
-//! the agent, so a controller added later gets the agent without any
-//! reconfiguration. On stop it drains (servers route no new dials here),
-//! waits for open connections up to a bound, then closes.
+//! set, so a controller added later gets the agent without any
+//! reconfiguration. On a joined worker a refresher asks the join API every
+//! interval; on a controller running the worker side (`--enable-worker`)
+//! the local controller registry's live list feeds it. On stop it drains
+//! (servers route no new dials here), waits for open connections up to a
+//! bound, then closes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,8 +17,9 @@ use tracing::info;
 
 use super::{Component, ComponentError};
 use crate::join::client::{refresh_controllers, server_addrs};
+use crate::join::registry::ControllerRecord;
 use crate::join::state::{WorkerPaths, WorkerState};
-use crate::konnectivity::{Agent, AgentConfig, AgentHandle, TlsFiles};
+use crate::konnectivity::{Agent, AgentConfig, AgentHandle, ServerAddr, TlsFiles};
 
 pub const NAME: &str = "konnectivity-agent";
 /// How long open tunnels may finish after DRAIN before the agent closes.
@@ -31,10 +34,27 @@ pub struct KonnectivityAgentSettings {
     pub identifiers: String,
     /// /healthz /readyz /metrics; None = off.
     pub admin_listen: Option<SocketAddr>,
-    /// How often the controller list is refreshed from the join API.
-    pub refresh_interval: Duration,
-    pub paths: WorkerPaths,
-    pub state: WorkerState,
+    /// Where the list of servers to connect to comes from.
+    pub servers: ServerSource,
+}
+
+/// Where the agent learns which konnectivity servers exist.
+#[derive(Debug, Clone)]
+pub enum ServerSource {
+    /// A joined worker: the controllers saved by the join, refreshed from
+    /// the join API every `refresh_interval`.
+    JoinApi {
+        refresh_interval: Duration,
+        paths: Box<WorkerPaths>,
+        state: Box<WorkerState>,
+    },
+    /// A controller running the worker side: the controller registry's live
+    /// list; `local` (this controller's own agent listener) while the list
+    /// is empty, so the node is reachable from its own apiserver first.
+    Registry {
+        local: ServerAddr,
+        controllers: watch::Receiver<Vec<ControllerRecord>>,
+    },
 }
 
 pub struct KonnectivityAgent {
@@ -83,7 +103,13 @@ impl Component for KonnectivityAgent {
         }
         let s = &self.settings;
         self.cancel = CancellationToken::new();
-        let (tx, rx) = watch::channel(server_addrs(&s.state.controllers));
+        let initial = match &s.servers {
+            ServerSource::JoinApi { state, .. } => server_addrs(&state.controllers),
+            ServerSource::Registry { local, controllers } => {
+                registry_addrs(local, &controllers.borrow())
+            }
+        };
+        let (tx, rx) = watch::channel(initial);
         let mut cfg = AgentConfig::new(rx, s.tls.clone(), s.agent_id.clone());
         cfg.identifiers = s.identifiers.clone();
         cfg.admin_listen = s.admin_listen;
@@ -94,18 +120,36 @@ impl Component for KonnectivityAgent {
                     component: NAME,
                     message: e.to_string(),
                 })?;
-        info!(
-            controllers = ?s.state.controllers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-            refresh_every = ?s.refresh_interval,
-            "konnectivity agent connecting to every controller"
-        );
-        tokio::spawn(refresh_controllers(
-            s.paths.clone(),
-            s.state.clone(),
-            s.refresh_interval,
-            tx,
-            self.cancel.clone(),
-        ));
+        match &s.servers {
+            ServerSource::JoinApi {
+                refresh_interval,
+                paths,
+                state,
+            } => {
+                info!(
+                    controllers = ?state.controllers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+                    refresh_every = ?refresh_interval,
+                    "konnectivity agent connecting to every controller"
+                );
+                tokio::spawn(refresh_controllers(
+                    (**paths).clone(),
+                    (**state).clone(),
+                    *refresh_interval,
+                    tx,
+                    self.cancel.clone(),
+                ));
+            }
+            ServerSource::Registry { local, controllers } => {
+                info!(servers = ?tx.borrow().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "konnectivity agent connecting to every controller (from the controller registry)");
+                tokio::spawn(follow_registry(
+                    local.clone(),
+                    controllers.clone(),
+                    tx,
+                    self.cancel.clone(),
+                ));
+            }
+        }
         self.handle = Some(handle);
         Ok(())
     }
@@ -120,6 +164,21 @@ impl Component for KonnectivityAgent {
                 message: "not started".into(),
             }),
         }
+    }
+
+    /// Only on a controller with `--enable-worker` is this leaf maintained
+    /// (and rotated) locally; a joined worker's certificate comes from its join.
+    fn uses_certs(&self) -> &[crate::pki::Leaf] {
+        &[crate::pki::Leaf::KonnectivityAgent]
+    }
+
+    fn peers(&self) -> Option<super::Peers> {
+        let mut connected = self.handle.as_ref()?.connected_servers();
+        connected.sort();
+        Some(super::Peers {
+            kind: "servers".into(),
+            connected,
+        })
     }
 
     async fn stop(&mut self) -> Result<(), ComponentError> {
@@ -143,5 +202,84 @@ impl Component for KonnectivityAgent {
             });
         }
         Ok(())
+    }
+}
+
+/// The servers of `controllers`, or `local` alone while the list is empty.
+fn registry_addrs(local: &ServerAddr, controllers: &[ControllerRecord]) -> Vec<ServerAddr> {
+    let addrs = server_addrs(controllers);
+    if addrs.is_empty() {
+        vec![local.clone()]
+    } else {
+        addrs
+    }
+}
+
+/// Hands every change of the registry's list to the agent until `cancel`
+/// (or until the registry is gone: the last list stays).
+async fn follow_registry(
+    local: ServerAddr,
+    mut controllers: watch::Receiver<Vec<ControllerRecord>>,
+    servers: watch::Sender<Vec<ServerAddr>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = controllers.changed() => if changed.is_err() { return },
+        }
+        let addrs = registry_addrs(&local, &controllers.borrow_and_update());
+        servers.send_if_modified(|cur| {
+            let changed = *cur != addrs;
+            if changed {
+                info!(servers = ?addrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "controller set changed");
+            }
+            *cur = addrs;
+            changed
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, konnectivity: &str) -> ControllerRecord {
+        ControllerRecord {
+            name: name.into(),
+            api_server: String::new(),
+            konnectivity: konnectivity.into(),
+            join_api: String::new(),
+            etcd_peer_url: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn registry_changes_reach_the_agent_and_an_empty_list_keeps_the_local_server() {
+        let local: ServerAddr = "10.0.0.1:8132".parse().unwrap();
+        let (reg_tx, reg_rx) = watch::channel(Vec::new());
+        let (tx, mut rx) = watch::channel(registry_addrs(&local, &reg_rx.borrow()));
+        assert_eq!(*rx.borrow(), std::slice::from_ref(&local));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(follow_registry(local.clone(), reg_rx, tx, cancel.clone()));
+
+        reg_tx.send_replace(vec![
+            record("c2", "10.0.0.2:8132"),
+            record("c1", "10.0.0.1:8132"),
+        ]);
+        rx.changed().await.unwrap();
+        let got: Vec<String> = rx
+            .borrow_and_update()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(got, ["10.0.0.1:8132", "10.0.0.2:8132"]);
+
+        reg_tx.send_replace(Vec::new());
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow_and_update(), [local]);
+
+        cancel.cancel();
+        task.await.unwrap();
     }
 }

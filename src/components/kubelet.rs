@@ -710,10 +710,22 @@ impl Component for Kubelet {
         NAME
     }
 
+    /// Status (pid, restarts, last exit) and in-place restarts.
+    fn supervised(&self) -> Option<&Supervised> {
+        self.child.as_ref()
+    }
+
+    /// Maintained (and rotated) locally only on a controller with
+    /// `--enable-worker`; a joined kubelet rotates its own certificate.
+    fn uses_certs(&self) -> &[crate::pki::Leaf] {
+        &[crate::pki::Leaf::KubeletClient]
+    }
+
+    /// Writes the files only: the binary is looked up by the command before
+    /// anything starts (and again in `start`), so `--init-only` works
+    /// without it.
     async fn init(&mut self) -> Result<(), ComponentError> {
-        self.settings.write_files().map_err(failed)?;
-        binary::find(NAME, &self.paths)?;
-        Ok(())
+        self.settings.write_files().map_err(failed)
     }
 
     async fn start(&mut self) -> Result<(), ComponentError> {

@@ -57,6 +57,8 @@ pub enum OpsError {
     Pki(#[from] crate::pki::PkiError),
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("certificate {0} is not maintained on this node (only a controller running with --enable-worker has it)")]
+    NotMaintained(&'static str),
 }
 
 /// What the node-side services are built from.

@@ -51,13 +51,14 @@ pub fn next_check_in(due: Option<SystemTime>, now: SystemTime) -> Duration {
     until.clamp(MIN_CHECK_INTERVAL, MAX_CHECK_INTERVAL)
 }
 
-/// Leaf names (`etcd-server`, ...) to leaves; `all` means every leaf. CA
-/// names are refused: CAs are never renewed by mkectl.
-pub fn parse_leaves(names: &[String], all: bool) -> Result<Vec<Leaf>, String> {
+/// Leaf names (`etcd-server`, ...) to leaves; `all` means every leaf of
+/// `maintained` (the node's [`PkiSpec::leaves`]). CA names are refused: CAs
+/// are never renewed by mkectl; so are leaves this node does not maintain.
+pub fn parse_leaves(names: &[String], all: bool, maintained: &[Leaf]) -> Result<Vec<Leaf>, String> {
     match (all, names.is_empty()) {
         (true, false) => return Err("give certificate names or --all, not both".into()),
         (false, true) => return Err("name the certificates to renew, or pass --all".into()),
-        (true, true) => return Ok(Leaf::ALL.to_vec()),
+        (true, true) => return Ok(maintained.to_vec()),
         (false, false) => {}
     }
     let mut out = Vec::new();
@@ -67,10 +68,15 @@ pub fn parse_leaves(names: &[String], all: bool) -> Result<Vec<Leaf>, String> {
                 "{n} is a CA; mkectl never renews CAs (rotating a CA means re-trusting every node)"
             ));
         }
-        let Some(leaf) = Leaf::ALL.iter().find(|l| l.name() == n) else {
-            let known: Vec<_> = Leaf::ALL.iter().map(|l| l.name()).collect();
+        let Some(leaf) = maintained.iter().find(|l| l.name() == n) else {
+            let known: Vec<_> = maintained.iter().map(|l| l.name()).collect();
+            let why = if Leaf::every().any(|l| l.name() == n) {
+                "is not maintained on this node (only a controller running with --enable-worker has it)"
+            } else {
+                "is unknown"
+            };
             return Err(format!(
-                "unknown certificate {n:?}; known: {}",
+                "certificate {n:?} {why}; known: {}",
                 known.join(", ")
             ));
         };
@@ -82,9 +88,7 @@ pub fn parse_leaves(names: &[String], all: bool) -> Result<Vec<Leaf>, String> {
 }
 
 fn leaves_named(names: &[String]) -> Vec<Leaf> {
-    Leaf::ALL
-        .iter()
-        .copied()
+    Leaf::every()
         .filter(|l| names.iter().any(|n| n == l.name()))
         .collect()
 }
@@ -102,6 +106,12 @@ fn aside_path(cert: &Path) -> PathBuf {
 /// back. Returns the names of every leaf reissued. Blocking.
 pub fn force_renew(spec: &PkiSpec, leaves: &[Leaf]) -> Result<Vec<String>, OpsError> {
     let paths = PkiPaths::new(&spec.dir);
+    // A leaf `ensure` does not maintain would be moved aside and not
+    // reissued: refuse before touching anything.
+    let maintained = spec.leaves();
+    if let Some(leaf) = leaves.iter().find(|l| !maintained.contains(l)) {
+        return Err(OpsError::NotMaintained(leaf.name()));
+    }
     let mut moved = Vec::new();
     for leaf in leaves {
         let cert = paths.leaf(*leaf).cert.clone();
@@ -125,7 +135,7 @@ pub fn force_renew(spec: &PkiSpec, leaves: &[Leaf]) -> Result<Vec<String>, OpsEr
                 report
                     .created
                     .into_iter()
-                    .filter(|n| Leaf::ALL.iter().any(|l| l.name() == n)),
+                    .filter(|n| Leaf::every().any(|l| l.name() == n)),
             );
             Ok(names)
         }
@@ -162,6 +172,11 @@ impl Rotator {
             cancel,
             lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The leaves this node maintains.
+    pub fn leaves(&self) -> Vec<Leaf> {
+        self.spec.leaves()
     }
 
     /// Renews whatever is within `renewBefore`.
@@ -202,10 +217,12 @@ impl Rotator {
     pub async fn run(self: Arc<Self>) {
         let dir = self.spec.dir.clone();
         let renew_before = self.spec.renew_before;
+        let leaves = self.spec.leaves();
         loop {
-            let d = dir.clone();
+            let (d, l) = (dir.clone(), leaves.clone());
             let due =
-                tokio::task::spawn_blocking(move || pki::next_renewal_due(&d, renew_before)).await;
+                tokio::task::spawn_blocking(move || pki::next_renewal_due(&d, renew_before, &l))
+                    .await;
             let wait = match due {
                 Ok(Ok(due)) => {
                     if due.is_some_and(|t| t <= SystemTime::now()) {
@@ -265,17 +282,33 @@ mod tests {
 
     #[test]
     fn leaf_names_are_checked() {
-        assert_eq!(parse_leaves(&[], true).unwrap().len(), Leaf::ALL.len());
+        let all = Leaf::ALL;
         assert_eq!(
-            parse_leaves(&["etcd-server".into(), "etcd-server".into()], false).unwrap(),
+            parse_leaves(&[], true, &all).unwrap().len(),
+            Leaf::ALL.len()
+        );
+        assert_eq!(
+            parse_leaves(&["etcd-server".into(), "etcd-server".into()], false, &all).unwrap(),
             [Leaf::EtcdServer]
         );
-        assert!(parse_leaves(&[], false).is_err());
-        assert!(parse_leaves(&["admin".into()], true).is_err());
-        let e = parse_leaves(&["etcd-ca".into()], false).unwrap_err();
+        assert!(parse_leaves(&[], false, &all).is_err());
+        assert!(parse_leaves(&["admin".into()], true, &all).is_err());
+        let e = parse_leaves(&["etcd-ca".into()], false, &all).unwrap_err();
         assert!(e.contains("never renews CAs"), "{e}");
-        let e = parse_leaves(&["nope".into()], false).unwrap_err();
-        assert!(e.contains("apiserver-etcd-client"), "{e}");
+        let e = parse_leaves(&["nope".into()], false, &all).unwrap_err();
+        assert!(
+            e.contains("unknown") && e.contains("apiserver-etcd-client"),
+            "{e}"
+        );
+        // The worker leaves exist only on a controller with --enable-worker.
+        let e = parse_leaves(&["kubelet-client".into()], false, &all).unwrap_err();
+        assert!(e.contains("--enable-worker"), "{e}");
+        let with_worker: Vec<Leaf> = Leaf::every().collect();
+        assert_eq!(
+            parse_leaves(&["kubelet-client".into()], false, &with_worker).unwrap(),
+            [Leaf::KubeletClient]
+        );
+        assert_eq!(parse_leaves(&[], true, &with_worker).unwrap().len(), 12);
     }
 
     fn spec(dir: &Path) -> PkiSpec {
@@ -323,5 +356,25 @@ mod tests {
         assert!(force_renew(&s, &[Leaf::EtcdServer]).is_err());
         assert_eq!(std::fs::read(&paths.etcd_server.cert).unwrap(), before);
         assert!(!aside_path(&paths.etcd_server.cert).exists());
+    }
+
+    #[test]
+    fn worker_leaves_are_renewed_only_where_maintained() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = spec(&tmp.path().join("pki"));
+        s.worker = true;
+        pki::ensure(&s).unwrap();
+        let paths = PkiPaths::new(&s.dir);
+        let before = std::fs::read(&paths.kubelet_client.cert).unwrap();
+        let renewed = force_renew(&s, &[Leaf::KubeletClient]).unwrap();
+        assert_eq!(renewed, ["kubelet-client"]);
+        assert_ne!(std::fs::read(&paths.kubelet_client.cert).unwrap(), before);
+
+        // Without --enable-worker the file is left exactly as it is.
+        s.worker = false;
+        let kept = std::fs::read(&paths.kubelet_client.cert).unwrap();
+        let e = force_renew(&s, &[Leaf::KubeletClient]).unwrap_err();
+        assert!(e.to_string().contains("kubelet-client"), "{e}");
+        assert_eq!(std::fs::read(&paths.kubelet_client.cert).unwrap(), kept);
     }
 }

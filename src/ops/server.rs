@@ -65,7 +65,7 @@ async fn renew(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
     };
-    let leaves = match parse_leaves(&req.certificates, req.all) {
+    let leaves = match parse_leaves(&req.certificates, req.all, &s.rotator.leaves()) {
         Ok(l) => l,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, e),
     };

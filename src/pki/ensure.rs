@@ -57,7 +57,7 @@ pub fn ensure_at(spec: &PkiSpec, now: SystemTime) -> Result<PkiReport, PkiError>
         cas.insert(ca, loaded);
     }
 
-    for leaf in Leaf::ALL {
+    for leaf in spec.leaves() {
         let Some(ca) = cas.get(&leaf.ca()) else {
             // Every CA in Ca::ALL was inserted just above.
             continue;
@@ -99,7 +99,8 @@ pub fn ensure_at(spec: &PkiSpec, now: SystemTime) -> Result<PkiReport, PkiError>
     }
 
     let ca_pem = String::from_utf8_lossy(&fsutil::read(&paths.ca.cert)?).into_owned();
-    for leaf in [Leaf::Admin, Leaf::ControllerManager, Leaf::Scheduler] {
+    for leaf in spec.leaves() {
+        // Only the leaves that have a kubeconfig (PkiPaths::kubeconfig).
         write_kubeconfig(&paths, spec, leaf, &ca_pem)?;
     }
 

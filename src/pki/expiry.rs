@@ -42,10 +42,10 @@ pub fn list_certificates(pki_dir: &Path) -> Result<Vec<CertInfo>, PkiError> {
         .iter()
         .map(|ca| (ca.name().to_string(), paths.ca(*ca).cert.clone(), None))
         .collect();
-    entries.extend(Leaf::ALL.iter().map(|leaf| {
+    entries.extend(Leaf::every().map(|leaf| {
         (
             leaf.name().to_string(),
-            paths.leaf(*leaf).cert.clone(),
+            paths.leaf(leaf).cert.clone(),
             Some(leaf.ca().name().to_string()),
         )
     }));
@@ -72,16 +72,19 @@ pub fn list_certificates(pki_dir: &Path) -> Result<Vec<CertInfo>, PkiError> {
     Ok(out)
 }
 
-/// When the next leaf falls into the renewal window (its expiry minus
-/// `renew_before`), so the controller can schedule the next `ensure`.
-/// `None` when there are no leaves yet.
+/// When the next of `leaves` falls into the renewal window (its expiry
+/// minus `renew_before`), so the controller can schedule the next `ensure`.
+/// Leaves left on disk that `ensure` no longer maintains (a controller that
+/// ran with `--enable-worker` once) do not count. `None` when there are no
+/// leaves yet.
 pub fn next_renewal_due(
     pki_dir: &Path,
     renew_before: Duration,
+    leaves: &[Leaf],
 ) -> Result<Option<SystemTime>, PkiError> {
     Ok(list_certificates(pki_dir)?
         .iter()
-        .filter(|c| !c.is_ca)
+        .filter(|c| !c.is_ca && leaves.iter().any(|l| l.name() == c.name))
         .map(|c| {
             c.not_after
                 .checked_sub(renew_before)

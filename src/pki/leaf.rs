@@ -35,9 +35,15 @@ pub enum Leaf {
     Admin,
     ControllerManager,
     Scheduler,
+    /// The node side of `controller --enable-worker`: the kubelet's client
+    /// certificate (`system:node:<name>`, group `system:nodes`).
+    KubeletClient,
+    /// ... and the embedded konnectivity agent's client certificate.
+    KonnectivityAgent,
 }
 
 impl Leaf {
+    /// The leaves of every controller.
     pub const ALL: [Leaf; 10] = [
         Leaf::ApiServer,
         Leaf::ApiServerKubeletClient,
@@ -50,6 +56,16 @@ impl Leaf {
         Leaf::ControllerManager,
         Leaf::Scheduler,
     ];
+
+    /// The extra leaves of a controller that also runs the worker side
+    /// ([`PkiSpec::worker`]); a worker that joined gets its own through the
+    /// join instead.
+    pub const WORKER: [Leaf; 2] = [Leaf::KubeletClient, Leaf::KonnectivityAgent];
+
+    /// Every leaf `ensure` may maintain: [`Leaf::ALL`] then [`Leaf::WORKER`].
+    pub fn every() -> impl Iterator<Item = Leaf> {
+        Leaf::ALL.into_iter().chain(Leaf::WORKER)
+    }
 
     /// Name in reports and `certs check-expiration`.
     pub fn name(self) -> &'static str {
@@ -64,6 +80,8 @@ impl Leaf {
             Leaf::Admin => "admin",
             Leaf::ControllerManager => "controller-manager",
             Leaf::Scheduler => "scheduler",
+            Leaf::KubeletClient => "kubelet-client",
+            Leaf::KonnectivityAgent => "konnectivity-agent",
         }
     }
 
@@ -72,8 +90,9 @@ impl Leaf {
         match self {
             Leaf::ApiServerEtcdClient | Leaf::EtcdServer | Leaf::EtcdPeer => Ca::Etcd,
             Leaf::FrontProxyClient => Ca::FrontProxy,
-            Leaf::KonnectivityServer => Ca::Konnectivity,
-            Leaf::ApiServer
+            Leaf::KonnectivityServer | Leaf::KonnectivityAgent => Ca::Konnectivity,
+            Leaf::KubeletClient
+            | Leaf::ApiServer
             | Leaf::ApiServerKubeletClient
             | Leaf::Admin
             | Leaf::ControllerManager
@@ -137,6 +156,10 @@ pub(crate) struct Profile {
 /// Common name of the admin client certificate (user of `admin.conf`).
 pub(crate) const ADMIN_CN: &str = "kubernetes-admin";
 const SYSTEM_MASTERS: &str = "system:masters";
+/// User name prefix of a kubelet (`system:node:<node name>`).
+pub(crate) const NODE_USER_PREFIX: &str = "system:node:";
+/// Group of every kubelet.
+pub(crate) const NODES_GROUP: &str = "system:nodes";
 
 fn push_unique(sans: &mut Vec<San>, san: San) {
     if !sans.contains(&san) {
@@ -222,6 +245,16 @@ pub(crate) fn profile(leaf: Leaf, spec: &PkiSpec) -> Result<Profile, PkiError> {
         Leaf::Admin => client(ADMIN_CN, Some(SYSTEM_MASTERS)),
         Leaf::ControllerManager => client("system:kube-controller-manager", None),
         Leaf::Scheduler => client("system:kube-scheduler", None),
+        // What the Node authorizer and NodeRestriction expect of a kubelet.
+        Leaf::KubeletClient => client(
+            &format!("{NODE_USER_PREFIX}{}", spec.node_name.trim()),
+            Some(NODES_GROUP),
+        ),
+        // The same identity a joined worker's agent certificate carries.
+        Leaf::KonnectivityAgent => client(
+            &crate::join::wire::agent_common_name(spec.node_name.trim()),
+            None,
+        ),
     })
 }
 

@@ -28,6 +28,8 @@
 //! | `konnectivity/server.crt` / `.key` | konnectivity agent listener (serverAuth) | konnectivity CA |
 //! | `sa.key` / `sa.pub` | service-account token signing pair (`PUBLIC KEY` PEM) | – |
 //! | `admin.conf`, `controller-manager.conf`, `scheduler.conf` | kubeconfigs with embedded CA, cert and key (0600) | – |
+//! | `kubelet-client.crt` / `.key`, `kubelet.conf` | only with [`PkiSpec::worker`] (`controller --enable-worker`): CN `system:node:<node>`, O `system:nodes` (clientAuth) and the kubelet's kubeconfig | cluster CA |
+//! | `konnectivity/agent.crt` / `.key` | only with [`PkiSpec::worker`]: CN `konnectivity-agent:<node>` (clientAuth) | konnectivity CA |
 //!
 //! The client certificates of the three kubeconfigs are kept as files as well
 //! so expiry checks and renewal treat them like every other leaf; the

@@ -46,6 +46,11 @@ pub struct PkiPaths {
     pub admin: CertKeyPaths,
     pub controller_manager: CertKeyPaths,
     pub scheduler: CertKeyPaths,
+    /// `kubelet-client.crt` / `.key` (only with [`super::PkiSpec::worker`]).
+    pub kubelet_client: CertKeyPaths,
+    /// `konnectivity/agent.crt` / `.key`: where a joined worker keeps its
+    /// agent certificate too (`join::state::WorkerPaths`).
+    pub konnectivity_agent: CertKeyPaths,
 
     /// Service-account token signing key (`--service-account-signing-key-file`,
     /// `--service-account-private-key-file`).
@@ -56,6 +61,8 @@ pub struct PkiPaths {
     pub admin_kubeconfig: PathBuf,
     pub controller_manager_kubeconfig: PathBuf,
     pub scheduler_kubeconfig: PathBuf,
+    /// `kubelet.conf`: the kubelet's kubeconfig (only with `worker`).
+    pub kubelet_kubeconfig: PathBuf,
 }
 
 impl PkiPaths {
@@ -77,11 +84,14 @@ impl PkiPaths {
             admin: CertKeyPaths::new(dir, "admin"),
             controller_manager: CertKeyPaths::new(dir, "controller-manager"),
             scheduler: CertKeyPaths::new(dir, "scheduler"),
+            kubelet_client: CertKeyPaths::new(dir, "kubelet-client"),
+            konnectivity_agent: CertKeyPaths::new(&konnectivity_dir, "agent"),
             sa_key: dir.join("sa.key"),
             sa_pub: dir.join("sa.pub"),
             admin_kubeconfig: dir.join("admin.conf"),
             controller_manager_kubeconfig: dir.join("controller-manager.conf"),
             scheduler_kubeconfig: dir.join("scheduler.conf"),
+            kubelet_kubeconfig: dir.join("kubelet.conf"),
             etcd_dir,
             konnectivity_dir,
             dir: dir.to_path_buf(),
@@ -111,15 +121,18 @@ impl PkiPaths {
             Leaf::Admin => &self.admin,
             Leaf::ControllerManager => &self.controller_manager,
             Leaf::Scheduler => &self.scheduler,
+            Leaf::KubeletClient => &self.kubelet_client,
+            Leaf::KonnectivityAgent => &self.konnectivity_agent,
         }
     }
 
-    /// The kubeconfig rendered from a leaf, for the three that have one.
+    /// The kubeconfig rendered from a leaf, for the four that have one.
     pub fn kubeconfig(&self, leaf: Leaf) -> Option<&Path> {
         match leaf {
             Leaf::Admin => Some(&self.admin_kubeconfig),
             Leaf::ControllerManager => Some(&self.controller_manager_kubeconfig),
             Leaf::Scheduler => Some(&self.scheduler_kubeconfig),
+            Leaf::KubeletClient => Some(&self.kubelet_kubeconfig),
             _ => None,
         }
     }

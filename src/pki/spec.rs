@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::PkiError;
+use super::leaf::Leaf;
 use super::x509::San;
 
 /// CA lifetime when the config sets none: 10 years.
@@ -79,6 +80,8 @@ pub struct PkiSpec {
     /// Server URL written into the admin, controller-manager and scheduler
     /// kubeconfigs.
     pub api_server_url: String,
+    /// Also maintain [`Leaf::WORKER`] (`controller --enable-worker`).
+    pub worker: bool,
 }
 
 impl PkiSpec {
@@ -98,7 +101,17 @@ impl PkiSpec {
             node_addresses: Vec::new(),
             extra_sans: Vec::new(),
             api_server_url: "https://127.0.0.1:6443".to_string(),
+            worker: false,
         }
+    }
+
+    /// The leaves this spec maintains.
+    pub fn leaves(&self) -> Vec<Leaf> {
+        let mut out = Leaf::ALL.to_vec();
+        if self.worker {
+            out.extend(Leaf::WORKER);
+        }
+        out
     }
 
     /// Checks the spec before anything is written, naming the bad field.
