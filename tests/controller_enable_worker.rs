@@ -260,7 +260,7 @@ fn kubelet_is_registered_with_the_control_plane_taint_unless_no_taints() {
         "node-role.kubernetes.io/control-plane".to_string(),
         "NoSchedule".to_string(),
     );
-    assert_eq!(taints(&[]), [cp.clone()]);
+    assert_eq!(taints(&[]), std::slice::from_ref(&cp));
     assert_eq!(taints(&["--no-taints"]), []);
     assert_eq!(
         taints(&["--taints", "dedicated=edge:NoExecute"]),
