@@ -178,13 +178,29 @@ fn systemctl(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a controller unit gains with `--enable-worker`: containerd and
+/// kubelet manage cgroups below the unit and need these modules (as in the
+/// worker template).
+const CONTROLLER_WORKER_EXTRA: &str = "\
+# --enable-worker: kubelet and containerd create and manage cgroups below this
+# unit, and containerd needs these kernel modules.
+Delegate=yes
+ExecStartPre=-/sbin/modprobe overlay
+ExecStartPre=-/sbin/modprobe br_netfilter
+";
+
 /// The unit file for `role` running `argv`.
 pub fn render_unit(role: InstallRole, argv: &[String]) -> String {
     let template = match role {
         InstallRole::Controller => CONTROLLER_TEMPLATE,
         InstallRole::Worker => WORKER_TEMPLATE,
     };
-    template.replace(EXEC_PLACEHOLDER, &exec_start(argv))
+    let exec = format!("ExecStart={}\n", exec_start(argv));
+    let mut unit = template.replace(&format!("ExecStart={EXEC_PLACEHOLDER}\n"), &exec);
+    if role == InstallRole::Controller && argv.iter().any(|a| a == "--enable-worker") {
+        unit = unit.replace(&exec, &format!("{exec}{CONTROLLER_WORKER_EXTRA}"));
+    }
+    unit
 }
 
 /// `argv` as one ExecStart value.
@@ -289,5 +305,28 @@ mod tests {
             unit.contains("ExecStart=/bin/mkectl worker --token-file \"/etc/mke/tok en\"\n"),
             "{unit}"
         );
+    }
+
+    #[test]
+    fn a_controller_with_the_worker_side_gets_cgroup_delegation() {
+        let argv = |extra: &[&str]| -> Vec<String> {
+            let mut v = vec!["/bin/mkectl".to_string(), "controller".to_string()];
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let plain = render_unit(InstallRole::Controller, &argv(&[]));
+        assert!(!plain.contains("Delegate="), "{plain}");
+        assert!(
+            plain.contains("ExecStart=/bin/mkectl controller\n"),
+            "{plain}"
+        );
+        let single = render_unit(InstallRole::Controller, &argv(&["--enable-worker"]));
+        assert!(
+            single.contains("ExecStart=/bin/mkectl controller --enable-worker\n# --enable-worker"),
+            "{single}"
+        );
+        assert_eq!(single.matches("Delegate=yes").count(), 1);
+        assert!(single.contains("ExecStartPre=-/sbin/modprobe br_netfilter"));
+        assert!(single.contains("KillMode=mixed"));
     }
 }
