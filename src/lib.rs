@@ -14,6 +14,7 @@ pub mod exit;
 pub mod fsutil;
 pub mod join;
 pub mod konnectivity;
+pub mod mounts;
 pub mod ops;
 pub mod pki;
 pub mod supervisor;

@@ -23,6 +23,7 @@ use crate::join::state::{self, WorkerPaths};
 use crate::join::tls::{ClientIdentity, Trust};
 use crate::join::wire::LeaveRequest;
 use crate::join::{self, registry, ControllerJoinState, JoinError};
+use crate::mounts;
 use crate::pki::PkiPaths;
 use crate::supervisor;
 
@@ -90,11 +91,57 @@ pub async fn run(global: &GlobalArgs, args: &ResetArgs) -> anyhow::Result<()> {
         None => info!(data_dir = %paths.data_dir.display(), "no data dir: nothing to remove there"),
     }
     if paths.data_dir.exists() {
-        std::fs::remove_dir_all(&paths.data_dir)
-            .with_context(|| format!("removing {}", paths.data_dir.display()))?;
-        println!("removed {}", paths.data_dir.display());
+        let own_mount = unmount_node_dirs(&paths)?;
+        remove_data_dir(&paths.data_dir, own_mount)?;
     }
     clean_run_dir(&paths.run_dir)?;
+    Ok(())
+}
+
+/// Detaches every mount below the data and run dirs first: kubelet leaves
+/// pod volumes mounted (secrets, hostPath subPaths, network storage) when
+/// it stops, and deleting the data dir through them would delete what they
+/// point at. Refuses to delete anything while a mount is left.
+/// The data dir itself may be a mount of its own (a disk for /var/lib/mke):
+/// that one stays; returns whether it is one.
+fn unmount_node_dirs(paths: &NodePaths) -> anyhow::Result<bool> {
+    let dirs = [paths.data_dir.as_path(), paths.run_dir.as_path()];
+    for m in mounts::unmount_strictly_below(&dirs) {
+        info!(mount = %m.display(), "unmounted");
+    }
+    let info = std::fs::read_to_string(mounts::MOUNTINFO)
+        .with_context(|| format!("reading {} to check for mounts left", mounts::MOUNTINFO))?;
+    let left = mounts::mounts_strictly_below(&info, &mounts::canonical_dirs(&dirs[..1]));
+    if let Some(m) = left.first() {
+        anyhow::bail!(
+            "{} is still mounted below the data dir; unmount it, then reset again (nothing was removed)",
+            m.display()
+        );
+    }
+    Ok(mounts::is_mount_point(&info, &paths.data_dir))
+}
+
+/// Deletes the data dir; one that is a mount point of its own is emptied
+/// and kept (the mount stays the operator's).
+fn remove_data_dir(dir: &Path, own_mount: bool) -> anyhow::Result<()> {
+    if !own_mount {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        println!("removed {}", dir.display());
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        let p = e.path();
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        let r = if is_dir {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.with_context(|| format!("removing {}", p.display()))?;
+    }
+    println!("emptied {} (a mount point of its own, kept)", dir.display());
     Ok(())
 }
 
