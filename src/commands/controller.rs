@@ -12,6 +12,7 @@ use super::controller_join;
 use super::worker::{add_node_components, worker_spec, NodeSide, WORKER_OPTIONAL};
 use crate::cli::{ControllerArgs, GlobalArgs};
 use crate::components::konnectivity_agent::ServerSource;
+use crate::components::kube_common::{LocalKubeComponent, LocalKubeSettings};
 use crate::components::kubelet::{self, WorkerSpec};
 use crate::components::{
     applier, binary, controller_registry, csr_approver, etcd, join_api, konnectivity_server,
@@ -142,7 +143,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             metrics: Default::default(),
             worker,
         };
-        let mut manager = build_components(&ctx, &enabled)?;
+        let (mut manager, live_count) = build_components(&ctx, &enabled)?;
         manager.init_all().await?;
         if args.init_only {
             info!("--init-only: PKI and configuration written, exiting");
@@ -174,7 +175,19 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             metrics: ctx.metrics.clone(),
         };
         let _ops = ops::start(ops, manager.handle(), &cancel).await?;
-        run_until_signal(&mut manager, &cancel, started, "controller").await
+        let started_with = controller_join::controller_count(&ctx) as u32;
+        // Once everything runs, so a component still starting is not skipped.
+        let watch_count = |m: &Manager| {
+            if let Some(count) = live_count {
+                tokio::spawn(leader_election_on_growth(
+                    m.handle(),
+                    started_with,
+                    count,
+                    cancel.clone(),
+                ));
+            }
+        };
+        run_until_signal(&mut manager, &cancel, started, "controller", watch_count).await
     }
     .instrument(span)
     .await
@@ -204,12 +217,16 @@ pub struct ControllerWorker {
     pub disabled: Vec<String>,
 }
 
+/// Receives the number of live controllers (the registry's count).
+type LiveCount = tokio::sync::watch::Receiver<u32>;
+
 /// The controller's components in start order (DESIGN.md "Process model"),
 /// minus the disabled ones; with `--enable-worker` the worker side last.
+/// Also the live controller count when the registry runs.
 fn build_components(
     ctx: &ControllerContext,
     enabled: &dyn Fn(&str) -> bool,
-) -> anyhow::Result<Manager> {
+) -> anyhow::Result<(Manager, Option<LiveCount>)> {
     let mut manager = Manager::new();
     // The live controller list, for an embedded agent.
     let mut controllers = None;
@@ -218,6 +235,7 @@ fn build_components(
     let n = controller_join::controller_count(ctx);
     // The registry counts live controllers; the konnectivity server announces it.
     let (server_count, server_count_rx) = tokio::sync::watch::channel(n as u32);
+    let live_count = enabled(controller_registry::NAME).then(|| server_count_rx.clone());
     if enabled(etcd::NAME) {
         let mut settings = etcd_settings(&ctx.cfg, &ctx.paths, &ctx.pki, &ctx.node_name);
         if let Some(st) = &ctx.join {
@@ -243,7 +261,7 @@ fn build_components(
                 key: ctx.pki.konnectivity_server.key.clone(),
                 ca: ctx.pki.konnectivity_ca.cert.clone(),
             },
-            server_count_updates: enabled(controller_registry::NAME).then_some(server_count_rx),
+            server_count_updates: live_count.clone(),
         };
         manager.add(Box::new(konnectivity_server::KonnectivityServer::new(
             settings,
@@ -267,18 +285,20 @@ fn build_components(
             controller_join::controller_record(ctx),
             crate::join::controllers_cache_file(&ctx.paths.data_dir),
             server_count,
-            n as u32,
         );
         controllers = Some(registry.controllers());
         manager.add(Box::new(registry));
     }
+    // Both read the live count at every (re)start: see leader_election_on_growth.
     if enabled(kcm::NAME) {
         let s = kcm::KubeControllerManagerSettings::from_config(cfg, paths, pki, n);
-        manager.add(Box::new(kcm::KubeControllerManager::new(s, paths.clone())));
+        let c = kcm::KubeControllerManager::new(s, paths.clone());
+        manager.add(Box::new(follow_count(c, &live_count)));
     }
     if enabled(ksch::NAME) {
         let s = ksch::KubeSchedulerSettings::from_config(cfg, paths, pki, n);
-        manager.add(Box::new(ksch::KubeScheduler::new(s, paths.clone())));
+        let c = ksch::KubeScheduler::new(s, paths.clone());
+        manager.add(Box::new(follow_count(c, &live_count)));
     }
     // These talk to the local kube-apiserver with the admin identity.
     let apiserver_runs = manager.names().contains(&kas::NAME);
@@ -314,7 +334,54 @@ fn build_components(
     if let Some(w) = &ctx.worker {
         add_worker_side(&mut manager, ctx, w, controllers)?;
     }
-    Ok(manager)
+    Ok((manager, live_count))
+}
+
+fn follow_count<S: LocalKubeSettings>(
+    c: LocalKubeComponent<S>,
+    live: &Option<LiveCount>,
+) -> LocalKubeComponent<S> {
+    match live {
+        Some(rx) => c.with_controller_count(rx.clone()),
+        None => c,
+    }
+}
+
+/// A controller that started as the only one runs kube-controller-manager
+/// and kube-scheduler without leader election. When a second controller
+/// registers, both are restarted once with leader election on (they read
+/// the live count at every start), so two controller-managers never act at
+/// the same time. Leader election stays on from then on.
+async fn leader_election_on_growth(
+    manager: crate::components::ManagerHandle,
+    started_with: u32,
+    mut count: LiveCount,
+    cancel: CancellationToken,
+) {
+    if started_with > 1 {
+        return; // configured with leader election from the start
+    }
+    loop {
+        let n = *count.borrow_and_update();
+        if n > 1 {
+            let why = format!(
+                "{n} controllers now: restarting with leader election (started as the only one)"
+            );
+            for (name, result) in manager
+                .restart_named(&[kcm::NAME, ksch::NAME], &why, &cancel)
+                .await
+            {
+                if let Err(e) = result {
+                    warn!(component = name, error = %e, "restart for leader election failed");
+                }
+            }
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = count.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 /// containerd, the konnectivity agent and the kubelet, with credentials
@@ -475,13 +542,15 @@ pub async fn stop_stale_children(paths: &NodePaths, manager: &Manager) -> anyhow
     .context("stale child cleanup task")?
 }
 
-/// Starts every component, then runs until `cancel` (the signal handler)
-/// fires and stops them in reverse order. `role` names the node in logs.
+/// Starts every component, calls `on_ready`, then runs until `cancel` (the
+/// signal handler) fires and stops them in reverse order. `role` names the
+/// node in logs.
 pub async fn run_until_signal(
     manager: &mut Manager,
     cancel: &CancellationToken,
     started: Instant,
     role: &str,
+    on_ready: impl FnOnce(&Manager),
 ) -> anyhow::Result<()> {
     if let Err(e) = manager.start_all(cancel).await {
         if cancel.is_cancelled() {
@@ -495,6 +564,7 @@ pub async fn run_until_signal(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "{role} ready"
     );
+    on_ready(manager);
     cancel.cancelled().await;
     info!("shutting down");
     manager.stop_all(SHUTDOWN_DEADLINE).await;
@@ -529,4 +599,59 @@ pub fn spawn_signal_handler(cancel: CancellationToken) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::components::{Component, ComponentError};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Counts its starts; ready once started.
+    struct Counted(&'static str, Arc<AtomicUsize>);
+
+    #[async_trait::async_trait]
+    impl Component for Counted {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        async fn init(&mut self) -> Result<(), ComponentError> {
+            Ok(())
+        }
+        async fn start(&mut self) -> Result<(), ComponentError> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn ready(&self) -> Result<(), ComponentError> {
+            Ok(())
+        }
+        async fn stop(&mut self) -> Result<(), ComponentError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_controller_restarts_controller_manager_and_scheduler_once() {
+        let starts: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::default()).collect();
+        let mut m = Manager::new();
+        for (name, n) in [kcm::NAME, ksch::NAME, etcd::NAME].into_iter().zip(&starts) {
+            m.add(Box::new(Counted(name, n.clone())));
+        }
+        let cancel = CancellationToken::new();
+        m.start_all(&cancel).await.unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(1u32);
+        let task = tokio::spawn(leader_election_on_growth(m.handle(), 1, rx, cancel.clone()));
+        tx.send_replace(2);
+        task.await.unwrap();
+        let n: Vec<usize> = starts.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+        assert_eq!(n, [2, 2, 1], "kcm and scheduler restarted, etcd untouched");
+
+        // Started with several controllers: nothing to switch on.
+        let (_tx, rx) = tokio::sync::watch::channel(3u32);
+        leader_election_on_growth(m.handle(), 3, rx, cancel.clone()).await;
+        let n: Vec<usize> = starts.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+        assert_eq!(n, [2, 2, 1]);
+        m.stop_all(Duration::from_secs(5)).await;
+    }
 }

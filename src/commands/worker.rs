@@ -125,7 +125,7 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
 
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone())?;
-        run_until_signal(&mut manager, &cancel, started, "worker").await
+        run_until_signal(&mut manager, &cancel, started, "worker", |_| {}).await
     }
     .instrument(span)
     .await

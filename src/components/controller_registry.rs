@@ -24,7 +24,6 @@ pub struct ControllerRegistry {
     record: ControllerRecord,
     cache_file: std::path::PathBuf,
     server_count: watch::Sender<u32>,
-    started_with: u32,
     controllers: watch::Sender<Vec<ControllerRecord>>,
     registered: Arc<AtomicBool>,
     cancel: CancellationToken,
@@ -32,15 +31,13 @@ pub struct ControllerRegistry {
 }
 
 impl ControllerRegistry {
-    /// `server_count` receives the number of live controllers;
-    /// `started_with` is the count the kube components were configured for.
+    /// `server_count` receives the number of live controllers.
     pub fn new(
         etcd_endpoint: String,
         etcd_tls: EtcdClientTls,
         record: ControllerRecord,
         cache_file: std::path::PathBuf,
         server_count: watch::Sender<u32>,
-        started_with: u32,
     ) -> Self {
         Self {
             etcd_endpoint,
@@ -48,7 +45,6 @@ impl ControllerRegistry {
             record,
             cache_file,
             server_count,
-            started_with,
             controllers: watch::channel(Vec::new()).0,
             registered: Arc::new(AtomicBool::new(false)),
             cancel: CancellationToken::new(),
@@ -88,7 +84,6 @@ impl Component for ControllerRegistry {
             cache_file: self.cache_file.clone(),
             controllers: self.controllers.clone(),
             server_count: self.server_count.clone(),
-            started_with: self.started_with,
         };
         self.task = Some(tokio::spawn(reg.run(
             client,

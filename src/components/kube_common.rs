@@ -318,6 +318,9 @@ pub trait LocalKubeSettings: Send + Sync {
     fn args(&self) -> Vec<String>;
     fn readiness_probe(&self) -> Result<super::https_probe::HttpsProbe, ComponentError>;
     fn cert_dir(&self) -> &Path;
+    /// Controllers in the cluster (leader election only above one).
+    fn controller_count(&self) -> usize;
+    fn set_controller_count(&mut self, n: usize);
 }
 
 /// kube-controller-manager or kube-scheduler as a component.
@@ -325,6 +328,12 @@ pub struct LocalKubeComponent<S> {
     settings: S,
     paths: NodePaths,
     process: KubeProcess,
+    /// The live controller count (the controller registry's); read at every
+    /// start, so a restart after a second controller joined switches on
+    /// leader election.
+    controllers: Option<tokio::sync::watch::Receiver<u32>>,
+    /// The argv of the running child.
+    running_args: Vec<String>,
 }
 
 impl<S: LocalKubeSettings> LocalKubeComponent<S> {
@@ -333,7 +342,27 @@ impl<S: LocalKubeSettings> LocalKubeComponent<S> {
             process: KubeProcess::new(S::NAME, paths.clone()),
             settings,
             paths,
+            controllers: None,
+            running_args: Vec::new(),
         }
+    }
+
+    /// Follows the live controller count instead of the one at start.
+    pub fn with_controller_count(mut self, count: tokio::sync::watch::Receiver<u32>) -> Self {
+        self.controllers = Some(count);
+        self
+    }
+
+    /// The argv the next start uses: the count only grows here, so leader
+    /// election, once on, stays on while a peer is briefly away.
+    fn next_args(&mut self) -> Vec<String> {
+        if let Some(rx) = &self.controllers {
+            let live = *rx.borrow() as usize;
+            if live > self.settings.controller_count() {
+                self.settings.set_controller_count(live);
+            }
+        }
+        self.settings.args()
     }
 }
 
@@ -360,9 +389,30 @@ impl<S: LocalKubeSettings> super::Component for LocalKubeComponent<S> {
     }
 
     async fn start(&mut self) -> Result<(), ComponentError> {
-        self.process
-            .start(self.settings.args(), S::STOP_GRACE)
-            .await
+        if self.process.child().is_some() {
+            return Ok(());
+        }
+        let args = self.next_args();
+        write_args_file(S::NAME, &self.paths, &args)?;
+        self.process.start(args.clone(), S::STOP_GRACE).await?;
+        self.running_args = args;
+        Ok(())
+    }
+
+    /// In place when the flags are unchanged (renewed certificates); a
+    /// fresh child when they changed (a second controller joined: leader
+    /// election on).
+    async fn restart(&mut self) -> Result<(), ComponentError> {
+        let args = self.next_args();
+        if let Some(child) = self.process.child() {
+            if self.running_args == args {
+                child.restart().await;
+                return Ok(());
+            }
+        }
+        tracing::info!(component = S::NAME, "flags changed; starting a new process");
+        self.process.stop().await;
+        self.start().await
     }
 
     async fn ready(&self) -> Result<(), ComponentError> {
@@ -406,6 +456,84 @@ mod tests {
             Flags::parse_args(&["positional"]).unwrap_err(),
             "positional"
         );
+    }
+
+    /// A kube-scheduler stand-in that just sleeps: what matters is the argv
+    /// each start gets and whether a restart keeps or replaces the process.
+    #[tokio::test]
+    async fn a_restart_after_a_second_controller_joined_switches_on_leader_election() {
+        use super::super::kube_scheduler::{KubeScheduler, KubeSchedulerSettings};
+        use super::super::Component;
+        use std::os::unix::fs::PermissionsExt;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let fake = bin.join("kube-scheduler");
+        std::fs::write(&fake, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let paths = NodePaths::new(
+            &tmp.path().join("data"),
+            &tmp.path().join("run"),
+            Some(&bin),
+        );
+        std::fs::create_dir_all(&paths.run_dir).unwrap();
+        let cfg = crate::config::ClusterConfig::default();
+        let pki = crate::pki::PkiPaths::new(&paths.pki_dir());
+        let settings = KubeSchedulerSettings::from_config(&cfg, &paths, &pki, 1);
+        let (count_tx, count_rx) = tokio::sync::watch::channel(1u32);
+        let mut c = KubeScheduler::new(settings, paths.clone()).with_controller_count(count_rx);
+
+        let args_file = paths.component_args_file("kube-scheduler");
+        let leader_elect = || {
+            let text = std::fs::read_to_string(&args_file).unwrap();
+            let args = parse_args_file(&text);
+            Flags::parse_args(&args)
+                .unwrap()
+                .get("leader-elect")
+                .map(str::to_string)
+        };
+        let pid = |c: &KubeScheduler| {
+            let child = c.supervised().unwrap();
+            let mut rx = child.subscribe();
+            async move {
+                loop {
+                    if let Some(pid) = rx.borrow_and_update().pid {
+                        return pid;
+                    }
+                    rx.changed().await.unwrap();
+                }
+            }
+        };
+
+        c.start().await.unwrap();
+        let first = pid(&c).await;
+        assert_eq!(leader_elect().as_deref(), Some("false"));
+
+        // Same flags (a certificate renewal): restarted in place.
+        c.restart().await.unwrap();
+        let second = pid(&c).await;
+        assert_ne!(second, first);
+        assert_eq!(c.supervised().unwrap().status().restarts, 1);
+        assert_eq!(leader_elect().as_deref(), Some("false"));
+
+        // A second controller registered: a new process with leader election.
+        count_tx.send_replace(2);
+        c.restart().await.unwrap();
+        assert_eq!(leader_elect().as_deref(), Some("true"));
+        assert_eq!(
+            c.supervised().unwrap().status().restarts,
+            0,
+            "a fresh child"
+        );
+        let third = pid(&c).await;
+        assert_ne!(third, second);
+
+        // The peer goes away for a while: leader election stays on.
+        count_tx.send_replace(1);
+        c.restart().await.unwrap();
+        assert_eq!(leader_elect().as_deref(), Some("true"));
+        c.stop().await.unwrap();
     }
 
     #[test]

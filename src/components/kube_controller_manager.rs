@@ -133,6 +133,12 @@ impl LocalKubeSettings for KubeControllerManagerSettings {
     fn cert_dir(&self) -> &std::path::Path {
         &self.cert_dir
     }
+    fn controller_count(&self) -> usize {
+        self.controller_count
+    }
+    fn set_controller_count(&mut self, n: usize) {
+        self.controller_count = n;
+    }
 }
 
 #[cfg(test)]

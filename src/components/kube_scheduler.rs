@@ -97,6 +97,12 @@ impl LocalKubeSettings for KubeSchedulerSettings {
     fn cert_dir(&self) -> &std::path::Path {
         &self.cert_dir
     }
+    fn controller_count(&self) -> usize {
+        self.controller_count
+    }
+    fn set_controller_count(&mut self, n: usize) {
+        self.controller_count = n;
+    }
 }
 
 #[cfg(test)]

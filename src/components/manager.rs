@@ -306,14 +306,37 @@ impl ManagerHandle {
         renewed: &[Leaf],
         cancel: &CancellationToken,
     ) -> Vec<(&'static str, Result<(), ComponentError>)> {
+        let why = format!("restarting to load renewed certificates {renewed:?}");
+        self.restart_where(|e| e.uses.iter().any(|l| renewed.contains(l)), &why, cancel)
+            .await
+    }
+
+    /// Restarts (in start order) the running components named in `names`,
+    /// logging `why`, waiting for each to be ready again.
+    pub async fn restart_named(
+        &self,
+        names: &[&str],
+        why: &str,
+        cancel: &CancellationToken,
+    ) -> Vec<(&'static str, Result<(), ComponentError>)> {
+        self.restart_where(|e| names.contains(&e.name), why, cancel)
+            .await
+    }
+
+    async fn restart_where(
+        &self,
+        pick: impl Fn(&Entry) -> bool,
+        why: &str,
+        cancel: &CancellationToken,
+    ) -> Vec<(&'static str, Result<(), ComponentError>)> {
         let mut out = Vec::new();
         for e in snapshot(&self.entries) {
-            if !e.uses.iter().any(|l| renewed.contains(l)) || e.state().phase != Phase::Running {
+            if !pick(&e) || e.state().phase != Phase::Running {
                 continue;
             }
             let span = info_span!("restart", component = e.name);
             let result = async {
-                info!(certs = ?renewed, "restarting to load renewed certificates");
+                info!("{why}");
                 e.set_phase(Phase::Restarting);
                 {
                     let mut c = e.component.write().await;
@@ -592,6 +615,11 @@ mod tests {
             .iter()
             .all(|c| c.ready));
         assert!(h.restart_using(&[Leaf::Admin], &cancel).await.is_empty());
+
+        let done = h.restart_named(&["c", "nope"], "test", &cancel).await;
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].0, "c");
+        assert_eq!(log.take(), ["stop c", "start c"]);
     }
 
     #[tokio::test(start_paused = true)]

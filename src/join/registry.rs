@@ -131,10 +131,6 @@ pub struct Registration {
     pub controllers: watch::Sender<Vec<ControllerRecord>>,
     /// Receives the number of live controllers (konnectivity server count).
     pub server_count: watch::Sender<u32>,
-    /// Controllers the kube components were configured for at start; when
-    /// a single controller becomes several, leader election must be turned
-    /// on by a restart (logged).
-    pub started_with: u32,
 }
 
 impl Registration {
@@ -235,13 +231,6 @@ impl Registration {
             }
         };
         let count = records.len().max(1) as u32;
-        if self.started_with <= 1 && count > 1 && self.server_count.borrow().to_owned() <= 1 {
-            warn!(
-                component = COMPONENT,
-                controllers = count,
-                "this controller started as the only one: restart it so kube-controller-manager and kube-scheduler run with leader election"
-            );
-        }
         self.server_count.send_if_modified(|c| {
             let changed = *c != count;
             *c = count;
