@@ -63,6 +63,33 @@ async fn worker_runs_containerd_and_agent_and_stops_clean() {
     let cd_pid = w.child_pid("containerd").expect("containerd pid file");
     assert!(alive(cd_pid));
 
+    // The worker's status socket: its components, the servers its agent
+    // is connected to, no etcd, the agent certificate's expiry.
+    let status = w.wait_status("worker status ready", START, |s| {
+        s["konnectivity"]["connected"] == serde_json::json!(["wn-c1"])
+    });
+    assert_eq!(status["role"], "worker");
+    assert_eq!(status["konnectivity"]["kind"], "servers");
+    assert!(status["etcd"].is_null(), "{status:#}");
+    assert_eq!(
+        component(&status, "containerd")["pid"].as_i64(),
+        Some(i64::from(cd_pid))
+    );
+    assert!(
+        status["certificates"]["soonest"]["name"].is_string(),
+        "{status:#}"
+    );
+    let page = w.metrics_page();
+    assert!(
+        page.contains("mkectl_component_up{component=\"konnectivity-agent\"} 1"),
+        "{page}"
+    );
+    // Nothing to renew here: the worker's certificates come from its join.
+    let out = w.cmd(&["certs", "renew", "--all"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("comes from its join"), "{err}");
+
     signal(pw.pid(), libc::SIGTERM);
     let st = pw.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "{st:?}\n{}", pw.log_text());

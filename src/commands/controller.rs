@@ -171,7 +171,8 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             paths: paths.clone(),
             node_name: node_name.clone(),
             node_address,
-            pki_spec: self::pki_spec(&cfg, &paths, &node_name, args.enable_worker),
+            pki_spec: Some(self::pki_spec(&cfg, &paths, &node_name, args.enable_worker)),
+            etcd: enabled(etcd::NAME),
             metrics: ctx.metrics.clone(),
         };
         let _ops = ops::start(ops, manager.handle(), &cancel).await?;

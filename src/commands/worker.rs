@@ -125,6 +125,19 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
 
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone())?;
+        // Status socket and /metrics; no rotation here: the agent
+        // certificate comes from the join and kubelet rotates its own.
+        let ops = crate::ops::OpsSettings {
+            role: "worker",
+            cfg: cfg.clone(),
+            paths: paths.clone(),
+            node_name: ctx.state.node_name.clone(),
+            node_address,
+            pki_spec: None,
+            etcd: false,
+            metrics: Default::default(),
+        };
+        let _ops = crate::ops::start(ops, manager.handle(), &cancel).await?;
         run_until_signal(&mut manager, &cancel, started, "worker", |_| {}).await
     }
     .instrument(span)

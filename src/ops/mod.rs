@@ -2,7 +2,8 @@
 //! Prometheus endpoint, live leaf rotation (`certs renew`), backup and
 //! restore.
 //!
-//! [`start`] wires the node-side services into a controller in one call.
+//! [`start`] wires the node-side services into a controller or a worker in
+//! one call.
 //! Other parts of mkectl feed them through two seams:
 //!
 //! * components: `Component::supervised`, `uses_certs`, `restart` and
@@ -69,8 +70,11 @@ pub struct OpsSettings {
     pub node_name: String,
     pub node_address: IpAddr,
     /// The same spec the controller ensured its PKI with, so rotation
-    /// reissues nothing else.
-    pub pki_spec: PkiSpec,
+    /// reissues nothing else; `None` on a worker (no rotation, no
+    /// `certs renew`: its certificates come from the join).
+    pub pki_spec: Option<PkiSpec>,
+    /// Whether this node runs etcd (its membership shows in the status).
+    pub etcd: bool,
     pub metrics: Arc<Metrics>,
 }
 
@@ -81,31 +85,36 @@ pub struct OpsServices {
 }
 
 /// Binds the status socket and the metrics endpoint (errors here fail the
-/// start) and spawns the rotation loop; everything stops with `cancel`.
+/// start) and, on a controller, spawns the rotation loop; everything stops
+/// with `cancel`.
 pub async fn start(
     s: OpsSettings,
     manager: ManagerHandle,
     cancel: &CancellationToken,
 ) -> Result<OpsServices, OpsError> {
     let pki = PkiPaths::new(&s.paths.pki_dir());
-    let etcd = etcd_info::EtcdInfo::new(
-        format!("https://127.0.0.1:{}", s.cfg.spec.etcd.client_port),
-        EtcdClientTls {
-            ca: pki.etcd_ca.cert.clone(),
-            cert: pki.apiserver_etcd_client.cert.clone(),
-            key: pki.apiserver_etcd_client.key.clone(),
-        },
-    );
+    let etcd = s.etcd.then(|| {
+        etcd_info::EtcdInfo::new(
+            format!("https://127.0.0.1:{}", s.cfg.spec.etcd.client_port),
+            EtcdClientTls {
+                ca: pki.etcd_ca.cert.clone(),
+                cert: pki.apiserver_etcd_client.cert.clone(),
+                key: pki.apiserver_etcd_client.key.clone(),
+            },
+        )
+    });
     let collector = Arc::new(collect::Collector {
         role: s.role,
         node_name: s.node_name.clone(),
         node_address: s.node_address,
         pki_dir: pki.dir.clone(),
         manager: manager.clone(),
-        etcd: Some(etcd),
+        etcd,
         started: Instant::now(),
     });
-    let rotator = Arc::new(rotation::Rotator::new(s.pki_spec, manager, cancel.clone()));
+    let rotator = s
+        .pki_spec
+        .map(|spec| Arc::new(rotation::Rotator::new(spec, manager, cancel.clone())));
     let ip: IpAddr = s
         .cfg
         .spec
@@ -128,7 +137,9 @@ pub async fn start(
         metrics = %metrics_addr,
         "status socket and metrics endpoint listening"
     );
-    tokio::spawn(rotator.run());
+    if let Some(rotator) = rotator {
+        tokio::spawn(rotator.run());
+    }
     Ok(OpsServices {
         _socket: socket,
         metrics_addr,

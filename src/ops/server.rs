@@ -48,7 +48,9 @@ pub struct ApiError {
 #[derive(Clone)]
 struct AppState {
     collector: Arc<Collector>,
-    rotator: Arc<Rotator>,
+    /// `None` on a worker: its certificates come from the join and kubelet
+    /// rotates its own.
+    rotator: Option<Arc<Rotator>>,
     metrics: Arc<Metrics>,
 }
 
@@ -65,11 +67,17 @@ async fn renew(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
     };
-    let leaves = match parse_leaves(&req.certificates, req.all, &s.rotator.leaves()) {
+    let Some(rotator) = &s.rotator else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "this node maintains no certificates of its own: a worker's agent certificate comes from its join (join again after `mkectl reset` to replace it) and kubelet rotates its own".into(),
+        );
+    };
+    let leaves = match parse_leaves(&req.certificates, req.all, &rotator.leaves()) {
         Ok(l) => l,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, e),
     };
-    match s.rotator.renew(leaves).await {
+    match rotator.renew(leaves).await {
         Ok(outcome) => Json(outcome).into_response(),
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -151,7 +159,7 @@ pub async fn serve(
     socket: &Path,
     metrics_addr: SocketAddr,
     collector: Arc<Collector>,
-    rotator: Arc<Rotator>,
+    rotator: Option<Arc<Rotator>>,
     metrics_registry: Arc<Metrics>,
     cancel: &CancellationToken,
 ) -> Result<(SocketGuard, SocketAddr), OpsError> {
