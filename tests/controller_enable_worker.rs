@@ -22,13 +22,20 @@ const START: Duration = Duration::from_secs(60);
 const KUBE_AND_KUBELET: &str = "kube-apiserver,kube-controller-manager,kube-scheduler,kubelet";
 
 fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    output_ok(Command::new("openssl").args(args))
+}
+
+/// `openssl verify` of a client certificate against `ca`.
+fn verify_client(ca: &Path, cert: &Path) {
+    let out = openssl(&[
+        "verify",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+    ]);
+    assert!(out.contains("OK"), "{out}");
 }
 
 fn mode(p: &Path) -> u32 {
@@ -92,18 +99,7 @@ async fn controller_runs_containerd_and_an_agent_tunnelling_to_this_node() {
         node.child_pid("containerd").map(i64::from),
         "{status:#}"
     );
-    let sock = node.run.join("containerd/containerd.sock");
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(&sock)
-        .arg("version")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ctr_answers(&node.run.join("containerd/containerd.sock"));
 
     // What kube-apiserver does for logs/exec: dial a node address through
     // the egress socket; the embedded agent reaches it.
@@ -133,27 +129,9 @@ async fn controller_runs_containerd_and_an_agent_tunnelling_to_this_node() {
         subject.contains("CN=system:node:ew-1") && subject.contains("O=system:nodes"),
         "{subject}"
     );
-    let ca = node.pki("ca.crt");
-    let verify = openssl(&[
-        "verify",
-        "-purpose",
-        "sslclient",
-        "-CAfile",
-        ca.to_str().unwrap(),
-        kubelet_cert.to_str().unwrap(),
-    ]);
-    assert!(verify.contains("OK"), "{verify}");
-    let kca = node.pki("konnectivity/ca.crt");
+    verify_client(&node.pki("ca.crt"), &kubelet_cert);
     let agent_cert = node.pki("konnectivity/agent.crt");
-    let verify = openssl(&[
-        "verify",
-        "-purpose",
-        "sslclient",
-        "-CAfile",
-        kca.to_str().unwrap(),
-        agent_cert.to_str().unwrap(),
-    ]);
-    assert!(verify.contains("OK"), "{verify}");
+    verify_client(&node.pki("konnectivity/ca.crt"), &agent_cert);
     for key in [
         "kubelet-client.key",
         "konnectivity/agent.key",
@@ -161,24 +139,12 @@ async fn controller_runs_containerd_and_an_agent_tunnelling_to_this_node() {
     ] {
         assert_eq!(mode(&node.pki(key)), 0o600, "{key}");
     }
-    let view = Command::new("kubectl")
-        .args([
-            "config",
-            "view",
-            "--raw=false",
-            "-o",
-            "json",
-            "--kubeconfig",
-        ])
-        .arg(node.pki("kubelet.conf"))
-        .output()
-        .unwrap();
-    assert!(
-        view.status.success(),
-        "{}",
-        String::from_utf8_lossy(&view.stderr)
+    let view = output_ok(
+        Command::new("kubectl")
+            .args(["config", "view", "-o", "json", "--kubeconfig"])
+            .arg(node.pki("kubelet.conf")),
     );
-    let view: serde_json::Value = serde_json::from_slice(&view.stdout).unwrap();
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
     assert_eq!(view["users"][0]["name"], "system:node:ew-1");
     assert_eq!(
         view["clusters"][0]["cluster"]["server"],

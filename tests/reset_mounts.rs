@@ -23,28 +23,44 @@ impl Drop for MountGuard {
 }
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::output_ok(Command::new(args[0]).args(&args[1..]));
+}
+
+/// A temp dir (unmounted below on drop) with `data`, `run`, `outside`.
+struct Dirs {
+    _guard: MountGuard,
+    tmp: tempfile::TempDir,
+    data: PathBuf,
+    run: PathBuf,
+    outside: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let tmp = tempfile::tempdir().unwrap();
+    Dirs {
+        _guard: MountGuard(tmp.path().to_path_buf()),
+        data: tmp.path().join("data"),
+        run: tmp.path().join("run"),
+        outside: tmp.path().join("outside"),
+        tmp,
+    }
+}
+
+/// Runs `mkectl reset` and asserts it succeeded; returns its stdout.
+fn reset_ok(d: &Dirs) -> String {
+    common::output_ok(
+        Command::new(MKECTL)
+            .arg("--data-dir")
+            .arg(&d.data)
+            .arg("--run-dir")
+            .arg(&d.run)
+            .arg("reset"),
+    )
 }
 
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = fs::read_to_string(mkectl::mounts::MOUNTINFO).unwrap();
     mkectl::mounts::mounts_below(&info, &mkectl::mounts::canonical_dirs(&[dir]))
-}
-
-fn reset(data: &Path, run: &Path) -> std::process::Output {
-    Command::new(MKECTL)
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--run-dir")
-        .arg(run)
-        .arg("reset")
-        .output()
-        .unwrap()
 }
 
 /// A worker's data dir (what `reset` recognises) with a pod's volumes
@@ -75,26 +91,15 @@ fn worker_with_volumes(data: &Path, outside: &Path) {
 
 #[test]
 fn reset_detaches_pod_volumes_before_deleting_and_spares_what_they_point_at() {
-    let tmp = tempfile::tempdir().unwrap();
-    let _guard = MountGuard(tmp.path().to_path_buf());
-    let (data, run, outside) = (
-        tmp.path().join("data"),
-        tmp.path().join("run"),
-        tmp.path().join("outside"),
-    );
-    worker_with_volumes(&data, &outside);
-    assert_eq!(mounts_under(&data).len(), 2);
+    let d = dirs();
+    worker_with_volumes(&d.data, &d.outside);
+    assert_eq!(mounts_under(&d.data).len(), 2);
 
-    let out = reset(&data, &run);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!data.exists(), "data dir removed");
-    assert!(mounts_under(tmp.path()).is_empty(), "no mount left");
+    reset_ok(&d);
+    assert!(!d.data.exists(), "data dir removed");
+    assert!(mounts_under(d.tmp.path()).is_empty(), "no mount left");
     assert_eq!(
-        fs::read_to_string(outside.join("keep")).unwrap(),
+        fs::read_to_string(d.outside.join("keep")).unwrap(),
         "host data",
         "the bind mount's source was not deleted through it"
     );
@@ -102,36 +107,21 @@ fn reset_detaches_pod_volumes_before_deleting_and_spares_what_they_point_at() {
 
 #[test]
 fn a_data_dir_on_its_own_mount_is_emptied_and_kept_mounted() {
-    let tmp = tempfile::tempdir().unwrap();
-    let _guard = MountGuard(tmp.path().to_path_buf());
-    let (data, run, outside) = (
-        tmp.path().join("data"),
-        tmp.path().join("run"),
-        tmp.path().join("outside"),
-    );
-    fs::create_dir_all(&data).unwrap();
-    sh(&["mount", "-t", "tmpfs", "tmpfs", data.to_str().unwrap()]);
-    worker_with_volumes(&data, &outside);
+    let d = dirs();
+    fs::create_dir_all(&d.data).unwrap();
+    sh(&["mount", "-t", "tmpfs", "tmpfs", d.data.to_str().unwrap()]);
+    worker_with_volumes(&d.data, &d.outside);
 
-    let out = reset(&data, &run);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("kept"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert_eq!(fs::read_dir(&data).unwrap().count(), 0, "emptied");
+    let stdout = reset_ok(&d);
+    assert!(stdout.contains("kept"), "{stdout}");
+    assert_eq!(fs::read_dir(&d.data).unwrap().count(), 0, "emptied");
     assert_eq!(
-        mounts_under(&data),
-        [data.canonicalize().unwrap()],
+        mounts_under(&d.data),
+        [d.data.canonicalize().unwrap()],
         "only the data dir's own mount is left"
     );
     assert_eq!(
-        fs::read_to_string(outside.join("keep")).unwrap(),
+        fs::read_to_string(d.outside.join("keep")).unwrap(),
         "host data"
     );
 }

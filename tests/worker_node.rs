@@ -46,18 +46,7 @@ async fn worker_runs_containerd_and_agent_and_stops_clean() {
 
     // containerd came up from the generated config with its socket in the
     // worker's run dir.
-    let sock = w.run.join("containerd/containerd.sock");
-    let out = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(&sock)
-        .arg("version")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ctr_answers(&w.run.join("containerd/containerd.sock"));
     let config = std::fs::read_to_string(w.data.join("containerd/config.toml")).unwrap();
     assert!(config.contains(&w.data.join("containerd").display().to_string()));
     let cd_pid = w.child_pid("containerd").expect("containerd pid file");

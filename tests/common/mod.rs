@@ -22,6 +22,31 @@ pub const NO_KUBE_BINARIES: &[&str] = &[
     "kube-apiserver,kube-controller-manager,kube-scheduler",
 ];
 
+/// Runs `cmd`, asserts it succeeded (showing its stderr if not) and returns
+/// its stdout.
+pub fn output_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ctr version` against a containerd socket: containerd answers.
+pub fn ctr_answers(socket: &Path) {
+    output_ok(
+        Command::new("ctr")
+            .arg("--address")
+            .arg(socket)
+            .arg("version"),
+    );
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
