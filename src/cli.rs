@@ -1,10 +1,13 @@
 //! Command-line definitions (clap derive) and nothing else: behaviour lives in
 //! `commands/`.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::defaults;
 use crate::telemetry::LogFormat;
 
 /// Default data directory (PKI, etcd data, manifests, staged binaries).
@@ -70,7 +73,7 @@ pub enum Command {
     /// Run a standalone konnectivity server or agent (drop-in for upstream's
     /// proxy-server / proxy-agent).
     #[command(subcommand)]
-    Konnectivity(crate::commands::konnectivity::KonnectivityCommand),
+    Konnectivity(KonnectivityCommand),
     /// Create, list and invalidate join tokens (on a running controller).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -108,7 +111,7 @@ pub enum TokenCommand {
         role: TokenRole,
         /// Validity (e.g. 1h, 24h, 7d); 0 = until invalidated.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
-        expiry: std::time::Duration,
+        expiry: Duration,
         /// Free text shown by `token list`.
         #[arg(long, default_value = "")]
         description: String,
@@ -149,7 +152,7 @@ pub struct WorkerArgs {
     pub address: Option<std::net::IpAddr>,
     /// How often the controller list is refreshed from the join API.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub refresh_interval: std::time::Duration,
+    pub refresh_interval: Duration,
     /// Konnectivity agent /healthz /readyz /metrics port; 0 = off.
     #[arg(long, default_value_t = DEFAULT_AGENT_ADMIN_PORT)]
     pub agent_admin_port: u16,
@@ -408,4 +411,118 @@ pub struct InstallArgs {
         value_name = "FLAGS"
     )]
     pub flags: Vec<String>,
+}
+
+/// `mkectl konnectivity server|agent`, with upstream's flag names where
+/// they mean the same.
+#[derive(Debug, Subcommand)]
+pub enum KonnectivityCommand {
+    /// Run a konnectivity server (upstream `proxy-server`).
+    Server(Box<ServerArgs>),
+    /// Run a konnectivity agent (upstream `proxy-agent`).
+    Agent(Box<AgentArgs>),
+}
+
+/// Frontend protocol of a standalone konnectivity server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Grpc,
+    HttpConnect,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Frontend protocol on --uds-name / --server-port.
+    #[arg(long, value_enum, default_value_t = Mode::Grpc)]
+    pub mode: Mode,
+    /// Frontend unix socket (kube-apiserver's egress selector udsName).
+    #[arg(long)]
+    pub uds_name: Option<PathBuf>,
+    /// Also serve HTTP-CONNECT on this unix socket (gRPC mode).
+    #[arg(long)]
+    pub http_connect_uds_name: Option<PathBuf>,
+    /// Replace a stale socket file at --uds-name.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub delete_existing_uds_file: bool,
+    /// TCP frontend port (HTTP-CONNECT with mTLS); 0 = none.
+    #[arg(long, default_value_t = 0)]
+    pub server_port: u16,
+    #[arg(long, default_value = "0.0.0.0")]
+    pub server_bind_address: IpAddr,
+    /// TCP frontend certificate, key, and the CA clients must chain to.
+    #[arg(long)]
+    pub server_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub server_key: Option<PathBuf>,
+    #[arg(long)]
+    pub server_ca_cert: Option<PathBuf>,
+    /// Agent listener port.
+    #[arg(long, default_value_t = defaults::KONNECTIVITY_AGENT_PORT)]
+    pub agent_port: u16,
+    #[arg(long, default_value = "0.0.0.0")]
+    pub agent_bind_address: IpAddr,
+    /// Agent listener certificate and key.
+    #[arg(long)]
+    pub cluster_cert: PathBuf,
+    #[arg(long)]
+    pub cluster_key: PathBuf,
+    /// CA that agent client certificates must chain to (required).
+    #[arg(long)]
+    pub cluster_ca_cert: PathBuf,
+    /// /healthz /readyz /metrics port (upstream's --health-port serves the
+    /// same endpoints); 0 = off.
+    #[arg(long, alias = "health-port", default_value_t = defaults::KONNECTIVITY_ADMIN_PORT)]
+    pub admin_port: u16,
+    #[arg(long, alias = "health-bind-address", default_value = "127.0.0.1")]
+    pub admin_bind_address: IpAddr,
+    /// This server's id (`serverid` header).
+    #[arg(long, env = "PROXY_SERVER_ID")]
+    pub server_id: Option<String>,
+    /// Number of servers (`servercount` header).
+    #[arg(long, default_value_t = 1)]
+    pub server_count: u32,
+    /// Backend choice, comma separated: default, destHost, defaultRoute.
+    #[arg(long, default_value = "default")]
+    pub proxy_strategies: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Proxy server host(s): repeat or comma separate; `host` or
+    /// `host:port`. The agent keeps one connection per distinct server.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    pub proxy_server_host: Vec<String>,
+    /// Port for hosts given without one.
+    #[arg(long, default_value_t = defaults::KONNECTIVITY_AGENT_PORT)]
+    pub proxy_server_port: u16,
+    /// CA the servers' certificates must chain to.
+    #[arg(long)]
+    pub ca_cert: PathBuf,
+    /// Client certificate and key presented to servers.
+    #[arg(long)]
+    pub agent_cert: PathBuf,
+    #[arg(long)]
+    pub agent_key: PathBuf,
+    #[arg(long, env = "PROXY_AGENT_ID")]
+    pub agent_id: Option<String>,
+    /// URL-encoded identifiers: host, ipv4, ipv6, cidr, default-route.
+    #[arg(long, default_value = "")]
+    pub agent_identifiers: String,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sync_interval: Duration,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub sync_interval_cap: Duration,
+    /// Endpoint dial timeout.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dial_timeout: Duration,
+    /// /healthz /readyz /metrics port (upstream's --health-server-port
+    /// serves the same); 0 = off.
+    #[arg(long, alias = "health-server-port", alias = "admin-server-port", default_value_t = DEFAULT_AGENT_ADMIN_PORT)]
+    pub admin_port: u16,
+    #[arg(long, alias = "health-server-host", default_value = "127.0.0.1")]
+    pub admin_bind_address: IpAddr,
+    /// After the first signal, how long to wait for open connections to
+    /// finish before exiting.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
 }

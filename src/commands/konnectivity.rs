@@ -4,138 +4,20 @@
 //! First SIGTERM/SIGINT drains, a second one exits at once.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Subcommand, ValueEnum};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::{AgentArgs, KonnectivityCommand, Mode, ServerArgs};
 use crate::exit::UsageError;
 use crate::konnectivity::{
     Agent, AgentConfig, ProxyStrategy, Server, ServerAddr, ServerConfig, TlsFiles,
 };
 
-/// Default agent listener port (DESIGN.md; upstream's default is 8091).
-pub const DEFAULT_AGENT_PORT: u16 = 8132;
-/// Default server admin port: /healthz /readyz /metrics.
-pub const DEFAULT_SERVER_ADMIN_PORT: u16 = 8133;
-/// Default agent admin port (upstream's agent health port).
-pub const DEFAULT_AGENT_ADMIN_PORT: u16 = 8093;
 /// How long a stop may take before the process exits anyway.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(15);
-
-#[derive(Debug, Subcommand)]
-pub enum KonnectivityCommand {
-    /// Run a konnectivity server (upstream `proxy-server`).
-    Server(Box<ServerArgs>),
-    /// Run a konnectivity agent (upstream `proxy-agent`).
-    Agent(Box<AgentArgs>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    Grpc,
-    HttpConnect,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct ServerArgs {
-    /// Frontend protocol on --uds-name / --server-port.
-    #[arg(long, value_enum, default_value_t = Mode::Grpc)]
-    pub mode: Mode,
-    /// Frontend unix socket (kube-apiserver's egress selector udsName).
-    #[arg(long)]
-    pub uds_name: Option<PathBuf>,
-    /// Also serve HTTP-CONNECT on this unix socket (gRPC mode).
-    #[arg(long)]
-    pub http_connect_uds_name: Option<PathBuf>,
-    /// Replace a stale socket file at --uds-name.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub delete_existing_uds_file: bool,
-    /// TCP frontend port (HTTP-CONNECT with mTLS); 0 = none.
-    #[arg(long, default_value_t = 0)]
-    pub server_port: u16,
-    #[arg(long, default_value = "0.0.0.0")]
-    pub server_bind_address: IpAddr,
-    /// TCP frontend certificate, key, and the CA clients must chain to.
-    #[arg(long)]
-    pub server_cert: Option<PathBuf>,
-    #[arg(long)]
-    pub server_key: Option<PathBuf>,
-    #[arg(long)]
-    pub server_ca_cert: Option<PathBuf>,
-    /// Agent listener port.
-    #[arg(long, default_value_t = DEFAULT_AGENT_PORT)]
-    pub agent_port: u16,
-    #[arg(long, default_value = "0.0.0.0")]
-    pub agent_bind_address: IpAddr,
-    /// Agent listener certificate and key.
-    #[arg(long)]
-    pub cluster_cert: PathBuf,
-    #[arg(long)]
-    pub cluster_key: PathBuf,
-    /// CA that agent client certificates must chain to (required).
-    #[arg(long)]
-    pub cluster_ca_cert: PathBuf,
-    /// /healthz /readyz /metrics port (upstream's --health-port serves the
-    /// same endpoints); 0 = off.
-    #[arg(long, alias = "health-port", default_value_t = DEFAULT_SERVER_ADMIN_PORT)]
-    pub admin_port: u16,
-    #[arg(long, alias = "health-bind-address", default_value = "127.0.0.1")]
-    pub admin_bind_address: IpAddr,
-    /// This server's id (`serverid` header).
-    #[arg(long, env = "PROXY_SERVER_ID")]
-    pub server_id: Option<String>,
-    /// Number of servers (`servercount` header).
-    #[arg(long, default_value_t = 1)]
-    pub server_count: u32,
-    /// Backend choice, comma separated: default, destHost, defaultRoute.
-    #[arg(long, default_value = "default")]
-    pub proxy_strategies: String,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct AgentArgs {
-    /// Proxy server host(s): repeat or comma separate; `host` or
-    /// `host:port`. The agent keeps one connection per distinct server.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
-    pub proxy_server_host: Vec<String>,
-    /// Port for hosts given without one.
-    #[arg(long, default_value_t = DEFAULT_AGENT_PORT)]
-    pub proxy_server_port: u16,
-    /// CA the servers' certificates must chain to.
-    #[arg(long)]
-    pub ca_cert: PathBuf,
-    /// Client certificate and key presented to servers.
-    #[arg(long)]
-    pub agent_cert: PathBuf,
-    #[arg(long)]
-    pub agent_key: PathBuf,
-    #[arg(long, env = "PROXY_AGENT_ID")]
-    pub agent_id: Option<String>,
-    /// URL-encoded identifiers: host, ipv4, ipv6, cidr, default-route.
-    #[arg(long, default_value = "")]
-    pub agent_identifiers: String,
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub sync_interval: Duration,
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub sync_interval_cap: Duration,
-    /// Endpoint dial timeout.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub dial_timeout: Duration,
-    /// /healthz /readyz /metrics port (upstream's --health-server-port
-    /// serves the same); 0 = off.
-    #[arg(long, alias = "health-server-port", alias = "admin-server-port", default_value_t = DEFAULT_AGENT_ADMIN_PORT)]
-    pub admin_port: u16,
-    #[arg(long, alias = "health-server-host", default_value = "127.0.0.1")]
-    pub admin_bind_address: IpAddr,
-    /// After the first signal, how long to wait for open connections to
-    /// finish before exiting.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Duration,
-}
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
