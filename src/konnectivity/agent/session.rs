@@ -16,7 +16,7 @@ use tonic::transport::Endpoint;
 use tonic::Streaming;
 
 use super::{ServerAddr, ServerConn, Shared, COMPONENT, CONNECT_TIMEOUT};
-use crate::konnectivity::io::{ChunkRead, Progress};
+use crate::konnectivity::io::{ChunkRead, Progress, ReadBuffered, TLS_WRITE_BUFFER};
 use crate::konnectivity::metrics::{FROM_SERVER, TO_SERVER};
 use crate::konnectivity::proto::agent_service_client::AgentServiceClient;
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
@@ -87,7 +87,8 @@ async fn connect_inner(
         async move {
             let tcp = TcpStream::connect(&target).await?;
             let _ = tcp.set_nodelay(true);
-            let stream = tls.connect(server_name, tcp).await?;
+            let mut stream = tls.connect(server_name, ReadBuffered::new(tcp)).await?;
+            stream.get_mut().1.set_buffer_limit(Some(TLS_WRITE_BUFFER));
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });

@@ -17,6 +17,7 @@ use super::tunnels::DialOutcome;
 use super::{
     Delivery, Shared, BACKEND_CTRL_QUEUE, CONN_WINDOW, MAX_DECODE, MAX_FRAME, STREAM_WINDOW,
 };
+use crate::konnectivity::io::{ReadBuffered, TLS_WRITE_BUFFER};
 use crate::konnectivity::metrics::{FROM_AGENT, TO_AGENT, TO_CLIENT};
 use crate::konnectivity::proto::agent_service_server::{AgentService, AgentServiceServer};
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
@@ -30,10 +31,11 @@ pub(crate) const AGENT_GONE: &str = "Backend context error: agent disconnected";
 
 const COMPONENT: &str = "konnectivity-server";
 
+/// One accepted agent connection: TLS over a read-buffered socket.
+type AgentStream = tokio_rustls::server::TlsStream<ReadBuffered<tokio::net::TcpStream>>;
+
 pub(crate) fn spawn(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    let (tx, rx) = mpsc::channel::<
-        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-    >(64);
+    let (tx, rx) = mpsc::channel::<Result<AgentStream, std::io::Error>>(64);
     let acceptor = TlsAcceptor::from(tls);
     let s = shared.clone();
     shared.tracker.spawn(async move {
@@ -56,10 +58,11 @@ pub(crate) fn spawn(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls:
             s.tracker.spawn(async move {
                 let hs = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)) => r,
+                    r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadBuffered::new(sock))) => r,
                 };
                 match hs {
-                    Ok(Ok(tls)) => {
+                    Ok(Ok(mut tls)) => {
+                        tls.get_mut().1.set_buffer_limit(Some(TLS_WRITE_BUFFER));
                         let _ = tx.send(Ok(tls)).await;
                     }
                     Ok(Err(e)) => {
