@@ -18,7 +18,6 @@ use tonic::Streaming;
 use super::{ServerAddr, ServerConn, Shared, COMPONENT, CONNECT_TIMEOUT};
 use crate::konnectivity::io::{ChunkRead, Progress, ReadBuffered, TLS_WRITE_BUFFER};
 use crate::konnectivity::metrics::{FROM_SERVER, TO_SERVER};
-use crate::konnectivity::proto::agent_service_client::AgentServiceClient;
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
 use crate::konnectivity::server::{CONN_WINDOW, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
 
@@ -101,9 +100,6 @@ async fn connect_inner(
         .connect_with_connector(connector)
         .await
         .map_err(|e| ConnectError::Transport(error_chain(&e)))?;
-    let mut client = AgentServiceClient::new(channel.clone())
-        .max_decoding_message_size(MAX_DECODE)
-        .max_encoding_message_size(MAX_DECODE);
 
     let (data_tx, data_rx) = mpsc::channel::<Packet>(DATA_QUEUE);
     let (ctrl_tx, ctrl_rx) = mpsc::channel::<Packet>(CTRL_QUEUE);
@@ -126,8 +122,7 @@ async fn connect_inner(
             })
         },
     );
-    let mut req = tonic::Request::new(outbound);
-    let md = req.metadata_mut();
+    let mut md = tonic::metadata::MetadataMap::new();
     md.insert(
         "agentid",
         shared
@@ -142,10 +137,15 @@ async fn connect_inner(
             .parse()
             .map_err(|_| ConnectError::Headers("identifiers are not a valid header".into()))?,
     );
-    let resp = client
-        .connect(req)
-        .await
-        .map_err(|s| ConnectError::Transport(format!("Connect: {}: {}", s.code(), s.message())))?;
+    let resp = crate::konnectivity::wire::call(
+        &channel,
+        "/AgentService/Connect",
+        md,
+        outbound,
+        MAX_DECODE,
+    )
+    .await
+    .map_err(|s| ConnectError::Transport(format!("Connect: {}: {}", s.code(), s.message())))?;
     let md = resp.metadata();
     let ids: Vec<_> = md.get_all("serverid").iter().collect();
     if ids.len() != 1 {

@@ -1,11 +1,9 @@
 //! The agent listener: TLS with a required client certificate from the
 //! konnectivity CA, ALPN h2, `AgentService/Connect` streams.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -19,8 +17,9 @@ use super::{
 };
 use crate::konnectivity::io::{ReadBuffered, TLS_WRITE_BUFFER};
 use crate::konnectivity::metrics::{FROM_AGENT, TO_AGENT, TO_CLIENT};
-use crate::konnectivity::proto::agent_service_server::{AgentService, AgentServiceServer};
+use crate::konnectivity::proto::agent_service_server::AgentService;
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
+use crate::konnectivity::wire::{AgentServiceName, PacketService, PacketStream};
 
 /// TLS handshakes that take longer are dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,11 +75,17 @@ pub(crate) fn spawn(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls:
         }
     });
 
-    let svc = AgentServiceServer::new(AgentSvc {
+    let agent_svc = Arc::new(AgentSvc {
         shared: shared.clone(),
-    })
-    .max_decoding_message_size(MAX_DECODE)
-    .max_encoding_message_size(MAX_DECODE);
+    });
+    let svc = PacketService::<AgentServiceName>::new(
+        "/AgentService/Connect",
+        MAX_DECODE,
+        Arc::new(move |req| {
+            let s = agent_svc.clone();
+            Box::pin(async move { s.connect(req).await })
+        }),
+    );
     let cancel = shared.cancel.clone();
     shared.tracker.spawn(async move {
         let serve = tonic::transport::Server::builder()
@@ -105,8 +110,6 @@ pub(crate) fn spawn(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls:
 struct AgentSvc {
     shared: Arc<Shared>,
 }
-
-type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send + 'static>>;
 
 fn one_header(
     md: &tonic::metadata::MetadataMap,

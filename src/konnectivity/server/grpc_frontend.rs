@@ -3,12 +3,10 @@
 //! konnectivity-client speak. One dial per stream; many streams per
 //! connection.
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -18,8 +16,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::tunnels::{FrontendKind, FrontendLink};
 use super::{Shared, CONN_WINDOW, DEFAULT_SEND_TIMEOUT, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
 use crate::konnectivity::metrics::{FROM_CLIENT, TO_AGENT, TO_CLIENT};
-use crate::konnectivity::proto::proxy_service_server::{ProxyService, ProxyServiceServer};
+use crate::konnectivity::proto::proxy_service_server::ProxyService;
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
+use crate::konnectivity::wire::{PacketService, PacketStream, ProxyServiceName};
 
 const COMPONENT: &str = "konnectivity-server";
 /// After shutdown starts, how long the gRPC server may take to finish.
@@ -28,11 +27,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const MAX_STREAMS: u32 = 1 << 20;
 
 pub(crate) fn spawn_uds(shared: Arc<Shared>, listener: UnixListener) {
-    let svc = ProxyServiceServer::new(ProxySvc {
+    let proxy_svc = Arc::new(ProxySvc {
         shared: shared.clone(),
-    })
-    .max_decoding_message_size(MAX_DECODE)
-    .max_encoding_message_size(MAX_DECODE);
+    });
+    let svc = PacketService::<ProxyServiceName>::new(
+        "/ProxyService/Proxy",
+        MAX_DECODE,
+        Arc::new(move |req| {
+            let s = proxy_svc.clone();
+            Box::pin(async move { s.proxy(req).await })
+        }),
+    );
     let cancel = shared.cancel.clone();
     shared.tracker.spawn(async move {
         let serve = tonic::transport::Server::builder()
@@ -57,8 +62,6 @@ pub(crate) fn spawn_uds(shared: Arc<Shared>, listener: UnixListener) {
 struct ProxySvc {
     shared: Arc<Shared>,
 }
-
-type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl ProxyService for ProxySvc {
