@@ -23,10 +23,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::PollSender;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Streaming;
 
 use super::proto::{Packet, PacketType, Payload, MAX_DATA_CHUNK};
 use super::server::{CONN_WINDOW, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
+use super::wire::PacketStreaming;
 use super::KonnectivityError;
 
 /// konnectivity-client's backstop for a DIAL_RSP.
@@ -168,11 +168,7 @@ impl std::fmt::Debug for TunnelConn {
     }
 }
 
-async fn pump(
-    mut inbound: Streaming<Packet>,
-    out: mpsc::Sender<io::Result<Bytes>>,
-    connect_id: i64,
-) {
+async fn pump(mut inbound: PacketStreaming, out: mpsc::Sender<io::Result<Bytes>>, connect_id: i64) {
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
@@ -234,7 +230,7 @@ async fn pump(
 }
 
 impl TunnelConn {
-    fn new(connect_id: i64, tx: mpsc::Sender<Packet>, inbound: Streaming<Packet>) -> Self {
+    fn new(connect_id: i64, tx: mpsc::Sender<Packet>, inbound: PacketStreaming) -> Self {
         let (out_tx, out_rx) = mpsc::channel(QUEUE);
         tokio::spawn(pump(inbound, out_tx, connect_id));
         TunnelConn {

@@ -39,7 +39,7 @@ impl TrimPolicy {
 
 /// Free memory glibc keeps at the top of an arena before handing it back on
 /// its own (its default is 128 KiB, raised dynamically up to 64 MiB).
-pub const ALLOCATOR_TRIM_THRESHOLD: usize = 8 * 1024 * 1024;
+pub const ALLOCATOR_TRIM_THRESHOLD: usize = 16 * 1024 * 1024;
 /// Allocations from this size on get their own mapping (glibc: 128 KiB,
 /// dynamic). Read buffers and HTTP/2 frames stay below it.
 pub const ALLOCATOR_MMAP_THRESHOLD: usize = 1024 * 1024;

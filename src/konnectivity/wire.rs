@@ -7,28 +7,32 @@
 //! every protobuf byte before the payload) followed by the payload `Bytes`
 //! itself, as two body chunks; the bytes on the wire are exactly what prost
 //! and tonic would have sent (tests compare them). Other packets are
-//! encoded whole. Receiving still uses tonic's [`Streaming`].
+//! encoded whole.
+//!
+//! Receiving ([`PacketStreaming`]) likewise parses messages straight out of
+//! the HTTP/2 DATA frames: a payload that arrived in one frame becomes a
+//! slice of it (tonic copied every frame into its decode buffer first).
 //!
 //! [`serve`] wraps a streaming handler as a tonic-routable service;
 //! [`call`] opens a bidirectional stream over a tonic [`Channel`].
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::Stream;
 use hyper::body::{Body, Frame};
 use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
-use tonic::codec::{Codec, Streaming};
 use tonic::metadata::{MetadataMap, GRPC_CONTENT_TYPE};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::proto::{Packet, Payload, TunnelCodec};
+use super::proto::{Packet, Payload};
 
 /// gRPC message prefix: compression flag and big-endian length.
 const PREFIX: usize = 5;
@@ -189,7 +193,7 @@ impl Body for PacketBody {
 /// What a [`serve`]d RPC runs: the request stream in, packets out.
 pub type Handler = Arc<
     dyn Fn(
-            Request<Streaming<Packet>>,
+            Request<PacketStreaming>,
         ) -> Pin<Box<dyn Future<Output = Result<Response<PacketStream>, Status>> + Send>>
         + Send
         + Sync,
@@ -275,14 +279,8 @@ where
         let handler = self.handler.clone();
         let max = self.max_decode;
         Box::pin(async move {
-            let req = req.map(|body| {
-                Streaming::new_request(
-                    TunnelCodec::<Packet, Packet>::default().decoder(),
-                    body,
-                    None,
-                    Some(max),
-                )
-            });
+            let req = req
+                .map(|body| PacketStreaming::new(tonic::body::Body::new(body), Role::Server, max));
             match handler(Request::from_http(req)).await {
                 Ok(resp) => {
                     let (md, stream, _) = resp.into_parts();
@@ -310,7 +308,7 @@ pub async fn call(
     metadata: MetadataMap,
     source: impl Stream<Item = Packet> + Send + 'static,
     max_decode: usize,
-) -> Result<Response<Streaming<Packet>>, Status> {
+) -> Result<Response<PacketStreaming>, Status> {
     use futures::StreamExt;
     use tower::{Service, ServiceExt};
 
@@ -332,22 +330,219 @@ pub async fn call(
         .call(req)
         .await
         .map_err(|e| Status::from_error(Box::new(e)))?;
-    let decoder = TunnelCodec::<Packet, Packet>::default().decoder();
     // A `grpc-status` in the headers is a trailers-only answer.
-    let resp = match Status::from_header_map(resp.headers()) {
+    match Status::from_header_map(resp.headers()) {
         Some(s) if s.code() != tonic::Code::Ok => return Err(s),
-        Some(_) => resp.map(|body| Streaming::new_empty(decoder, body)),
-        None => {
-            let code = resp.status();
-            resp.map(|body| Streaming::new_response(decoder, body, code, None, Some(max_decode)))
+        Some(_) => {
+            let (head, _) = resp.into_parts();
+            let mut s =
+                PacketStreaming::new(tonic::body::Body::default(), Role::Client, max_decode);
+            s.ended = true;
+            return Ok(Response::from_parts(
+                MetadataMap::from_headers(head.headers),
+                s,
+                head.extensions,
+            ));
         }
-    };
+        None => {}
+    }
+    if resp.status() != http::StatusCode::OK {
+        return Err(Status::unknown(format!(
+            "grpc-status header missing, mapped from HTTP status code {}",
+            resp.status().as_u16()
+        )));
+    }
+    let resp = resp.map(|body| PacketStreaming::new(body, Role::Client, max_decode));
     let (head, body) = resp.into_parts();
     Ok(Response::from_parts(
         MetadataMap::from_headers(head.headers),
         body,
         head.extensions,
     ))
+}
+
+/// The bytes of one message, read across the received chunks; a large
+/// `bytes` field that lies within one chunk is sliced, not copied. Small
+/// ones are copied so that a few bytes kept in a queue never pin a whole
+/// receive buffer.
+struct MsgBuf<'a> {
+    chunks: &'a mut VecDeque<Bytes>,
+    left: usize,
+}
+
+impl Buf for MsgBuf<'_> {
+    fn remaining(&self) -> usize {
+        self.left
+    }
+
+    fn chunk(&self) -> &[u8] {
+        match self.chunks.front() {
+            Some(c) => &c[..c.len().min(self.left)],
+            None => &[],
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        assert!(n <= self.left, "advance past the message");
+        self.left -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        assert!(len <= self.left, "copy past the message");
+        if let Some(front) = self.chunks.front_mut() {
+            if len >= SPLIT_MIN && len <= front.len() {
+                let b = front.split_to(len);
+                if front.is_empty() {
+                    self.chunks.pop_front();
+                }
+                self.left -= len;
+                return b;
+            }
+        }
+        let mut out = BytesMut::with_capacity(len);
+        while out.len() < len {
+            let c = self.chunk();
+            let k = c.len().min(len - out.len());
+            out.put_slice(&c[..k]);
+            self.advance(k);
+        }
+        out.freeze()
+    }
+}
+
+/// The receiving half of a packet stream (request body on the server,
+/// response body on a client); [`PacketStreaming::message`] behaves like
+/// tonic's `Streaming::message`.
+pub struct PacketStreaming {
+    body: tonic::body::Body,
+    role: Role,
+    max: usize,
+    chunks: VecDeque<Bytes>,
+    buffered: usize,
+    /// The body ended (or failed); only buffered bytes remain.
+    ended: bool,
+    trailers: Option<Status>,
+}
+
+impl std::fmt::Debug for PacketStreaming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketStreaming")
+            .field("buffered", &self.buffered)
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl PacketStreaming {
+    fn new(body: tonic::body::Body, role: Role, max: usize) -> Self {
+        PacketStreaming {
+            body,
+            role,
+            max,
+            chunks: VecDeque::new(),
+            buffered: 0,
+            ended: false,
+            trailers: None,
+        }
+    }
+
+    /// The next packet; `Ok(None)` when the stream ended cleanly.
+    pub async fn message(&mut self) -> Result<Option<Packet>, Status> {
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    fn fail(&mut self, s: Status) -> Poll<Result<Option<Packet>, Status>> {
+        self.ended = true;
+        self.chunks.clear();
+        self.buffered = 0;
+        Poll::Ready(Err(s))
+    }
+
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Packet>, Status>> {
+        loop {
+            if self.buffered >= PREFIX {
+                let mut head = [0u8; PREFIX];
+                let mut got = 0;
+                for c in &self.chunks {
+                    let k = c.len().min(PREFIX - got);
+                    head[got..got + k].copy_from_slice(&c[..k]);
+                    got += k;
+                    if got == PREFIX {
+                        break;
+                    }
+                }
+                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                if head[0] != 0 {
+                    return self.fail(Status::internal(
+                        "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                    ));
+                }
+                if len > self.max {
+                    return self.fail(Status::out_of_range(format!(
+                        "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+                        self.max
+                    )));
+                }
+                if self.buffered >= PREFIX + len {
+                    let mut msg = MsgBuf {
+                        chunks: &mut self.chunks,
+                        left: PREFIX + len,
+                    };
+                    msg.advance(PREFIX);
+                    let r = Packet::decode(&mut msg);
+                    // A message prost stopped short in is skipped whole.
+                    let rest = msg.remaining();
+                    msg.advance(rest);
+                    self.buffered -= PREFIX + len;
+                    return match r {
+                        Ok(p) => Poll::Ready(Ok(Some(p))),
+                        Err(e) => self.fail(Status::internal(format!(
+                            "failed to decode Protobuf message: {e}"
+                        ))),
+                    };
+                }
+            }
+            if self.ended {
+                if self.buffered > 0 {
+                    return self.fail(Status::internal("stream ended inside a message"));
+                }
+                return Poll::Ready(match self.trailers.take() {
+                    Some(s) if s.code() != tonic::Code::Ok => Err(s),
+                    _ => Ok(None),
+                });
+            }
+            match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) => {
+                        if !d.is_empty() {
+                            self.buffered += d.len();
+                            self.chunks.push_back(d);
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            if self.role == Role::Client {
+                                self.trailers = Status::from_header_map(&t);
+                            }
+                        }
+                    }
+                },
+                Some(Err(s)) => return self.fail(s),
+                None => self.ended = true,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -437,5 +632,101 @@ mod tests {
             &(tonic::Code::Aborted as i32).to_string()
         );
         assert!(body.is_end_stream());
+    }
+
+    fn body(frames: Vec<Result<Frame<Bytes>, Status>>) -> tonic::body::Body {
+        tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )))
+    }
+
+    fn chunked(bytes: &[u8], cuts: &[usize]) -> Vec<Result<Frame<Bytes>, Status>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &c in cuts.iter().chain(std::iter::once(&bytes.len())) {
+            out.push(Ok(Frame::data(Bytes::copy_from_slice(&bytes[at..c]))));
+            at = c;
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn receives_messages_split_anywhere() {
+        let packets = vec![
+            Packet::dial_rsp(5, 9, ""),
+            Packet::data(9, Bytes::from(vec![7u8; 70_000])),
+            Packet::data(9, Bytes::from_static(b"x")),
+            Packet::close_rsp(9, ""),
+            Packet::default(),
+        ];
+        let all: Vec<u8> = packets.iter().flat_map(wire).collect();
+        for cuts in [
+            vec![],
+            vec![1],
+            vec![3, 4, 5, 6],
+            vec![20, 40, 30_000, 70_030],
+            (1..all.len()).step_by(997).collect(),
+        ] {
+            let mut s = PacketStreaming::new(body(chunked(&all, &cuts)), Role::Server, 1 << 20);
+            for p in &packets {
+                assert_eq!(
+                    s.message().await.unwrap().as_ref(),
+                    Some(p),
+                    "cuts {cuts:?}"
+                );
+            }
+            assert!(s.message().await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn payload_in_one_frame_is_sliced_not_copied() {
+        let p = Packet::data(3, Bytes::from(vec![1u8; 64 * 1024]));
+        let (head, payload) = encode(p).unwrap();
+        let payload = payload.unwrap();
+        let frames = vec![Ok(Frame::data(head)), Ok(Frame::data(payload.clone()))];
+        let mut s = PacketStreaming::new(body(frames), Role::Server, 1 << 20);
+        let got = s.message().await.unwrap().unwrap();
+        let Some(Payload::Data(d)) = got.payload else {
+            panic!("not DATA")
+        };
+        assert_eq!(d.data.as_ptr(), payload.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn bad_messages_fail_the_stream() {
+        let big = wire(&Packet::data(1, Bytes::from(vec![0u8; 2000])));
+        let mut s = PacketStreaming::new(body(chunked(&big, &[])), Role::Server, 1000);
+        assert_eq!(
+            s.message().await.unwrap_err().code(),
+            tonic::Code::OutOfRange
+        );
+        let mut compressed = wire(&Packet::drain());
+        compressed[0] = 1;
+        let mut s = PacketStreaming::new(body(chunked(&compressed, &[])), Role::Server, 1000);
+        assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::Internal);
+        let garbage = [0u8, 0, 0, 0, 3, 0xff, 0xff, 0xff];
+        let mut s = PacketStreaming::new(body(chunked(&garbage, &[])), Role::Server, 1000);
+        assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::Internal);
+        let truncated = &wire(&Packet::drain())[..4];
+        let mut s = PacketStreaming::new(body(chunked(truncated, &[])), Role::Server, 1000);
+        assert!(s.message().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn client_sees_the_trailer_status() {
+        let mut t = http::HeaderMap::new();
+        Status::aborted("tunnel closed").add_header(&mut t).unwrap();
+        let mut frames = chunked(&wire(&Packet::drain()), &[]);
+        frames.push(Ok(Frame::trailers(t)));
+        let mut s = PacketStreaming::new(body(frames), Role::Client, 1000);
+        assert!(s.message().await.unwrap().is_some());
+        let e = s.message().await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Aborted);
+        assert_eq!(e.message(), "tunnel closed");
+        let mut ok = http::HeaderMap::new();
+        Status::ok("").add_header(&mut ok).unwrap();
+        let mut s = PacketStreaming::new(body(vec![Ok(Frame::trailers(ok))]), Role::Client, 1000);
+        assert!(s.message().await.unwrap().is_none());
     }
 }

@@ -13,16 +13,17 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use tonic::Streaming;
 
 use super::{ServerAddr, ServerConn, Shared, COMPONENT, CONNECT_TIMEOUT};
 use crate::konnectivity::io::{ChunkRead, Progress, ReadBuffered, TLS_WRITE_BUFFER};
 use crate::konnectivity::metrics::{FROM_SERVER, TO_SERVER};
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
 use crate::konnectivity::server::{CONN_WINDOW, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
+use crate::konnectivity::wire::PacketStreaming;
 
-/// Packets queued towards the server (shared by all endpoint connections).
-const DATA_QUEUE: usize = 256;
+/// Packets queued towards the server (shared by all endpoint connections),
+/// in front of the HTTP/2 window (see `server::DEFAULT_BACKEND_QUEUE`).
+const DATA_QUEUE: usize = 64;
 /// Control answers queued towards the server.
 const CTRL_QUEUE: usize = 4096;
 
@@ -30,7 +31,7 @@ const CTRL_QUEUE: usize = 4096;
 pub(crate) struct Session {
     pub server_id: String,
     pub addr: ServerAddr,
-    inbound: Streaming<Packet>,
+    inbound: PacketStreaming,
     data: mpsc::Sender<Packet>,
     ctrl: mpsc::Sender<Packet>,
     cancel: CancellationToken,

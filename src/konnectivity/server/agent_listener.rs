@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use super::backend::{Backend, Identifiers};
 use super::tunnels::DialOutcome;
@@ -17,9 +17,8 @@ use super::{
 };
 use crate::konnectivity::io::{ReadBuffered, TLS_WRITE_BUFFER};
 use crate::konnectivity::metrics::{FROM_AGENT, TO_AGENT, TO_CLIENT};
-use crate::konnectivity::proto::agent_service_server::AgentService;
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
-use crate::konnectivity::wire::{AgentServiceName, PacketService, PacketStream};
+use crate::konnectivity::wire::{AgentServiceName, PacketService, PacketStream, PacketStreaming};
 
 /// TLS handshakes that take longer are dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,13 +131,10 @@ fn one_header(
     }
 }
 
-#[tonic::async_trait]
-impl AgentService for AgentSvc {
-    type ConnectStream = PacketStream;
-
+impl AgentSvc {
     async fn connect(
         &self,
-        req: Request<Streaming<Packet>>,
+        req: Request<PacketStreaming>,
     ) -> Result<Response<PacketStream>, Status> {
         let shared = &self.shared;
         let md = req.metadata();
@@ -215,11 +211,7 @@ impl AgentService for AgentSvc {
     }
 }
 
-async fn backend_reader(
-    shared: Arc<Shared>,
-    backend: Arc<Backend>,
-    mut inbound: Streaming<Packet>,
-) {
+async fn backend_reader(shared: Arc<Shared>, backend: Arc<Backend>, mut inbound: PacketStreaming) {
     let _guard = shared.task_guard();
     loop {
         let msg = tokio::select! {

@@ -11,14 +11,13 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use super::tunnels::{FrontendKind, FrontendLink};
 use super::{Shared, CONN_WINDOW, DEFAULT_SEND_TIMEOUT, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
 use crate::konnectivity::metrics::{FROM_CLIENT, TO_AGENT, TO_CLIENT};
-use crate::konnectivity::proto::proxy_service_server::ProxyService;
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
-use crate::konnectivity::wire::{PacketService, PacketStream, ProxyServiceName};
+use crate::konnectivity::wire::{PacketService, PacketStream, PacketStreaming, ProxyServiceName};
 
 const COMPONENT: &str = "konnectivity-server";
 /// After shutdown starts, how long the gRPC server may take to finish.
@@ -63,14 +62,8 @@ struct ProxySvc {
     shared: Arc<Shared>,
 }
 
-#[tonic::async_trait]
-impl ProxyService for ProxySvc {
-    type ProxyStream = PacketStream;
-
-    async fn proxy(
-        &self,
-        req: Request<Streaming<Packet>>,
-    ) -> Result<Response<PacketStream>, Status> {
+impl ProxySvc {
+    async fn proxy(&self, req: Request<PacketStreaming>) -> Result<Response<PacketStream>, Status> {
         let shared = &self.shared;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(shared.frontend_queue);
@@ -132,7 +125,7 @@ async fn reply(link: &FrontendLink, p: Packet) {
 async fn frontend_reader(
     shared: Arc<Shared>,
     link: Arc<FrontendLink>,
-    mut inbound: Streaming<Packet>,
+    mut inbound: PacketStreaming,
 ) {
     let _guard = shared.task_guard();
     let mut processing = true;
