@@ -23,7 +23,10 @@
 //! loopback or unix sockets.
 //!
 //! `cargo bench --bench tunnel` (`MKECTL_BENCH_REPEAT=n` runs per throughput
-//! figure; `MKECTL_BENCH_PHASES=throughput,dial,rss` picks phases).
+//! figure; `MKECTL_BENCH_PHASES=throughput,dial,rss` picks phases). For
+//! profiling one mode: `MKECTL_BENCH_MODES=grpc,http` (the direct baseline
+//! always runs), `MKECTL_BENCH_DIRS=download,upload`,
+//! `MKECTL_BENCH_STREAMS=1,16`; a mode left out prints as 0.
 
 #[allow(dead_code)]
 #[path = "../tests/common/konnectivity.rs"]
@@ -484,6 +487,14 @@ async fn run_throughput(
     )
 }
 
+/// Whether `item` is in the comma list of env `var` (absent: everything).
+fn selected(var: &str, item: &str) -> bool {
+    match std::env::var(var) {
+        Ok(v) => v.split(',').any(|x| x.trim() == item),
+        Err(_) => true,
+    }
+}
+
 async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
     let client = ProxyClient::connect_uds(&stack.grpc_uds)
         .await
@@ -495,7 +506,20 @@ async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
         RUN_BYTES >> 20
     );
     for dir in [Dir::Download, Dir::Upload] {
+        if !selected(
+            "MKECTL_BENCH_DIRS",
+            if dir == Dir::Download {
+                "download"
+            } else {
+                "upload"
+            },
+        ) {
+            continue;
+        }
         for streams in [1usize, 16] {
+            if !selected("MKECTL_BENCH_STREAMS", &streams.to_string()) {
+                continue;
+            }
             let mut best = [0f64; 3];
             let mut cpu = [f64::MAX; 3];
             for _ in 0..repeat {
@@ -503,6 +527,14 @@ async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
                     .into_iter()
                     .enumerate()
                 {
+                    let mode = match p {
+                        Path3::Direct => "direct",
+                        Path3::Grpc => "grpc",
+                        Path3::HttpConnect => "http",
+                    };
+                    if p != Path3::Direct && !selected("MKECTL_BENCH_MODES", mode) {
+                        continue;
+                    }
                     let (r, c) = run_throughput(stack, &client, target.addr, p, dir, streams).await;
                     best[i] = best[i].max(r);
                     cpu[i] = cpu[i].min(c);
@@ -536,9 +568,19 @@ async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
                 rg * 100.0,
                 rh * 100.0
             );
+            let c = |v: f64| {
+                if v == f64::MAX {
+                    "-".to_string()
+                } else {
+                    format!("{v:.2}")
+                }
+            };
             println!(
-                "  {:<19}  CPU ms/MiB: direct {:.2}  gRPC {:.2}  HTTP-CONNECT {:.2}",
-                "", cpu[0], cpu[1], cpu[2]
+                "  {:<19}  CPU ms/MiB: direct {}  gRPC {}  HTTP-CONNECT {}",
+                "",
+                c(cpu[0]),
+                c(cpu[1]),
+                c(cpu[2])
             );
         }
     }

@@ -23,11 +23,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::PollSender;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Streaming;
 
-use super::proto::proxy_service_client::ProxyServiceClient;
 use super::proto::{Packet, PacketType, Payload, MAX_DATA_CHUNK};
 use super::server::{CONN_WINDOW, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
+use super::wire::PacketStreaming;
 use super::KonnectivityError;
 
 /// konnectivity-client's backstop for a DIAL_RSP.
@@ -48,7 +47,7 @@ fn connect_err(path: &Path, e: impl std::fmt::Display) -> KonnectivityError {
 #[derive(Debug, Clone)]
 pub struct ProxyClient {
     path: PathBuf,
-    client: ProxyServiceClient<Channel>,
+    channel: Channel,
 }
 
 impl ProxyClient {
@@ -68,9 +67,7 @@ impl ProxyClient {
             .map_err(|e| connect_err(path, e))?;
         Ok(ProxyClient {
             path: path.to_path_buf(),
-            client: ProxyServiceClient::new(channel)
-                .max_decoding_message_size(MAX_DECODE)
-                .max_encoding_message_size(MAX_DECODE),
+            channel,
         })
     }
 
@@ -95,12 +92,16 @@ impl ProxyClient {
         tx.send(Packet::dial_req(address, random))
             .await
             .map_err(|_| derr("request stream closed".into()))?;
-        let mut client = self.client.clone();
         let work = async {
-            let resp = client
-                .proxy(ReceiverStream::new(rx))
-                .await
-                .map_err(|s| connect_err(&self.path, format!("{}: {}", s.code(), s.message())))?;
+            let resp = super::wire::call(
+                &self.channel,
+                "/ProxyService/Proxy",
+                tonic::metadata::MetadataMap::new(),
+                ReceiverStream::new(rx),
+                MAX_DECODE,
+            )
+            .await
+            .map_err(|s| connect_err(&self.path, format!("{}: {}", s.code(), s.message())))?;
             let mut inbound = resp.into_inner();
             loop {
                 let p = inbound
@@ -167,11 +168,7 @@ impl std::fmt::Debug for TunnelConn {
     }
 }
 
-async fn pump(
-    mut inbound: Streaming<Packet>,
-    out: mpsc::Sender<io::Result<Bytes>>,
-    connect_id: i64,
-) {
+async fn pump(mut inbound: PacketStreaming, out: mpsc::Sender<io::Result<Bytes>>, connect_id: i64) {
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
@@ -233,7 +230,7 @@ async fn pump(
 }
 
 impl TunnelConn {
-    fn new(connect_id: i64, tx: mpsc::Sender<Packet>, inbound: Streaming<Packet>) -> Self {
+    fn new(connect_id: i64, tx: mpsc::Sender<Packet>, inbound: PacketStreaming) -> Self {
         let (out_tx, out_rx) = mpsc::channel(QUEUE);
         tokio::spawn(pump(inbound, out_tx, connect_id));
         TunnelConn {

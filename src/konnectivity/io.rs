@@ -1,8 +1,11 @@
 //! Socket reads that wait for readiness before taking a buffer, so an idle
 //! tunnel holds no read buffer at all (10,000 idle tunnels must stay small).
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::proto::MAX_DATA_CHUNK;
 
@@ -65,6 +68,123 @@ impl<R: AsyncRead + Unpin + Send> ChunkRead for BufRead<R> {
             0 => Ok(None),
             _ => Ok(Some(shrink(buf))),
         }
+    }
+}
+
+/// Size of [`ReadBuffered`]'s buffer: one socket read fills it.
+pub const TLS_READ_BUFFER: usize = 256 * 1024;
+
+/// How much encrypted output rustls may hold before a write waits for the
+/// socket (rustls's default is 64 KiB). A 64 KiB DATA packet plus its
+/// HTTP/2 and gRPC headers then goes out in one write instead of a full
+/// write and a tiny second record.
+pub const TLS_WRITE_BUFFER: usize = 512 * 1024;
+
+/// A read buffer under a TLS stream. rustls reads the socket at most 4 KiB
+/// at a time, which made four to five `recv` calls per 16 KiB record on a
+/// busy agent connection; with this buffer one `recv` takes whatever the
+/// socket holds (up to [`TLS_READ_BUFFER`]) and rustls's small reads are
+/// served from memory. The buffer exists only while it holds data: it is
+/// freed as soon as it is drained and the socket has nothing more, so an
+/// idle connection costs nothing. Writes pass straight through.
+#[derive(Debug)]
+pub struct ReadBuffered<T> {
+    inner: T,
+    buf: BytesMut,
+}
+
+impl<T> ReadBuffered<T> {
+    pub fn new(inner: T) -> Self {
+        ReadBuffered {
+            inner,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ReadBuffered<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.buf.is_empty() {
+            // A read at least as large as the buffer gains nothing from it.
+            if out.remaining() >= TLS_READ_BUFFER {
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            // Empty: reuses the drained allocation (or makes the first one).
+            this.buf.reserve(TLS_READ_BUFFER);
+            let filled = {
+                let spare = this.buf.spare_capacity_mut();
+                let mut rb = ReadBuf::uninit(spare);
+                match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => rb.filled().len(),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // Nothing to read: an idle connection keeps no buffer.
+                        this.buf = BytesMut::new();
+                        return Poll::Pending;
+                    }
+                }
+            };
+            if filled == 0 {
+                this.buf = BytesMut::new();
+                return Poll::Ready(Ok(()));
+            }
+            // SAFETY: `poll_read` initialised the first `filled` bytes of the
+            // spare capacity (ReadBuf tracks what it filled).
+            unsafe { this.buf.set_len(filled) };
+        }
+        let n = this.buf.len().min(out.remaining());
+        out.put_slice(&this.buf[..n]);
+        this.buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ReadBuffered<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for ReadBuffered<T>
+{
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
     }
 }
 

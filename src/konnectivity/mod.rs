@@ -58,6 +58,7 @@ pub mod proto;
 pub mod server;
 pub mod tls;
 pub mod trim;
+pub mod wire;
 
 use std::path::PathBuf;
 

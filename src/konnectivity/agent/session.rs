@@ -13,17 +13,17 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use tonic::Streaming;
 
 use super::{ServerAddr, ServerConn, Shared, COMPONENT, CONNECT_TIMEOUT};
-use crate::konnectivity::io::{ChunkRead, Progress};
+use crate::konnectivity::io::{ChunkRead, Progress, ReadBuffered, TLS_WRITE_BUFFER};
 use crate::konnectivity::metrics::{FROM_SERVER, TO_SERVER};
-use crate::konnectivity::proto::agent_service_client::AgentServiceClient;
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
 use crate::konnectivity::server::{CONN_WINDOW, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
+use crate::konnectivity::wire::PacketStreaming;
 
-/// Packets queued towards the server (shared by all endpoint connections).
-const DATA_QUEUE: usize = 256;
+/// Packets queued towards the server (shared by all endpoint connections),
+/// in front of the HTTP/2 window (see `server::DEFAULT_BACKEND_QUEUE`).
+const DATA_QUEUE: usize = 64;
 /// Control answers queued towards the server.
 const CTRL_QUEUE: usize = 4096;
 
@@ -31,7 +31,7 @@ const CTRL_QUEUE: usize = 4096;
 pub(crate) struct Session {
     pub server_id: String,
     pub addr: ServerAddr,
-    inbound: Streaming<Packet>,
+    inbound: PacketStreaming,
     data: mpsc::Sender<Packet>,
     ctrl: mpsc::Sender<Packet>,
     cancel: CancellationToken,
@@ -87,7 +87,8 @@ async fn connect_inner(
         async move {
             let tcp = TcpStream::connect(&target).await?;
             let _ = tcp.set_nodelay(true);
-            let stream = tls.connect(server_name, tcp).await?;
+            let mut stream = tls.connect(server_name, ReadBuffered::new(tcp)).await?;
+            stream.get_mut().1.set_buffer_limit(Some(TLS_WRITE_BUFFER));
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
@@ -100,9 +101,6 @@ async fn connect_inner(
         .connect_with_connector(connector)
         .await
         .map_err(|e| ConnectError::Transport(error_chain(&e)))?;
-    let mut client = AgentServiceClient::new(channel.clone())
-        .max_decoding_message_size(MAX_DECODE)
-        .max_encoding_message_size(MAX_DECODE);
 
     let (data_tx, data_rx) = mpsc::channel::<Packet>(DATA_QUEUE);
     let (ctrl_tx, ctrl_rx) = mpsc::channel::<Packet>(CTRL_QUEUE);
@@ -125,8 +123,7 @@ async fn connect_inner(
             })
         },
     );
-    let mut req = tonic::Request::new(outbound);
-    let md = req.metadata_mut();
+    let mut md = tonic::metadata::MetadataMap::new();
     md.insert(
         "agentid",
         shared
@@ -141,10 +138,15 @@ async fn connect_inner(
             .parse()
             .map_err(|_| ConnectError::Headers("identifiers are not a valid header".into()))?,
     );
-    let resp = client
-        .connect(req)
-        .await
-        .map_err(|s| ConnectError::Transport(format!("Connect: {}: {}", s.code(), s.message())))?;
+    let resp = crate::konnectivity::wire::call(
+        &channel,
+        "/AgentService/Connect",
+        md,
+        outbound,
+        MAX_DECODE,
+    )
+    .await
+    .map_err(|s| ConnectError::Transport(format!("Connect: {}: {}", s.code(), s.message())))?;
     let md = resp.metadata();
     let ids: Vec<_> = md.get_all("serverid").iter().collect();
     if ids.len() != 1 {

@@ -1,25 +1,24 @@
 //! The agent listener: TLS with a required client certificate from the
 //! konnectivity CA, ALPN h2, `AgentService/Connect` streams.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use super::backend::{Backend, Identifiers};
 use super::tunnels::DialOutcome;
 use super::{
     Delivery, Shared, BACKEND_CTRL_QUEUE, CONN_WINDOW, MAX_DECODE, MAX_FRAME, STREAM_WINDOW,
 };
+use crate::konnectivity::io::{ReadBuffered, TLS_WRITE_BUFFER};
 use crate::konnectivity::metrics::{FROM_AGENT, TO_AGENT, TO_CLIENT};
-use crate::konnectivity::proto::agent_service_server::{AgentService, AgentServiceServer};
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
+use crate::konnectivity::wire::{AgentServiceName, PacketService, PacketStream, PacketStreaming};
 
 /// TLS handshakes that take longer are dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,10 +29,11 @@ pub(crate) const AGENT_GONE: &str = "Backend context error: agent disconnected";
 
 const COMPONENT: &str = "konnectivity-server";
 
+/// One accepted agent connection: TLS over a read-buffered socket.
+type AgentStream = tokio_rustls::server::TlsStream<ReadBuffered<tokio::net::TcpStream>>;
+
 pub(crate) fn spawn(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    let (tx, rx) = mpsc::channel::<
-        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-    >(64);
+    let (tx, rx) = mpsc::channel::<Result<AgentStream, std::io::Error>>(64);
     let acceptor = TlsAcceptor::from(tls);
     let s = shared.clone();
     shared.tracker.spawn(async move {
@@ -56,10 +56,11 @@ pub(crate) fn spawn(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls:
             s.tracker.spawn(async move {
                 let hs = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)) => r,
+                    r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadBuffered::new(sock))) => r,
                 };
                 match hs {
-                    Ok(Ok(tls)) => {
+                    Ok(Ok(mut tls)) => {
+                        tls.get_mut().1.set_buffer_limit(Some(TLS_WRITE_BUFFER));
                         let _ = tx.send(Ok(tls)).await;
                     }
                     Ok(Err(e)) => {
@@ -73,11 +74,17 @@ pub(crate) fn spawn(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls:
         }
     });
 
-    let svc = AgentServiceServer::new(AgentSvc {
+    let agent_svc = Arc::new(AgentSvc {
         shared: shared.clone(),
-    })
-    .max_decoding_message_size(MAX_DECODE)
-    .max_encoding_message_size(MAX_DECODE);
+    });
+    let svc = PacketService::<AgentServiceName>::new(
+        "/AgentService/Connect",
+        MAX_DECODE,
+        Arc::new(move |req| {
+            let s = agent_svc.clone();
+            Box::pin(async move { s.connect(req).await })
+        }),
+    );
     let cancel = shared.cancel.clone();
     shared.tracker.spawn(async move {
         let serve = tonic::transport::Server::builder()
@@ -103,8 +110,6 @@ struct AgentSvc {
     shared: Arc<Shared>,
 }
 
-type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send + 'static>>;
-
 fn one_header(
     md: &tonic::metadata::MetadataMap,
     key: &str,
@@ -126,13 +131,10 @@ fn one_header(
     }
 }
 
-#[tonic::async_trait]
-impl AgentService for AgentSvc {
-    type ConnectStream = PacketStream;
-
+impl AgentSvc {
     async fn connect(
         &self,
-        req: Request<Streaming<Packet>>,
+        req: Request<PacketStreaming>,
     ) -> Result<Response<PacketStream>, Status> {
         let shared = &self.shared;
         let md = req.metadata();
@@ -209,11 +211,7 @@ impl AgentService for AgentSvc {
     }
 }
 
-async fn backend_reader(
-    shared: Arc<Shared>,
-    backend: Arc<Backend>,
-    mut inbound: Streaming<Packet>,
-) {
+async fn backend_reader(shared: Arc<Shared>, backend: Arc<Backend>, mut inbound: PacketStreaming) {
     let _guard = shared.task_guard();
     loop {
         let msg = tokio::select! {

@@ -3,23 +3,21 @@
 //! konnectivity-client speak. One dial per stream; many streams per
 //! connection.
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use super::tunnels::{FrontendKind, FrontendLink};
 use super::{Shared, CONN_WINDOW, DEFAULT_SEND_TIMEOUT, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
 use crate::konnectivity::metrics::{FROM_CLIENT, TO_AGENT, TO_CLIENT};
-use crate::konnectivity::proto::proxy_service_server::{ProxyService, ProxyServiceServer};
 use crate::konnectivity::proto::{Packet, PacketType, Payload};
+use crate::konnectivity::wire::{PacketService, PacketStream, PacketStreaming, ProxyServiceName};
 
 const COMPONENT: &str = "konnectivity-server";
 /// After shutdown starts, how long the gRPC server may take to finish.
@@ -28,11 +26,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const MAX_STREAMS: u32 = 1 << 20;
 
 pub(crate) fn spawn_uds(shared: Arc<Shared>, listener: UnixListener) {
-    let svc = ProxyServiceServer::new(ProxySvc {
+    let proxy_svc = Arc::new(ProxySvc {
         shared: shared.clone(),
-    })
-    .max_decoding_message_size(MAX_DECODE)
-    .max_encoding_message_size(MAX_DECODE);
+    });
+    let svc = PacketService::<ProxyServiceName>::new(
+        "/ProxyService/Proxy",
+        MAX_DECODE,
+        Arc::new(move |req| {
+            let s = proxy_svc.clone();
+            Box::pin(async move { s.proxy(req).await })
+        }),
+    );
     let cancel = shared.cancel.clone();
     shared.tracker.spawn(async move {
         let serve = tonic::transport::Server::builder()
@@ -58,16 +62,8 @@ struct ProxySvc {
     shared: Arc<Shared>,
 }
 
-type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl ProxyService for ProxySvc {
-    type ProxyStream = PacketStream;
-
-    async fn proxy(
-        &self,
-        req: Request<Streaming<Packet>>,
-    ) -> Result<Response<PacketStream>, Status> {
+impl ProxySvc {
+    async fn proxy(&self, req: Request<PacketStreaming>) -> Result<Response<PacketStream>, Status> {
         let shared = &self.shared;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(shared.frontend_queue);
@@ -129,7 +125,7 @@ async fn reply(link: &FrontendLink, p: Packet) {
 async fn frontend_reader(
     shared: Arc<Shared>,
     link: Arc<FrontendLink>,
-    mut inbound: Streaming<Packet>,
+    mut inbound: PacketStreaming,
 ) {
     let _guard = shared.task_guard();
     let mut processing = true;

@@ -39,8 +39,10 @@ use super::KonnectivityError;
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Packets queued towards one frontend (one tunnel).
 pub const DEFAULT_FRONTEND_QUEUE: usize = 64;
-/// Packets queued towards one agent stream (shared by its tunnels).
-pub const DEFAULT_BACKEND_QUEUE: usize = 256;
+/// Packets queued towards one agent stream (shared by its tunnels), in
+/// front of its HTTP/2 window. Deeper queues only add data in flight that
+/// has gone cold in the cache by the time it is sent.
+pub const DEFAULT_BACKEND_QUEUE: usize = 64;
 /// Control packets queued towards one agent stream before it is retired.
 pub const BACKEND_CTRL_QUEUE: usize = 4096;
 /// How long a dial may wait for the agent's DIAL_RSP. konnectivity-client
