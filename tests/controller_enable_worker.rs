@@ -52,7 +52,7 @@ fn peers(status: &serde_json::Value, name: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn controller_runs_containerd_and_an_agent_tunnelling_to_this_node() {
     let node = Node::new("ew-1");
-    let agent_admin = free_port().to_string();
+    let agent_admin = node.spare_port.to_string();
     let mut ctl = node.start_controller(&[
         "--disable-components",
         KUBE_AND_KUBELET,

@@ -876,12 +876,13 @@ fn invalid_spec_is_rejected_before_writing() {
     ));
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Distinct ports that were free a moment ago (held together while
+/// picking, so they differ).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// Kills etcd when the test ends, also on panic.
@@ -937,7 +938,7 @@ fn etcd_roundtrip(paths: &PkiPaths, tmp: &Path) {
     let data = tmp.join("etcd-data");
     fs::create_dir(&data).unwrap();
     fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
-    let (client_port, peer_port) = (free_port(), free_port());
+    let [client_port, peer_port, metrics_port] = free_ports();
     let client_url = format!("https://127.0.0.1:{client_port}");
     let peer_url = format!("https://127.0.0.1:{peer_port}");
     let log = tmp.join("etcd.log");
@@ -959,7 +960,7 @@ fn etcd_roundtrip(paths: &PkiPaths, tmp: &Path) {
             "--initial-cluster",
             &format!("node-1={peer_url}"),
             "--listen-metrics-urls",
-            &format!("http://127.0.0.1:{}", free_port()),
+            &format!("http://127.0.0.1:{metrics_port}"),
             "--cert-file",
             s(&paths.etcd_server.cert),
             "--key-file",

@@ -21,7 +21,7 @@ async fn worker_runs_containerd_and_agent_and_stops_clean() {
     let tok = token_create(&c1, "worker", &[]);
 
     let w = Node::with_address("wn-w1", "127.0.0.20", "");
-    let admin = free_port().to_string();
+    let admin = w.spare_port.to_string();
     let mut pw = w.start_worker_without(
         "kubelet",
         &[

@@ -47,6 +47,15 @@ pub fn ctr_answers(socket: &Path) {
     );
 }
 
+/// `n` distinct ports that were free a moment ago on 127.0.0.1 (all held
+/// at once while picking, so no two are the same).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -117,6 +126,9 @@ pub struct Node {
     pub konnectivity_admin_port: u16,
     pub join_port: u16,
     pub metrics_port: u16,
+    /// One more port, distinct from the others, for a test's own use
+    /// (e.g. an agent admin port).
+    pub spare_port: u16,
     pub name: String,
 }
 
@@ -138,9 +150,7 @@ impl Node {
         let data = tmp.path().join("data");
         let run = tmp.path().join("run");
         let config = tmp.path().join("mkectl.yaml");
-        let (c, p) = (free_port(), free_port());
-        let (api, ka, kadm, join) = (free_port(), free_port(), free_port(), free_port());
-        let metrics = free_port();
+        let [c, p, api, ka, kadm, join, metrics, spare] = free_ports();
         let yaml = format!(
             "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: {address}\n    port: {api}\n  etcd:\n    clientPort: {c}\n    peerPort: {p}\n  konnectivity:\n    agentPort: {ka}\n    adminPort: {kadm}\n  joinApi:\n    port: {join}\n  metrics:\n    port: {metrics}\n{extra_spec}",
         );
@@ -157,6 +167,7 @@ impl Node {
             konnectivity_admin_port: kadm,
             join_port: join,
             metrics_port: metrics,
+            spare_port: spare,
             name: name.into(),
         }
     }
