@@ -4,7 +4,6 @@
 //!
 //! Run: `cargo bench --bench controller`
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,12 +13,13 @@ use mkectl::components::etcd::{connect, EtcdClientTls};
 const RUNS: usize = 3;
 const BOUND: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct ports that were free a moment ago on 127.0.0.1 (all held
+/// while picking, so no two coincide).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 struct Kill(Child);
@@ -48,13 +48,12 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 async fn controller_cold_start(dir: &Path) -> (Duration, Kill) {
-    let (c, p) = (free_port(), free_port());
+    let [c, p, api, agent, admin, join, metrics] = free_ports();
     let cfg = dir.join("c.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: 127.0.0.1\n    port: {}\n  etcd:\n    clientPort: {c}\n    peerPort: {p}\n  konnectivity:\n    agentPort: {}\n    adminPort: {}\n  joinApi:\n    port: {}\n",
-            free_port(), free_port(), free_port(), free_port()
+            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: 127.0.0.1\n    port: {api}\n  etcd:\n    clientPort: {c}\n    peerPort: {p}\n  konnectivity:\n    agentPort: {agent}\n    adminPort: {admin}\n  joinApi:\n    port: {join}\n  metrics:\n    port: {metrics}\n",
         ),
     )
     .unwrap();
@@ -96,7 +95,7 @@ async fn controller_cold_start(dir: &Path) -> (Duration, Kill) {
 }
 
 async fn bare_etcd_start(dir: &Path) -> Duration {
-    let (c, p) = (free_port(), free_port());
+    let [c, p] = free_ports();
     let t0 = Instant::now();
     let child = Command::new("etcd")
         .arg(format!("--data-dir={}", dir.join("bare").display()))

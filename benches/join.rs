@@ -21,12 +21,13 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// The upstream kube binaries are not on these machines.
 const NO_KUBE: &str = "kube-apiserver,kube-controller-manager,kube-scheduler";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct ports that were free a moment ago on 127.0.0.1 (all held
+/// while picking, so no two coincide).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 struct Node {
@@ -41,14 +42,9 @@ impl Node {
     fn new(root: &Path, name: &str, address: &str) -> Self {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let (etcd_port, admin_port) = (free_port(), free_port());
+        let [etcd_port, admin_port, api, peer, agent, join, metrics] = free_ports();
         let yaml = format!(
-            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: {address}\n    port: {}\n  etcd:\n    clientPort: {etcd_port}\n    peerPort: {}\n  konnectivity:\n    agentPort: {}\n    adminPort: {admin_port}\n  joinApi:\n    port: {}\n  metrics:\n    port: {}\n",
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port()
+            "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  api:\n    address: {address}\n    port: {api}\n  etcd:\n    clientPort: {etcd_port}\n    peerPort: {peer}\n  konnectivity:\n    agentPort: {agent}\n    adminPort: {admin_port}\n  joinApi:\n    port: {join}\n  metrics:\n    port: {metrics}\n",
         );
         std::fs::write(dir.join("cfg.yaml"), yaml).unwrap();
         Self {
