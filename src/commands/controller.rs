@@ -124,8 +124,9 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         // one up (lookup order in components/binary.rs).
         crate::bundle::stage(&paths).await?;
 
-        let pki_spec = pki_spec(&cfg, &paths, &node_name, args.enable_worker);
-        let report = tokio::task::spawn_blocking(move || pki::ensure(&pki_spec))
+        let spec = pki_spec(&cfg, &paths, &node_name, args.enable_worker);
+        let ensure_spec = spec.clone();
+        let report = tokio::task::spawn_blocking(move || pki::ensure(&ensure_spec))
             .await
             .context("PKI generation task")??;
         info!(
@@ -171,7 +172,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             paths: paths.clone(),
             node_name: node_name.clone(),
             node_address,
-            pki_spec: Some(self::pki_spec(&cfg, &paths, &node_name, args.enable_worker)),
+            pki_spec: Some(spec),
             etcd: enabled(etcd::NAME),
             metrics: ctx.metrics.clone(),
         };

@@ -220,13 +220,7 @@ impl Manager {
             self.started = i + 1;
             let result = async {
                 info!("starting");
-                e.set_phase(Phase::Starting);
-                {
-                    let mut c = e.component.write().await;
-                    c.start().await?;
-                    e.remember_child(c.supervised());
-                }
-                wait_ready(&**e.component.read().await, cancel).await
+                bring_up(&e, Phase::Starting, cancel).await
             }
             .instrument(span)
             .await;
@@ -337,13 +331,7 @@ impl ManagerHandle {
             let span = info_span!("restart", component = e.name);
             let result = async {
                 info!("{why}");
-                e.set_phase(Phase::Restarting);
-                {
-                    let mut c = e.component.write().await;
-                    c.restart().await?;
-                    e.remember_child(c.supervised());
-                }
-                wait_ready(&**e.component.read().await, cancel).await
+                bring_up(&e, Phase::Restarting, cancel).await
             }
             .instrument(span)
             .await;
@@ -358,6 +346,26 @@ impl ManagerHandle {
         }
         out
     }
+}
+
+/// Starts (`Phase::Starting`) or restarts (`Phase::Restarting`) one
+/// component, records its child and waits until it is ready.
+async fn bring_up(
+    e: &Entry,
+    phase: Phase,
+    cancel: &CancellationToken,
+) -> Result<(), ComponentError> {
+    e.set_phase(phase);
+    {
+        let mut c = e.component.write().await;
+        if phase == Phase::Restarting {
+            c.restart().await?;
+        } else {
+            c.start().await?;
+        }
+        e.remember_child(c.supervised());
+    }
+    wait_ready(&**e.component.read().await, cancel).await
 }
 
 async fn entry_status(e: &Entry, probe_timeout: Duration) -> ComponentStatus {
