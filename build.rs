@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The rpc `AgentService/Connect` would clash with the generated
         // `connect` constructor; channels are built by hand anyway.
         .build_transport(false)
+        // The server side is ours (src/konnectivity/wire.rs); the generated
+        // client stays as an independent encoder for tests.
+        .build_server(false)
         // Small per-RPC buffers: one Proxy stream per tunnel (see
         // `TunnelCodec` in src/konnectivity/proto.rs).
         .codec_path("crate::konnectivity::proto::TunnelCodec")

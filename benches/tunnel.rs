@@ -9,7 +9,10 @@
 //!   `ProxyClient` connection, one Proxy stream per tunnel) and through the
 //!   HTTP-CONNECT frontend. Best of `MKECTL_BENCH_REPEAT` (default 3) runs
 //!   of 256 MiB each, interleaved so load changes hit all three alike.
-//!   Target: one tunnel stream ≥ 25% of direct loopback TCP.
+//!   Target: one tunnel stream ≥ 25% of direct loopback TCP. Also "floor":
+//!   the same three socket crossings and AES-128-GCM records with no
+//!   protocol at all (benches/support/relay_floor.rs), the ceiling for any
+//!   implementation on this machine in this run.
 //! * Dial latency p50/p99: direct TCP connect (baseline), gRPC through the
 //!   shared `ProxyClient`, gRPC single-use (new UDS connection + HTTP/2
 //!   handshake per dial, as released kube-apiservers dial) and HTTP-CONNECT.
@@ -24,13 +27,15 @@
 //!
 //! `cargo bench --bench tunnel` (`MKECTL_BENCH_REPEAT=n` runs per throughput
 //! figure; `MKECTL_BENCH_PHASES=throughput,dial,rss` picks phases). For
-//! profiling one mode: `MKECTL_BENCH_MODES=grpc,http` (the direct baseline
+//! profiling one mode: `MKECTL_BENCH_MODES=grpc,http,floor` (the direct baseline
 //! always runs), `MKECTL_BENCH_DIRS=download,upload`,
 //! `MKECTL_BENCH_STREAMS=1,16`; a mode left out prints as 0.
 
 #[allow(dead_code)]
 #[path = "../tests/common/konnectivity.rs"]
 mod konn;
+#[path = "support/relay_floor.rs"]
+mod relay_floor;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -375,6 +380,8 @@ enum Path3 {
     Direct,
     Grpc,
     HttpConnect,
+    /// [`relay_floor`]: the same sockets and cipher, no protocol.
+    Floor,
 }
 
 /// Moves `n` bytes in `dir` over one connection.
@@ -479,6 +486,24 @@ async fn run_throughput(
             }
             go!(v)
         }
+        Path3::Floor => {
+            let mut v = Vec::new();
+            let mut relays = Vec::new();
+            for _ in 0..streams {
+                let f = relay_floor::Floor::start(target, stack.dir.path());
+                v.push(
+                    tokio::net::UnixStream::connect(&f.uds)
+                        .await
+                        .expect("floor connect"),
+                );
+                relays.push(f);
+            }
+            let r = go!(v);
+            tokio::task::spawn_blocking(move || relays.into_iter().for_each(|f| f.join()))
+                .await
+                .expect("floor relays");
+            r
+        }
     };
     let mib = (per * streams as u64) as f64 / (1 << 20) as f64;
     (
@@ -520,10 +545,10 @@ async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
             if !selected("MKECTL_BENCH_STREAMS", &streams.to_string()) {
                 continue;
             }
-            let mut best = [0f64; 3];
-            let mut cpu = [f64::MAX; 3];
+            let mut best = [0f64; 4];
+            let mut cpu = [f64::MAX; 4];
             for _ in 0..repeat {
-                for (i, p) in [Path3::Direct, Path3::Grpc, Path3::HttpConnect]
+                for (i, p) in [Path3::Direct, Path3::Grpc, Path3::HttpConnect, Path3::Floor]
                     .into_iter()
                     .enumerate()
                 {
@@ -531,6 +556,7 @@ async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
                         Path3::Direct => "direct",
                         Path3::Grpc => "grpc",
                         Path3::HttpConnect => "http",
+                        Path3::Floor => "floor",
                     };
                     if p != Path3::Direct && !selected("MKECTL_BENCH_MODES", mode) {
                         continue;
@@ -540,8 +566,8 @@ async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
                     cpu[i] = cpu[i].min(c);
                 }
             }
-            let [direct, grpc, http] = best;
-            let (rg, rh) = (grpc / direct, http / direct);
+            let [direct, grpc, http, floor] = best;
+            let pct = |v: f64| v / direct * 100.0;
             let label = format!(
                 "{:<8} {:>2} stream{}",
                 if dir == Dir::Download {
@@ -553,7 +579,8 @@ async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
                 if streams == 1 { " " } else { "s" }
             );
             let target_txt = if streams == 1 {
-                let pass = rg >= TARGET_THROUGHPUT_RATIO && rh >= TARGET_THROUGHPUT_RATIO;
+                let pass = grpc / direct >= TARGET_THROUGHPUT_RATIO
+                    && http / direct >= TARGET_THROUGHPUT_RATIO;
                 ok &= pass;
                 format!(
                     "target >= {:.0}%: {}",
@@ -564,9 +591,10 @@ async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
                 "(no target)".into()
             };
             println!(
-                "  {label}  direct {direct:>7.0}  gRPC {grpc:>7.0} ({:>5.1}%)  HTTP-CONNECT {http:>7.0} ({:>5.1}%)  {target_txt}",
-                rg * 100.0,
-                rh * 100.0
+                "  {label}  direct {direct:>7.0}  gRPC {grpc:>7.0} ({:>5.1}%)  HTTP-CONNECT {http:>7.0} ({:>5.1}%)  floor {floor:>7.0} ({:>5.1}%)  {target_txt}",
+                pct(grpc),
+                pct(http),
+                pct(floor)
             );
             let c = |v: f64| {
                 if v == f64::MAX {
@@ -576,11 +604,12 @@ async fn throughput(stack: &Stack, target: &Target, repeat: usize) -> bool {
                 }
             };
             println!(
-                "  {:<19}  CPU ms/MiB: direct {}  gRPC {}  HTTP-CONNECT {}",
+                "  {:<19}  CPU ms/MiB: direct {}  gRPC {}  HTTP-CONNECT {}  floor {}",
                 "",
                 c(cpu[0]),
                 c(cpu[1]),
-                c(cpu[2])
+                c(cpu[2]),
+                c(cpu[3])
             );
         }
     }

@@ -150,11 +150,13 @@ pub async fn dial_grpc_uds(path: &Path, address: &str) -> Result<TunnelConn, Kon
 /// One tunnelled TCP connection. EOF arrives when the agent closes the
 /// endpoint (CLOSE_RSP); an error when the tunnel was torn down (agent gone,
 /// stalled, server stopped). Dropping it closes the tunnel; [`TunnelConn::close`]
-/// closes it and waits for the agent's CLOSE_RSP.
+/// closes it and waits for the agent's CLOSE_RSP. Reads poll the tunnel's own
+/// HTTP/2 stream directly (no relay task): a reader that stops reading holds
+/// back its stream through HTTP/2 flow control and nothing else.
 pub struct TunnelConn {
     connect_id: i64,
     tx: PollSender<Packet>,
-    rx: mpsc::Receiver<io::Result<Bytes>>,
+    inbound: PacketStreaming,
     cur: Bytes,
     eof: bool,
     close_sent: bool,
@@ -168,75 +170,12 @@ impl std::fmt::Debug for TunnelConn {
     }
 }
 
-async fn pump(mut inbound: PacketStreaming, out: mpsc::Sender<io::Result<Bytes>>, connect_id: i64) {
-    loop {
-        let msg = tokio::select! {
-            m = inbound.message() => m,
-            _ = out.closed() => return,
-        };
-        let p = match msg {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                let _ = out
-                    .send(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "tunnel stream ended",
-                    )))
-                    .await;
-                return;
-            }
-            Err(s) => {
-                let _ = out
-                    .send(Err(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        format!("tunnel failed: {}", s.message()),
-                    )))
-                    .await;
-                return;
-            }
-        };
-        match (p.kind(), p.payload) {
-            (Some(PacketType::Data), Some(Payload::Data(d))) if d.connect_id == connect_id => {
-                if d.data.is_empty() {
-                    continue;
-                }
-                if out.send(Ok(d.data)).await.is_err() {
-                    return;
-                }
-            }
-            (Some(PacketType::CloseRsp), Some(Payload::CloseResponse(r))) => {
-                if !r.error.is_empty() {
-                    let _ = out
-                        .send(Err(io::Error::new(
-                            io::ErrorKind::ConnectionAborted,
-                            r.error,
-                        )))
-                        .await;
-                }
-                return;
-            }
-            (Some(PacketType::DialCls), _) => {
-                let _ = out
-                    .send(Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "dial closed",
-                    )))
-                    .await;
-                return;
-            }
-            _ => {}
-        }
-    }
-}
-
 impl TunnelConn {
     fn new(connect_id: i64, tx: mpsc::Sender<Packet>, inbound: PacketStreaming) -> Self {
-        let (out_tx, out_rx) = mpsc::channel(QUEUE);
-        tokio::spawn(pump(inbound, out_tx, connect_id));
         TunnelConn {
             connect_id,
             tx: PollSender::new(tx),
-            rx: out_rx,
+            inbound,
             cur: Bytes::new(),
             eof: false,
             close_sent: false,
@@ -246,6 +185,56 @@ impl TunnelConn {
     /// The agent's connection id.
     pub fn connect_id(&self) -> i64 {
         self.connect_id
+    }
+
+    /// The next non-empty DATA payload of this tunnel; `None` once the agent
+    /// closed it cleanly. After `None` or an error the tunnel is finished.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if self.eof {
+            return Poll::Ready(Ok(None));
+        }
+        loop {
+            let p = match ready!(self.inbound.poll_message(cx)) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    self.eof = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "tunnel stream ended",
+                    )));
+                }
+                Err(s) => {
+                    self.eof = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        format!("tunnel failed: {}", s.message()),
+                    )));
+                }
+            };
+            match (p.kind(), p.payload) {
+                (Some(PacketType::Data), Some(Payload::Data(d)))
+                    if d.connect_id == self.connect_id && !d.data.is_empty() =>
+                {
+                    return Poll::Ready(Ok(Some(d.data)));
+                }
+                (Some(PacketType::CloseRsp), Some(Payload::CloseResponse(r))) => {
+                    self.eof = true;
+                    return Poll::Ready(if r.error.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(io::Error::new(io::ErrorKind::ConnectionAborted, r.error))
+                    });
+                }
+                (Some(PacketType::DialCls), _) => {
+                    self.eof = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "dial closed",
+                    )));
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Sends CLOSE_REQ and waits (up to 10 s) for the CLOSE_RSP; data still
@@ -261,9 +250,10 @@ impl TunnelConn {
             }
         }
         let drain = async {
-            while let Some(r) = self.rx.recv().await {
-                r?;
-            }
+            while std::future::poll_fn(|cx| self.poll_chunk(cx))
+                .await?
+                .is_some()
+            {}
             Ok(())
         };
         tokio::time::timeout(CLOSE_TIMEOUT, drain)
@@ -278,28 +268,16 @@ impl AsyncRead for TunnelConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            if !self.cur.is_empty() {
-                let n = self.cur.len().min(buf.remaining());
-                buf.put_slice(&self.cur[..n]);
-                self.cur.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            if self.eof {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(self.rx.poll_recv(cx)) {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => {
-                    self.eof = true;
-                    return Poll::Ready(Err(e));
-                }
-                None => {
-                    self.eof = true;
-                    return Poll::Ready(Ok(()));
-                }
+        if self.cur.is_empty() {
+            match ready!(self.poll_chunk(cx))? {
+                Some(b) => self.cur = b,
+                None => return Poll::Ready(Ok(())),
             }
         }
+        let n = self.cur.len().min(buf.remaining());
+        buf.put_slice(&self.cur[..n]);
+        self.cur.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 

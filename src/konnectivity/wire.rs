@@ -469,7 +469,8 @@ impl PacketStreaming {
         Poll::Ready(Err(s))
     }
 
-    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Packet>, Status>> {
+    /// Poll form of [`PacketStreaming::message`].
+    pub fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Packet>, Status>> {
         loop {
             if self.buffered >= PREFIX {
                 let mut head = [0u8; PREFIX];
