@@ -33,7 +33,8 @@ use super::KonnectivityError;
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// konnectivity-client's wait for CLOSE_RSP.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Packets queued in each direction of one tunnel.
+/// Packets queued towards the server per tunnel (the inbound side is the
+/// HTTP/2 stream itself, bounded by its flow-control window).
 const QUEUE: usize = 64;
 
 fn connect_err(path: &Path, e: impl std::fmt::Display) -> KonnectivityError {
