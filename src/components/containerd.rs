@@ -65,7 +65,7 @@ use crate::config::NodePaths;
 use crate::fsutil;
 // Re-exported: the containerd tests and stop path use them by this name.
 pub use crate::mounts::{mounts_below, unmount_below};
-use crate::supervisor::{self, ChildSpec, Supervised};
+use crate::supervisor::{ChildSpec, Supervised};
 
 pub const NAME: &str = "containerd";
 /// The pause image CRI uses for pod sandboxes (what kubelet 1.32 expects).
@@ -897,12 +897,7 @@ impl Component for Containerd {
             stop_grace: STOP_GRACE,
             backoff: Default::default(),
         };
-        let child = supervisor::start(spec)
-            .await
-            .map_err(|source| ComponentError::Supervisor {
-                component: NAME,
-                source,
-            })?;
+        let child = super::start_supervised(NAME, spec).await?;
         self.child = Some(child);
         self.started = true;
         Ok(())

@@ -17,7 +17,7 @@ use super::{binary, Component, ComponentError};
 use crate::config::NodePaths;
 use crate::fsutil;
 use crate::pki::Leaf;
-use crate::supervisor::{self, ChildSpec, Supervised};
+use crate::supervisor::{ChildSpec, Supervised};
 
 pub const NAME: &str = "etcd";
 /// etcd flushes and leaves the raft group quickly; beyond this it is killed.
@@ -268,12 +268,7 @@ impl Component for Etcd {
             stop_grace: STOP_GRACE,
             backoff: Default::default(),
         };
-        let child = supervisor::start(spec)
-            .await
-            .map_err(|source| ComponentError::Supervisor {
-                component: NAME,
-                source,
-            })?;
+        let child = super::start_supervised(NAME, spec).await?;
         self.child = Some(child);
         if let Some(learner) = self.settings.learner.clone() {
             self.promotion = CancellationToken::new();

@@ -15,7 +15,7 @@ use super::https_probe::{HttpsProbe, ServerTrust, PROBE_TIMEOUT};
 use super::{binary, ComponentError};
 use crate::config::NodePaths;
 use crate::fsutil;
-use crate::supervisor::{self, ChildSpec, Supervised};
+use crate::supervisor::{ChildSpec, Supervised};
 
 /// The upstream Kubernetes release the generated flags target. The flag lists
 /// under `tests/data/` are the ones of this minor version.
@@ -283,12 +283,7 @@ impl KubeProcess {
         let mut spec = ChildSpec::new(self.name, program, &self.paths.run_dir);
         spec.args = args;
         spec.stop_grace = stop_grace;
-        let child = supervisor::start(spec)
-            .await
-            .map_err(|source| ComponentError::Supervisor {
-                component: self.name,
-                source,
-            })?;
+        let child = super::start_supervised(self.name, spec).await?;
         self.child = Some(child);
         Ok(())
     }

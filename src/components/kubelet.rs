@@ -40,7 +40,7 @@ use super::containerd::{absolute, CgroupDriver, DEFAULT_SANDBOX_IMAGE};
 use super::{binary, Component, ComponentError};
 use crate::config::{ClusterConfig, ConfigError, NodePaths};
 use crate::fsutil;
-use crate::supervisor::{self, ChildSpec, Supervised};
+use crate::supervisor::{ChildSpec, Supervised};
 
 pub const NAME: &str = "kubelet";
 pub use super::kube_common::KUBERNETES_VERSION;
@@ -743,12 +743,7 @@ impl Component for Kubelet {
             stop_grace: STOP_GRACE,
             backoff: Default::default(),
         };
-        let child = supervisor::start(spec)
-            .await
-            .map_err(|source| ComponentError::Supervisor {
-                component: NAME,
-                source,
-            })?;
+        let child = super::start_supervised(NAME, spec).await?;
         self.child = Some(child);
         Ok(())
     }

@@ -67,6 +67,16 @@ use crate::supervisor::Supervised;
 /// How long the manager waits for a component to turn ready by default.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Starts `spec` under the supervisor; a failure names `component`.
+pub(crate) async fn start_supervised(
+    component: &'static str,
+    spec: crate::supervisor::ChildSpec,
+) -> Result<Supervised, ComponentError> {
+    crate::supervisor::start(spec)
+        .await
+        .map_err(|source| ComponentError::Supervisor { component, source })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
     #[error("{component}: {message}")]
