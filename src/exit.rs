@@ -31,6 +31,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         }
         if cause.is::<UnavailableError>()
             || cause.is::<crate::components::binary::BinaryNotFound>()
+            || cause.is::<crate::components::binary::UnusableBinary>()
             // `transparent` hides the wrapped error from the chain.
             || matches!(
                 cause.downcast_ref::<crate::components::ComponentError>(),

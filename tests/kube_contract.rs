@@ -1,5 +1,5 @@
-//! Contract tests for the kube control-plane components mkectl runs but CI
-//! cannot: kube-apiserver, kube-controller-manager and kube-scheduler.
+//! Contract tests for the kube control-plane components mkectl runs:
+//! kube-apiserver, kube-controller-manager and kube-scheduler.
 //!
 //! The argv each component gets is read from the args file `mkectl controller
 //! --init-only` writes (`<data-dir>/config/<component>.args`, the exact argv
@@ -8,10 +8,9 @@
 //! real etcd for the apiserver's etcd client identity, and the upstream v1.32
 //! flag lists under `tests/data/` (sources in their headers).
 //!
-//! The stand-in test runs the real supervisor with `tests/standin/`'s
-//! kube-apiserver STAND-IN in place of the upstream binary. Tests that need
-//! the upstream binaries are `#[ignore]`d and run from `vagrant/e2e.sh` with
-//! `MKECTL_UPSTREAM_BIN_DIR` pointing at them.
+//! One test runs the real kube-apiserver (`MKECTL_UPSTREAM_BIN_DIR`, built
+//! by `packaging/build-upstream.sh`) under the real supervisor; the whole
+//! control plane runs in `tests/control_plane_real.rs`.
 //!
 //! Hook for the worker (kubelet): add `tests/data/kubelet-v1.32.flags` with its
 //! source, have the kubelet component write `kubelet.args` in `init`, and call
@@ -24,7 +23,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -42,12 +40,6 @@ use mkectl::pki::{self, Ca, KeyType};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 const READY: Duration = Duration::from_secs(60);
-const KUBE: [&str; 3] = [
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-];
-const STANDIN: &str = env!("CARGO_BIN_EXE_mkectl-standin-kube-apiserver");
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -565,31 +557,25 @@ async fn ready_within(probe: &HttpsProbe, within: Duration) {
     }
 }
 
+/// The real kube-apiserver under the real supervisor: it runs exactly the
+/// argv of its args file, authenticates every client, and comes back after
+/// kill -9.
 #[tokio::test(flavor = "multi_thread")]
-async fn standin_apiserver_under_the_real_supervisor() {
+async fn real_apiserver_under_the_supervisor() {
+    let Some(bin) = upstream::upstream_bins(&["kube-apiserver"]) else {
+        return;
+    };
     let node = init_node("kc-c");
     let (args, api) = args_of(&node, "kube-apiserver");
-    let bin = node.tmp.path().join("bin");
-    fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(STANDIN, bin.join("kube-apiserver")).unwrap();
-    // The applier and the CSR approver are left out: the stand-in serves no
-    // API for them.
+    // The applier and the CSR approver are left out: this test is about the
+    // apiserver alone.
     let mut ctl = node.start_controller(&[
         "--bin-dir",
         s(&bin),
         "--disable-components",
         "kube-controller-manager,kube-scheduler,applier,csr-approver",
     ]);
-    wait_for("controller ready", READY, || {
-        ctl.log_text().contains("controller ready").then_some(())
-    });
-    let log = ctl.log_text();
-    assert!(
-        log.contains("STAND-IN"),
-        "the stand-in announces itself:\n{log}"
-    );
-    assert!(log.contains("kube-apiserver"), "{log}");
-
+    upstream::wait_ready(&mut ctl, "controller ready");
     // The supervisor ran exactly the argv of the args file.
     let pid = node.child_pid("kube-apiserver").expect("pid file");
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
@@ -627,7 +613,7 @@ async fn standin_apiserver_under_the_real_supervisor() {
             .filter(|p| *p != pid && alive(*p))
     });
     assert_ne!(new_pid, pid);
-    ready_within(&probe, READY).await;
+    ready_within(&probe, upstream::CONTROL_PLANE_READY).await;
 
     // Clean shutdown takes it down and removes its pid file.
     signal(ctl.pid(), libc::SIGTERM);
@@ -635,17 +621,6 @@ async fn standin_apiserver_under_the_real_supervisor() {
     assert!(status.success(), "{status:?}\n{}", ctl.log_text());
     assert!(!alive(new_pid));
     assert!(!node.pid_file("kube-apiserver").exists());
-}
-
-#[test]
-fn standin_refuses_flags_upstream_does_not_know() {
-    let out = run(Command::new(STANDIN).args(["--secure-port=1", "--no-such-flag=1"]));
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("unknown flag: --no-such-flag") && err.contains("STAND-IN"),
-        "{err}"
-    );
 }
 
 #[test]
@@ -666,36 +641,6 @@ fn missing_kube_binary_exits_69_before_anything_starts() {
     assert_eq!(out.status.code(), Some(69), "{err}");
     assert!(err.contains("`kube-apiserver`"), "{err}");
     assert!(node.child_pid("etcd").is_none(), "etcd was started anyway");
-}
-
-/// With the upstream v1.32 binaries (`MKECTL_UPSTREAM_BIN_DIR`): the whole
-/// control plane reaches ready and `kubectl get --raw /readyz` says ok.
-#[test]
-#[ignore = "needs upstream kube-apiserver, kube-controller-manager, kube-scheduler"]
-fn upstream_control_plane_is_ready() {
-    let bin = std::env::var("MKECTL_UPSTREAM_BIN_DIR")
-        .expect("MKECTL_UPSTREAM_BIN_DIR must point at the upstream binaries");
-    for b in KUBE {
-        assert!(Path::new(&bin).join(b).exists(), "{b} missing in {bin}");
-    }
-    let node = Node::new("kc-up");
-    let ctl = node.start_controller(&["--bin-dir", &bin]);
-    wait_for("controller ready", Duration::from_secs(240), || {
-        ctl.log_text().contains("controller ready").then_some(())
-    });
-    let out = run(Command::new("kubectl").env_remove("KUBECONFIG").args([
-        "--kubeconfig",
-        s(&node.pki("admin.conf")),
-        "get",
-        "--raw",
-        "/readyz",
-    ]));
-    assert_eq!(ok_stdout(out, "kubectl get --raw /readyz").trim(), "ok");
-    let mut flags: BTreeMap<&str, Flags> = BTreeMap::new();
-    for c in KUBE {
-        flags.insert(c, args_of(&node, c).1);
-    }
-    assert!(flags.values().all(|f| f.get("profiling") == Some("false")));
 }
 
 /// Flags that only appear with several controllers (leader election, the

@@ -16,6 +16,7 @@ use super::footer::{Footer, FORMAT_VERSION};
 use super::manifest::{FileEntry, Manifest, Origin, MANIFEST_NAME};
 use super::pins::{Artifact, PinnedComponent, Pins};
 use super::reader::Bundle;
+use super::source_builds::{self, SourceBuild, SOURCE_BUILDS_FILE};
 use super::{elf, valid_file_name, BundleError, BIN_MODE};
 
 /// Version recorded for a local file when none is given.
@@ -49,6 +50,9 @@ pub enum SourceKind {
     Pinned { artifact: String },
     /// A local file, checksum computed, not checked against any pin.
     Local,
+    /// Built from source by `packaging/build-upstream.sh`, checked against
+    /// the SHA-256 its `source-builds.tsv` records.
+    Source,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +122,7 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
             source,
         })?;
     inputs.sort();
+    let built = source_builds::read(&opts.from_dir)?;
 
     let mut staged: BTreeMap<String, Staged> = BTreeMap::new();
     let mut used_artifacts = BTreeSet::new();
@@ -138,7 +143,16 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
                 "not a regular file; --from-dir takes artifacts and binaries directly, no subdirectories",
             ));
         }
-        let new: Vec<Staged> = if let Some((component, artifact)) = by_file.get(name.as_str()) {
+        if name == SOURCE_BUILDS_FILE {
+            continue;
+        }
+        let new: Vec<Staged> = if let Some(build) = built.get(&name) {
+            if !build.ship {
+                info!(file = %name, component = %build.component, "test-only source build, never bundled");
+                continue;
+            }
+            vec![stage_source_build(path, &name, build, staging.path())?]
+        } else if let Some((component, artifact)) = by_file.get(name.as_str()) {
             used_artifacts.insert(name.clone());
             stage_artifact(path, component, artifact, staging.path())?
         } else if opts.allow_local {
@@ -375,6 +389,44 @@ fn stage_artifact(
         ));
     }
     Ok(out)
+}
+
+/// Stages a binary `build-upstream.sh` built, after checking it still has
+/// the SHA-256 the build recorded.
+fn stage_source_build(
+    path: &Path,
+    name: &str,
+    build: &SourceBuild,
+    staging: &Path,
+) -> Result<Staged, BundleError> {
+    let entry = stage_file(
+        path,
+        name,
+        staging,
+        &build.component,
+        &build.version,
+        Origin::Source,
+    )?;
+    if entry.sha256 != build.sha256 {
+        return Err(BundleError::ArtifactChecksum {
+            path: path.to_path_buf(),
+            algorithm: "sha256",
+            expected: build.sha256.clone(),
+            actual: entry.sha256,
+            detail: format!("recorded in {SOURCE_BUILDS_FILE} when it was built; rebuild it"),
+        });
+    }
+    info!(
+        file = %name,
+        version = %build.version,
+        sha256 = %entry.sha256,
+        "bundling a source build (its own checksum; the published artifact's does not apply)"
+    );
+    Ok(Staged {
+        path: staging.join(name),
+        entry,
+        source: SourceKind::Source,
+    })
 }
 
 /// Copies a plain file into staging under `name`.

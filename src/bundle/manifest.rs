@@ -50,6 +50,10 @@ pub enum Origin {
     Pinned,
     /// A local file bundled with its own checksum (`--allow-local`).
     Local,
+    /// The pinned upstream version built from its source (Go modules) by
+    /// `packaging/build-upstream.sh`; the checksum is that build's, not the
+    /// published artifact's.
+    Source,
 }
 
 impl std::fmt::Display for Origin {
@@ -57,6 +61,7 @@ impl std::fmt::Display for Origin {
         f.write_str(match self {
             Origin::Pinned => "pinned",
             Origin::Local => "local",
+            Origin::Source => "built from source",
         })
     }
 }

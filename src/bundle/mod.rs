@@ -57,6 +57,7 @@ mod pins;
 mod reader;
 #[cfg(test)]
 mod round_trip_tests;
+pub mod source_builds;
 
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -106,6 +107,9 @@ pub enum BundleError {
     },
     #[error(transparent)]
     Fs(#[from] crate::fsutil::FsError),
+    /// The source-build record of a `--from-dir` is unreadable or invalid.
+    #[error(transparent)]
+    SourceBuilds(#[from] source_builds::SourceBuildsError),
     /// The pinned versions file is unreadable or invalid.
     #[error("{path}: {detail}")]
     Pins { path: PathBuf, detail: String },

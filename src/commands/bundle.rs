@@ -107,6 +107,9 @@ fn create(args: &BundleCreateArgs) -> anyhow::Result<()> {
             SourceKind::Local => {
                 "LOCAL: own sha256 recorded, not checked against any pin".to_string()
             }
+            SourceKind::Source => "BUILT FROM SOURCE: own sha256 (checked against its build \
+                 record); the published artifact's checksum does not apply"
+                .to_string(),
         };
         println!(
             "  {:width$}  {:<14} {:<12}  {}",

@@ -12,7 +12,7 @@ use super::controller_join;
 use super::worker::{add_node_components, worker_spec, NodeSide, WORKER_OPTIONAL};
 use crate::cli::{ControllerArgs, GlobalArgs};
 use crate::components::konnectivity_agent::ServerSource;
-use crate::components::kube_common::{LocalKubeComponent, LocalKubeSettings};
+use crate::components::kube_common::{LocalKubeComponent, LocalKubeSettings, KUBERNETES_VERSION};
 use crate::components::kubelet::{self, WorkerSpec};
 use crate::components::{
     applier, binary, controller_registry, csr_approver, etcd, join_api, konnectivity_server,
@@ -151,9 +151,13 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             return Ok(());
         }
 
+        // Every upstream kube binary is found and is the right release
+        // before anything starts, so a wrong one starts nothing half-way.
         for name in manager.names() {
             if KUBE_BINARIES.contains(&name) {
-                binary::find(name, &paths)?;
+                let path = binary::find(name, &paths)?;
+                let found = binary::check_kube_version(name, &path, KUBERNETES_VERSION).await?;
+                info!(binary = name, path = %path.display(), version = %found, "upstream binary checked");
             }
         }
 

@@ -118,7 +118,13 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
         // kubelet is an upstream binary that only comes with the bundle:
         // missing, it is exit 69 before anything starts.
         if manager.names().contains(&kubelet::NAME) {
-            crate::components::binary::find(kubelet::NAME, &paths)?;
+            let path = crate::components::binary::find(kubelet::NAME, &paths)?;
+            crate::components::binary::check_kube_version(
+                kubelet::NAME,
+                &path,
+                kubelet::KUBERNETES_VERSION,
+            )
+            .await?;
         }
 
         stop_stale_children(&paths, &manager).await?;

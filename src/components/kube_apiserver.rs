@@ -24,6 +24,13 @@
 //! fail before the listener closes) it first keeps serving for that long, then
 //! waits for in-flight requests, which `--request-timeout` (upstream default
 //! 1m) bounds. The stop grace is the sum of both plus a margin.
+//! `--shutdown-send-retry-after` keeps the drain short: without it the
+//! listener closes first and the HTTP server then waits the whole request
+//! timeout for connections carrying watches (every controller-manager,
+//! scheduler and kubelet holds some), so each restart, e.g. for a renewed
+//! certificate, took the API away for a full minute. With it the apiserver
+//! answers 429 + Retry-After (which clients retry) until in-flight requests
+//! are done, then gives watches 2 s.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -219,6 +226,7 @@ impl KubeApiserverSettings {
         f.set_path("proxy-client-cert-file", &pki.front_proxy_client.cert);
         f.set_path("proxy-client-key-file", &pki.front_proxy_client.key);
         f.set_path("egress-selector-config-file", &self.egress_selector_file);
+        f.set("shutdown-send-retry-after", "true");
         let delay = self.shutdown_delay();
         if !delay.is_zero() {
             f.set("shutdown-delay-duration", format!("{}s", delay.as_secs()));
@@ -411,6 +419,7 @@ mod tests {
             "/d/config/egress-selector.yaml"
         );
         assert!(f.get("shutdown-delay-duration").is_none());
+        assert_eq!(get("shutdown-send-retry-after"), "true");
     }
 
     #[test]

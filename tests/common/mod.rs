@@ -5,6 +5,7 @@
 pub mod join;
 pub mod konnectivity;
 pub mod netns;
+pub mod upstream;
 
 use std::fs;
 use std::net::TcpListener;
