@@ -13,6 +13,9 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
+use tokio_stream::StreamExt;
+
+use super::authority::AuthorityFix;
 use super::tunnels::{FrontendKind, FrontendLink};
 use super::{Shared, CONN_WINDOW, DEFAULT_SEND_TIMEOUT, MAX_DECODE, MAX_FRAME, STREAM_WINDOW};
 use crate::konnectivity::metrics::{FROM_CLIENT, TO_AGENT, TO_CLIENT};
@@ -46,7 +49,8 @@ pub(crate) fn spawn_uds(shared: Arc<Shared>, listener: UnixListener) {
             .max_concurrent_streams(MAX_STREAMS)
             .add_service(svc)
             .serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
+                // Any :authority, as upstream accepts (see authority.rs).
+                UnixListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)),
                 cancel.clone().cancelled_owned(),
             );
         tokio::select! {

@@ -9,6 +9,7 @@
 //! [`ServerHandle::wait_stopped`] resolves once all its tasks are gone.
 
 mod agent_listener;
+pub mod authority;
 pub mod backend;
 mod grpc_frontend;
 mod http_connect;
