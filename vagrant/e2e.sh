@@ -133,13 +133,8 @@ out="$(on_single "$KUBECTL exec $spod -- cat /etc/hostname")"
 [ "$out" = "$spod" ] || fail "exec on the single node printed '$out', expected '$spod'"
 
 step "ignored tests that need a real apiserver (from the host, against the VM)"
-# The applier's real-apiserver test uses the cluster's admin kubeconfig
-# (the controller's private-network address is reachable from the host).
-kc="$(mktemp)"
-on_controller "sudo cat /var/lib/mke/pki/admin.conf" > "$kc"
-(cd .. && MKECTL_E2E_KUBECONFIG="$kc" cargo test --locked --test applier -- --ignored real_apiserver) \
-  || fail "applier test against the real apiserver"
-rm -f "$kc"
+# (The applier's tests against the real apiserver run in CI itself:
+# tests/applier_real.rs starts its own control plane.)
 # The control-plane and kubelet tests start the upstream binaries on this
 # host when they are given (Linux host with the bundle's binaries unpacked).
 if [ -n "${MKECTL_UPSTREAM_BIN_DIR:-}" ]; then

@@ -112,6 +112,14 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
     let span = info_span!("controller", component = "controller", node = %node_name);
     async move {
         info!(%node_address, data_dir = %paths.data_dir.display(), "starting controller");
+        if node_address.is_loopback() {
+            // kube-apiserver refuses loopback endpoints: the `kubernetes`
+            // Service then has no EndpointSlice and pods cannot reach it.
+            warn!(
+                %node_address,
+                "node address is loopback: fine for a single host, but the `kubernetes` Service gets no endpoints; set spec.api.address to a routable address for pods to reach the apiserver"
+            );
+        }
         fsutil::ensure_dir(&paths.run_dir, fsutil::PRIVATE_DIR_MODE)?;
         let _lock = lock_run_dir(&paths)?;
         // Before anything is written to the data dir: a refused token

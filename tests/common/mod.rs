@@ -131,6 +131,9 @@ pub struct Node {
     /// (e.g. an agent admin port).
     pub spare_port: u16,
     pub name: String,
+    /// The network namespace every `mkectl` and `kubectl` of this node runs
+    /// in (`ip netns exec`), when the test gave it one.
+    pub netns: Option<String>,
 }
 
 impl Node {
@@ -170,11 +173,33 @@ impl Node {
             metrics_port: metrics,
             spare_port: spare,
             name: name.into(),
+            netns: None,
+        }
+    }
+
+    /// A node whose processes run inside `ns`, on `address` (which the test
+    /// has put on an interface of `ns`, e.g. its `lo`).
+    pub fn in_netns(name: &str, ns: &netns::Netns, address: &str, extra_spec: &str) -> Self {
+        let mut node = Self::with_address(name, address, extra_spec);
+        node.netns = Some(ns.name.clone());
+        node
+    }
+
+    /// `program` as this node runs it: inside its namespace, if it has one
+    /// (`ip netns exec` execs it, so the child's pid is the program's).
+    pub fn program(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
         }
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(MKECTL);
+        let mut cmd = self.program(MKECTL);
         cmd.arg("--data-dir")
             .arg(&self.data)
             .arg("--run-dir")

@@ -8,7 +8,7 @@
 //! run: it never claims to have run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use super::{wait_for, Controller, Node};
@@ -63,10 +63,26 @@ pub fn control_plane_bins() -> Option<PathBuf> {
     upstream_bins(&CONTROL_PLANE)
 }
 
+/// YAML under `spec:` giving kube-controller-manager and kube-scheduler
+/// these secure ports instead of upstream's fixed 10257 and 10259, which
+/// controllers running side by side on one machine cannot share.
+pub fn kube_ports_spec(kcm: u16, scheduler: u16) -> String {
+    format!(
+        "  extraArgs:\n    kube-controller-manager:\n      secure-port: \"{kcm}\"\n    kube-scheduler:\n      secure-port: \"{scheduler}\"\n"
+    )
+}
+
 impl Node {
+    /// A controller node on `address` whose kube-controller-manager and
+    /// kube-scheduler get free secure ports (see [`kube_ports_spec`]).
+    pub fn control_plane_node(name: &str, address: &str) -> Node {
+        let [kcm, scheduler] = super::free_ports();
+        Node::with_address(name, address, &kube_ports_spec(kcm, scheduler))
+    }
+
     /// `kubectl --kubeconfig <admin.conf> <args>`, waited for.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
+        self.program("kubectl")
             .env_remove("KUBECONFIG")
             .arg("--kubeconfig")
             .arg(self.pki("admin.conf"))
