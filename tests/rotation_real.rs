@@ -170,7 +170,10 @@ fn renewing_the_apiserver_certificate_restarts_only_the_apiserver() {
     };
 
     let t0 = Instant::now();
-    let out = node.cmd(&["certs", "renew", "apiserver"]).output().unwrap();
+    let out = node
+        .cmd(&["certs", "renew", "kube-apiserver"])
+        .output()
+        .unwrap();
     let took = t0.elapsed();
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

@@ -22,10 +22,20 @@ use std::path::{Path, PathBuf};
 use crate::config::NodePaths;
 
 #[derive(Debug, thiserror::Error)]
-#[error("required binary `{name}` not found; looked in: {}", searched_list(.searched))]
+#[error("required binary `{name}` not found; looked in: {}{}", searched_list(.searched), not_executable_note(.not_executable))]
 pub struct BinaryNotFound {
     pub name: String,
     pub searched: Vec<PathBuf>,
+    /// Files of that name that exist but lack the execute bit: the likely
+    /// mistake, named so the operator need not guess.
+    pub not_executable: Vec<PathBuf>,
+}
+
+fn not_executable_note(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return String::new();
+    }
+    format!(" ({} exists but is not executable)", searched_list(paths))
 }
 
 fn searched_list(paths: &[PathBuf]) -> String {
@@ -59,16 +69,21 @@ pub fn search_dirs(paths: &NodePaths, path_env: Option<&std::ffi::OsStr>) -> Vec
 pub fn find(name: &str, paths: &NodePaths) -> Result<PathBuf, BinaryNotFound> {
     let path_env = std::env::var_os("PATH");
     let mut searched = Vec::new();
+    let mut not_executable = Vec::new();
     for dir in search_dirs(paths, path_env.as_deref()) {
         let candidate = dir.join(name);
         if is_executable(&candidate) {
             return Ok(candidate);
+        }
+        if candidate.is_file() {
+            not_executable.push(candidate.clone());
         }
         searched.push(candidate);
     }
     Err(BinaryNotFound {
         name: name.into(),
         searched,
+        not_executable,
     })
 }
 

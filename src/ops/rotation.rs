@@ -68,9 +68,9 @@ pub fn parse_leaves(names: &[String], all: bool, maintained: &[Leaf]) -> Result<
                 "{n} is a CA; mkectl never renews CAs (rotating a CA means re-trusting every node)"
             ));
         }
-        let Some(leaf) = maintained.iter().find(|l| l.name() == n) else {
+        let Some(leaf) = maintained.iter().find(|l| l.is_named(n)) else {
             let known: Vec<_> = maintained.iter().map(|l| l.name()).collect();
-            let why = if Leaf::every().any(|l| l.name() == n) {
+            let why = if Leaf::every().any(|l| l.is_named(n)) {
                 "is not maintained on this node (only a controller running with --enable-worker has it)"
             } else {
                 "is unknown"
@@ -290,6 +290,20 @@ mod tests {
         assert_eq!(
             parse_leaves(&["etcd-server".into(), "etcd-server".into()], false, &all).unwrap(),
             [Leaf::EtcdServer]
+        );
+        assert_eq!(
+            parse_leaves(
+                &[
+                    "kube-apiserver".into(),
+                    "apiserver".into(),
+                    "kube-scheduler".into()
+                ],
+                false,
+                &all
+            )
+            .unwrap(),
+            vec![Leaf::ApiServer, Leaf::Scheduler],
+            "component names are aliases of their certificates"
         );
         assert!(parse_leaves(&[], false, &all).is_err());
         assert!(parse_leaves(&["admin".into()], true, &all).is_err());

@@ -85,6 +85,18 @@ impl Leaf {
         }
     }
 
+    /// True for its name and for the component name operators also use
+    /// (`kube-apiserver` for `apiserver`, ...).
+    pub fn is_named(self, n: &str) -> bool {
+        let alias = match self {
+            Leaf::ApiServer => Some("kube-apiserver"),
+            Leaf::ControllerManager => Some("kube-controller-manager"),
+            Leaf::Scheduler => Some("kube-scheduler"),
+            _ => None,
+        };
+        self.name() == n || alias == Some(n)
+    }
+
     /// The CA that signs this leaf.
     pub fn ca(self) -> Ca {
         match self {
