@@ -1,18 +1,22 @@
 //! The bundle end to end with real binaries: Debian's etcd and containerd are
 //! appended to mkectl; the bundled mkectl runs a controller with no etcd on
 //! PATH, stages etcd once, and refuses corrupt or truncated copies before
-//! writing anything.
+//! writing anything. The upstream Kubernetes binaries that
+//! `packaging/build-upstream.sh` builds from source are bundled with their own
+//! SHA-256, checked against its `source-builds.tsv`.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use mkectl::bundle::Bundle;
+use mkectl::bundle::source_builds::SOURCE_BUILDS_FILE;
+use mkectl::bundle::{Bundle, Origin};
 use mkectl::components::etcd::{connect, EtcdClientTls};
 
 const READY: Duration = Duration::from_secs(60);
@@ -380,4 +384,195 @@ fn bundle_plan_lists_every_pinned_download_with_its_checksum() {
         text(&out.stderr)
     );
     assert!(out.stdout.is_empty());
+}
+
+/// What `packaging/build-upstream.sh` builds and marks `ship`.
+const SHIPPED: [&str; 5] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+];
+/// What it builds for tests only (upstream konnectivity peers).
+const TEST_ONLY: [&str; 2] = ["proxy-server", "proxy-agent"];
+
+/// Lowercase hex SHA-256 of a file, computed here (ring, the crate's one
+/// crypto provider) independently of the bundle code.
+fn sha256_file(path: &Path) -> String {
+    let mut f = fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    hex::encode(ctx.finish().as_ref())
+}
+
+/// Hard link (the binaries are 50-95 MB each), else a copy.
+fn link_or_copy(from: &Path, to: &Path) {
+    if fs::hard_link(from, to).is_err() {
+        fs::copy(from, to)
+            .unwrap_or_else(|e| panic!("copy {} → {}: {e}", from.display(), to.display()));
+    }
+}
+
+/// `bundle create --from-dir DIR --versions PINS --output OUT` (level 1: the
+/// test is about what is recorded, not about compression).
+fn create_from(dir: &Path, out: &Path) -> Output {
+    let mut cmd = Command::new(MKECTL);
+    cmd.args(["bundle", "create", "--from-dir"])
+        .arg(dir)
+        .args(["--versions", PINS, "--compression-level", "1", "--output"])
+        .arg(out);
+    output(&mut cmd)
+}
+
+#[test]
+fn source_built_upstream_binaries_are_bundled_with_their_own_sha256() {
+    let Some(up) = upstream::upstream_bins(&SHIPPED) else {
+        return;
+    };
+    let record = up.join(SOURCE_BUILDS_FILE);
+    assert!(
+        record.is_file(),
+        "{} is missing: packaging/build-upstream.sh writes it next to the binaries",
+        record.display()
+    );
+    // Beside target/, not in /tmp, which may be a small tmpfs.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let src = tmp.path().join("upstream");
+    fs::create_dir(&src).unwrap();
+    for name in SHIPPED.iter().chain(&TEST_ONLY) {
+        let from = up.join(name);
+        if *name == "proxy-server" || *name == "proxy-agent" {
+            assert!(from.is_file(), "{} is missing", from.display());
+        }
+        link_or_copy(&from, &src.join(name));
+    }
+    fs::copy(&record, src.join(SOURCE_BUILDS_FILE)).unwrap();
+    let sums: BTreeMap<&str, String> = SHIPPED
+        .iter()
+        .map(|n| (*n, sha256_file(&src.join(n))))
+        .collect();
+
+    let bundled = tmp.path().join("mkectl-upstream");
+    let out = create_from(&src, &bundled);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    for name in SHIPPED {
+        assert!(
+            summary.lines().any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.len() > 3
+                    && w[0] == name
+                    && w[2] == upstream::KUBE_VERSION
+                    && l.contains("BUILT FROM SOURCE")
+            }),
+            "{name} not listed as built from source:\n{summary}"
+        );
+    }
+    for name in TEST_ONLY {
+        assert!(!summary.contains(name), "{name} was bundled:\n{summary}");
+    }
+
+    // The manifest: exactly the five, each the pinned version, built from
+    // source, with the file's own SHA-256 and size.
+    let manifest = Bundle::open(&bundled).unwrap().unwrap().manifest().unwrap();
+    let mut names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+    names.sort();
+    let mut want = SHIPPED.to_vec();
+    want.sort();
+    assert_eq!(
+        names, want,
+        "proxy-server/proxy-agent are test peers, never bundled"
+    );
+    for f in &manifest.files {
+        assert_eq!(f.component, "kubernetes", "{f:?}");
+        assert_eq!(f.version, upstream::KUBE_VERSION, "{f:?}");
+        assert_eq!(f.origin, Origin::Source, "{f:?}");
+        assert_eq!(f.origin.to_string(), "built from source");
+        assert_eq!(f.sha256, sums[f.name.as_str()], "{}", f.name);
+        assert_eq!(f.size, fs::metadata(src.join(&f.name)).unwrap().len());
+    }
+
+    // What the bundled mkectl prints about itself.
+    let out = output(Command::new(&bundled).arg("version"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = text(&out.stdout);
+    let line = v
+        .lines()
+        .find(|l| {
+            l.split_whitespace()
+                .take(2)
+                .eq(["kubernetes", upstream::KUBE_VERSION])
+        })
+        .unwrap_or_else(|| panic!("kubernetes {} not listed:\n{v}", upstream::KUBE_VERSION));
+    assert!(line.contains("built from source"), "{v}");
+    for name in SHIPPED {
+        assert!(line.contains(name), "{name} missing:\n{v}");
+    }
+    let out = output(Command::new(&bundled).args(["version", "-o", "json"]));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let comps = j["bundle"]["components"].as_array().unwrap();
+    assert_eq!(comps.len(), 1, "{j}");
+    assert_eq!(comps[0]["origin"], "source", "{j}");
+    assert_eq!(comps[0]["version"], upstream::KUBE_VERSION, "{j}");
+
+    // Every bundled file's bytes check out against the manifest.
+    let out = output(Command::new(&bundled).args(["bundle", "verify"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    fs::remove_file(&bundled).unwrap();
+
+    // A binary changed after the build (one byte flipped in a copy) no
+    // longer has the SHA-256 the record holds: refused, naming the file,
+    // and nothing written.
+    let bad = tmp.path().join("tampered");
+    fs::create_dir(&bad).unwrap();
+    for name in SHIPPED.iter().chain(&TEST_ONLY) {
+        if *name != "kube-apiserver" {
+            link_or_copy(&src.join(name), &bad.join(name));
+        }
+    }
+    fs::copy(&record, bad.join(SOURCE_BUILDS_FILE)).unwrap();
+    let tampered = bad.join("kube-apiserver");
+    fs::copy(src.join("kube-apiserver"), &tampered).unwrap();
+    {
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tampered)
+            .unwrap();
+        let at = f.metadata().unwrap().len() / 2;
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.read_exact(&mut b).unwrap();
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&[b[0] ^ 0xff]).unwrap();
+    }
+    let refused = tmp.path().join("mkectl-tampered");
+    let out = create_from(&bad, &refused);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&tampered.display().to_string()), "{err}");
+    assert!(err.contains("sha256 mismatch"), "{err}");
+    assert!(err.contains(&sums["kube-apiserver"]), "{err}");
+    assert!(err.contains(SOURCE_BUILDS_FILE), "{err}");
+    assert!(!refused.exists(), "output written for a tampered input");
+    let left: Vec<String> = fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+    // The cached build itself is untouched.
+    assert_eq!(
+        sha256_file(&up.join("kube-apiserver")),
+        sums["kube-apiserver"]
+    );
 }

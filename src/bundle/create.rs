@@ -90,16 +90,6 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    // Staging next to the output: the binaries are large and /tmp may be a
-    // small tmpfs.
-    let staging = tempfile::Builder::new()
-        .prefix(".mkectl-bundle-staging-")
-        .tempdir_in(&out_dir)
-        .map_err(|source| BundleError::Write {
-            path: out_dir.clone(),
-            source,
-        })?;
-
     let pinned: Vec<(&PinnedComponent, &Artifact)> = opts
         .pins
         .as_ref()
@@ -121,7 +111,28 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
             path: opts.from_dir.clone(),
             source,
         })?;
+    // The output may go into the input directory: an earlier output there
+    // is not an input.
+    if let (Some(out_name), Ok(from), Ok(out)) = (
+        opts.output.file_name(),
+        fs::canonicalize(&opts.from_dir),
+        fs::canonicalize(&out_dir),
+    ) {
+        if from == out {
+            inputs.retain(|p| p.file_name() != Some(out_name));
+        }
+    }
     inputs.sort();
+    // Staging next to the output: the binaries are large and /tmp may be a
+    // small tmpfs. Created after listing the inputs, so an output inside the
+    // input directory works.
+    let staging = tempfile::Builder::new()
+        .prefix(".mkectl-bundle-staging-")
+        .tempdir_in(&out_dir)
+        .map_err(|source| BundleError::Write {
+            path: out_dir.clone(),
+            source,
+        })?;
     let built = source_builds::read(&opts.from_dir)?;
 
     let mut staged: BTreeMap<String, Staged> = BTreeMap::new();
@@ -307,7 +318,7 @@ fn stage_artifact(
             expected: sum.hex().to_string(),
             actual,
             detail: format!(
-                "{} {} from {}",
+                "pinned for {} {} from {}",
                 component.name, component.version, artifact.url
             ),
         });
@@ -413,7 +424,11 @@ fn stage_source_build(
             algorithm: "sha256",
             expected: build.sha256.clone(),
             actual: entry.sha256,
-            detail: format!("recorded in {SOURCE_BUILDS_FILE} when it was built; rebuild it"),
+            detail: format!(
+                "built from source {} {}, recorded in {SOURCE_BUILDS_FILE} when it was built; \
+                 the file changed since: delete it and rerun packaging/build-upstream.sh",
+                build.component, build.version
+            ),
         });
     }
     info!(

@@ -116,8 +116,9 @@ pub enum BundleError {
     /// An input of `bundle create` is unusable (bad name, not pinned, ...).
     #[error("{path}: {detail}")]
     Input { path: PathBuf, detail: String },
-    /// A pinned artifact's checksum does not match.
-    #[error("{path}: {algorithm} mismatch: pinned {expected}, file has {actual} ({detail})")]
+    /// A pinned artifact's, or a source build's, checksum does not match
+    /// what `detail` says it was recorded against.
+    #[error("{path}: {algorithm} mismatch: expected {expected}, file has {actual} ({detail})")]
     ArtifactChecksum {
         path: PathBuf,
         algorithm: &'static str,

@@ -548,3 +548,77 @@ fn local_inputs_are_validated() {
     assert!(e.to_string().contains("not an ELF"), "{e}");
     assert!(!fx.path("out").exists());
 }
+
+#[test]
+fn output_inside_the_input_directory_is_not_an_input() {
+    let fx = Fixture::new();
+    fx.exe("in", "alpha", "echo alpha");
+    let opts = fx.opts("in", "in/mkectl-bundled");
+    // Twice: the second run finds the first run's output beside the inputs.
+    for _ in 0..2 {
+        let report = create(&opts).unwrap();
+        let names: Vec<&str> = report
+            .manifest
+            .files
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["alpha"]);
+    }
+    assert_eq!(binaries(&fx.path("in")), vec!["alpha", "mkectl-bundled"]);
+    let left: Vec<_> = fs::read_dir(fx.path("in"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+}
+
+#[test]
+fn source_builds_are_checked_against_their_record_and_test_only_ones_skipped() {
+    let fx = Fixture::new();
+    let api = fx.exe("in", "kube-apiserver", "echo apiserver");
+    let peer = fx.exe("in", "proxy-server", "echo peer");
+    let sum = |p: &Path| {
+        hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            &fs::read(p).unwrap(),
+        ))
+    };
+    let record = |api_sum: &str| {
+        fs::write(
+            fx.path("in/source-builds.tsv"),
+            format!(
+                "# header\nkube-apiserver\tkubernetes\tv1.32.8\t{api_sum}\tship\n\
+                 proxy-server\tapiserver-network-proxy\tv0.33.0\t{}\ttest-only\n",
+                sum(&peer)
+            ),
+        )
+        .unwrap();
+    };
+    let mut opts = fx.opts("in", "mkectl-bundled");
+    opts.allow_local = false;
+
+    record(&sum(&api));
+    let report = create(&opts).unwrap();
+    assert_eq!(report.sources.len(), 1);
+    assert_eq!(report.sources["kube-apiserver"], SourceKind::Source);
+    let f = report.manifest.file("kube-apiserver").unwrap();
+    assert_eq!(
+        (f.version.as_str(), f.origin, f.sha256.as_str()),
+        ("v1.32.8", Origin::Source, sum(&api).as_str())
+    );
+
+    fs::remove_file(fx.path("mkectl-bundled")).unwrap();
+    record(&"0".repeat(64));
+    let e = create(&opts).unwrap_err();
+    let msg = e.to_string();
+    assert!(!e.is_usage(), "{msg}");
+    assert!(
+        msg.contains(&api.display().to_string())
+            && msg.contains("sha256 mismatch")
+            && msg.contains("source-builds.tsv"),
+        "{msg}"
+    );
+    assert!(!fx.path("mkectl-bundled").exists());
+}
