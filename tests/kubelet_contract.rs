@@ -5,9 +5,9 @@
 //! CA, the kubeconfig passes `kubectl config view`, and kubelet and
 //! containerd agree on the CRI socket and the cgroup driver.
 //!
-//! The test that runs the real binary is `#[ignore = "needs upstream kubelet"]`
-//! (run it in vagrant/ or with a kubelet on PATH: `cargo test --test
-//! kubelet_contract -- --ignored`).
+//! The real kubelet (built by `packaging/build-upstream.sh`, found through
+//! `MKECTL_UPSTREAM_BIN_DIR`) runs too, inside a network namespace of its
+//! own so nothing it sets up touches the host's network.
 
 mod common;
 
@@ -357,12 +357,29 @@ fn write_files_refuses_a_node_that_has_not_joined() {
 /// The real kubelet v1.32 accepts the generated argv and config: it starts,
 /// keeps running (an unknown flag or config field makes it exit at once) and
 /// waits for TLS bootstrap against the (absent) apiserver.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs upstream kubelet"]
-async fn upstream_kubelet_accepts_flags_and_config() {
-    let w = worker();
+#[test]
+fn upstream_kubelet_accepts_flags_and_config() {
+    let Some(bin) = common::upstream::upstream_bins(&["kubelet"]) else {
+        return;
+    };
+    // Children inherit the network namespace of the thread that forks them:
+    // the runtime lives on a thread inside the test's namespace.
+    let ns = common::netns::Netns::new("kubelet");
+    ns.enter(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(kubelet_runs(&bin))
+    });
+}
+
+async fn kubelet_runs(bin: &Path) {
+    let mut w = worker();
+    w.paths.bin_dir = Some(bin.to_path_buf());
     let kubelet_bin = mkectl::components::binary::find(kubelet::NAME, &w.paths)
-        .expect("kubelet on PATH or in --bin-dir");
+        .expect("kubelet in MKECTL_UPSTREAM_BIN_DIR");
+    assert_eq!(kubelet_bin, bin.join("kubelet"));
     let version = Command::new(&kubelet_bin)
         .arg("--version")
         .output()
