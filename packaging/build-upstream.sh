@@ -51,7 +51,18 @@ log() { echo "build-upstream: $*" >&2; }
 have_all() {
   local c
   for c in "${kube_cmds[@]}" "${knp_cmds[@]}"; do [ -x "$bin/$c" ] || return 1; done
-  [ -f "$bin/source-builds.tsv" ]
+  [ -f "$bin/source-builds.tsv" ] || return 1
+  # A cached binary that changed since it was built (disk damage, a hand
+  # edit) is not reused: its recorded sha256 must still match.
+  local name sum bad=0
+  while IFS=$'\t' read -r name _ _ sum _; do
+    case "$name" in ''|'#'*) continue ;; esac
+    if [ "$(sha256sum "$bin/$name" | cut -d' ' -f1)" != "$sum" ]; then
+      log "cached $name does not match its recorded sha256; rebuilding"
+      bad=1
+    fi
+  done < "$bin/source-builds.tsv"
+  [ "$bad" = 0 ]
 }
 
 if have_all; then
