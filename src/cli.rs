@@ -93,6 +93,69 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Print the mkectl version and the versions of the bundled components.
     Version(VersionArgs),
+    /// Make image archives from local files (for packaging scripts and
+    /// tests; no daemon, no registry).
+    #[command(subcommand, hide = true)]
+    Images(ImagesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Pack local files into a one-layer image archive (OCI image layout or
+    /// docker archive) that `ctr images import`, `docker load` and the
+    /// worker's images dir take. Same inputs, same bytes (and digests).
+    Pack(ImagesPackArgs),
+}
+
+/// Archive format written by `images pack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum ImageFormat {
+    /// OCI image layout (gzip'd layer).
+    #[default]
+    Oci,
+    /// Docker archive, as `docker save` writes it.
+    Docker,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImagesPackArgs {
+    /// Image name; normalised as containerd stores it (`busybox` becomes
+    /// `docker.io/library/busybox:latest`).
+    #[arg(long, value_name = "REF")]
+    pub name: String,
+    /// A file to put into the image: `SRC:DEST[:MODE]` (DEST absolute, MODE
+    /// octal; default 0755 for executables, else 0644). Repeatable.
+    #[arg(long = "file", value_name = "SRC:DEST[:MODE]", required = true)]
+    pub files: Vec<String>,
+    /// Entrypoint, one argument per flag (repeatable).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub entrypoint: Vec<String>,
+    /// Default arguments (Cmd), one per flag (repeatable).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+    /// Environment `KEY=value` (repeatable); PATH has a default.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory (absolute).
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// User (`uid[:gid]` or a name the image knows); default root.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Platform architecture (amd64, arm64, ...); defaults to this host's.
+    #[arg(long)]
+    pub arch: Option<String>,
+    #[arg(long, value_enum, default_value_t = ImageFormat::Oci)]
+    pub format: ImageFormat,
+    /// gzip the whole archive (name it .tar.gz or .tgz).
+    #[arg(long)]
+    pub gzip: bool,
+    /// Archive to write (replaced atomically).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: PathBuf,
+    /// Print the result (name, digests, size) as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Role a join token grants.
@@ -314,7 +377,8 @@ pub struct VersionArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
-    /// Append the binaries in a directory to mkectl (offline; no download).
+    /// Append the binaries in a directory (and image archives) to mkectl
+    /// (offline; no download).
     Create(BundleCreateArgs),
     /// Print the artifacts pinned for an architecture, one per line:
     /// component, url, algorithm, checksum, file name (tab separated).
@@ -360,6 +424,11 @@ pub struct BundleCreateArgs {
     /// gzip compression level, 0 (none) to 9 (smallest).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub compression_level: u32,
+    /// An image archive to carry (OCI layout or docker archive, .tar,
+    /// .tar.gz or .tgz; repeatable). The bundled mkectl stages it into the
+    /// data dir's images/, which the worker imports into containerd.
+    #[arg(long = "image", value_name = "FILE")]
+    pub images: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -484,6 +553,13 @@ pub struct ServerArgs {
     /// Backend choice, comma separated: default, destHost, defaultRoute.
     #[arg(long, default_value = "default")]
     pub proxy_strategies: String,
+    /// Where an agent's id and identifiers come from: `certificate` (its
+    /// client certificate's CN, `konnectivity-agent:<node>` read as <node>;
+    /// host=/ipv4=/ipv6= identifiers must be that name or a SAN of the
+    /// certificate, else the agent is refused) or `headers` (upstream's
+    /// behaviour: trusted as sent, for agents that share one certificate).
+    #[arg(long, default_value = "certificate")]
+    pub agent_identity: crate::konnectivity::AgentIdentity,
 }
 
 #[derive(Debug, Clone, Args)]

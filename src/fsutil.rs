@@ -107,6 +107,16 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<bool, FsE
     Ok(true)
 }
 
+/// Reads `r` to its end if that is at most `limit` bytes; `Ok(None)` as
+/// soon as there is more (an endless input like `/dev/zero` or a pipe is
+/// never buffered beyond `limit`).
+pub fn read_at_most(r: impl std::io::Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    r.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= limit).then_some(buf))
+}
+
 /// Reads a file, naming it in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>, FsError> {
     fs::read(path).map_err(|source| FsError::Read {
@@ -118,6 +128,15 @@ pub fn read(path: &Path) -> Result<Vec<u8>, FsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_at_most_stops_at_the_limit() {
+        let exact = read_at_most(&b"abcd"[..], 4).unwrap();
+        assert_eq!(exact.as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(read_at_most(&b"abcde"[..], 4).unwrap(), None);
+        // An endless reader ends after limit + 1 bytes.
+        assert_eq!(read_at_most(std::io::repeat(0), 1 << 20).unwrap(), None);
+    }
 
     #[test]
     fn atomic_write_sets_mode_and_is_idempotent() {

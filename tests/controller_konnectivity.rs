@@ -8,7 +8,18 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::konnectivity::{http_get, http_request, http_target, start_agent, wait_until};
+use common::konnectivity::{
+    http_get, http_request, http_target, start_agent_with_identifiers, wait_until,
+};
+
+/// An agent announcing its certificate's name (`agent_tls` issues no
+/// address): the embedded server binds identities to certificates.
+async fn start_agent(
+    tls: &mkectl::konnectivity::TlsFiles,
+    servers: &[std::net::SocketAddr],
+) -> common::konnectivity::TestAgent {
+    start_agent_with_identifiers(tls, servers, "host=agent-test").await
+}
 use common::*;
 use mkectl::konnectivity::client::dial_grpc_uds;
 use mkectl::konnectivity::TlsFiles;

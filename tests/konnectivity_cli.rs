@@ -207,6 +207,9 @@ async fn server_process_serves_tunnels_and_stops_on_sigterm() {
             "proc-server",
             "--server-count",
             "1",
+            // The test agent shares the test PKI's certificate.
+            "--agent-identity",
+            "headers",
         ])
         .arg("--uds-name")
         .arg(&uds)

@@ -122,6 +122,9 @@ fn server_args(pki: &Pki, dir: &Path) -> Vec<String> {
 
 fn agent_args(pki: &Pki) -> Vec<String> {
     let p = |p: &Path| p.to_str().unwrap().to_string();
+    // Bound to worker-1 and its address, as the join API issues it: the
+    // server (default --agent-identity certificate) accepts ipv4=WRK_IP.
+    let tls = pki.node_agent("worker-1", &[WRK_IP]);
     [
         "konnectivity",
         "agent",
@@ -130,11 +133,11 @@ fn agent_args(pki: &Pki) -> Vec<String> {
         "--proxy-server-port",
         &AGENT_PORT.to_string(),
         "--ca-cert",
-        &p(&pki.agent.ca),
+        &p(&tls.ca),
         "--agent-cert",
-        &p(&pki.agent.cert),
+        &p(&tls.cert),
         "--agent-key",
-        &p(&pki.agent.key),
+        &p(&tls.key),
         "--agent-id",
         "worker-1",
         "--agent-identifiers",

@@ -174,6 +174,9 @@ impl MkeServer {
             .args(["konnectivity", "server", "--mode", "grpc"])
             .args(["--server-id", &self.id])
             .args(["--server-count", &SERVERS.to_string()])
+            // Both upstream agents present one shared certificate and name
+            // themselves: the documented option for such agents.
+            .args(["--agent-identity", "headers"])
             .arg("--uds-name")
             .arg(&self.uds)
             .args(["--agent-bind-address", "127.0.0.1"])

@@ -511,7 +511,14 @@ async fn apiserver_etcd_identity_and_egress_work_against_the_running_controller(
     let agent_addr = format!("127.0.0.1:{}", node.konnectivity_agent_port)
         .parse()
         .unwrap();
-    let agent = konnectivity::start_agent(&agent_tls, &[agent_addr]).await;
+    // The server binds identities to certificates: the agent may announce
+    // its certificate's name, not an address the certificate lacks.
+    let agent = konnectivity::start_agent_with_identifiers(
+        &agent_tls,
+        &[agent_addr],
+        "host=contract-agent",
+    )
+    .await;
     konnectivity::wait_until(READY, "agent connected", || {
         agent.handle.connected_servers().len() == 1
     })

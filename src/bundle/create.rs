@@ -1,6 +1,8 @@
 //! Building a bundle: take binaries from a directory (checking pinned
-//! artifacts against `versions.yaml`), write the payload and footer after a
-//! copy of the mkectl executable.
+//! artifacts against `versions.yaml`) and image archives (each read through
+//! completely first, so a corrupt one is refused here rather than on every
+//! node), write the payload and footer after a copy of the mkectl
+//! executable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -13,10 +15,12 @@ use flate2::write::GzEncoder;
 use tracing::info;
 
 use super::footer::{Footer, FORMAT_VERSION};
-use super::manifest::{FileEntry, Manifest, Origin, MANIFEST_NAME};
+use super::manifest::{
+    FileEntry, ImageEntry, Manifest, Origin, IMAGES_PREFIX, IMAGE_MODE, MANIFEST_NAME,
+};
 use super::pins::{Artifact, PinnedComponent, Pins};
 use super::reader::Bundle;
-use super::source_builds::{self, SourceBuild, SOURCE_BUILDS_FILE};
+use super::source_builds::{self, SourceBuild, Usage, SOURCE_BUILDS_FILE};
 use super::{elf, valid_file_name, BundleError, BIN_MODE};
 
 /// Version recorded for a local file when none is given.
@@ -41,6 +45,9 @@ pub struct CreateOptions {
     pub output: PathBuf,
     /// gzip level 0-9.
     pub compression_level: u32,
+    /// Image archives (OCI layout or docker archive, optionally gzip'd) to
+    /// carry; staged into `<data-dir>/images/` under their file names.
+    pub images: Vec<PathBuf>,
 }
 
 /// Where a bundled file came from.
@@ -158,9 +165,16 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
             continue;
         }
         let new: Vec<Staged> = if let Some(build) = built.get(&name) {
-            if !build.ship {
-                info!(file = %name, component = %build.component, "test-only source build, never bundled");
-                continue;
+            match build.usage {
+                Usage::Ship => {}
+                Usage::TestOnly => {
+                    info!(file = %name, component = %build.component, "test-only source build, never bundled");
+                    continue;
+                }
+                Usage::Image => {
+                    info!(file = %name, component = %build.component, "image content, not a host binary: bundled only inside its image archive (--image)");
+                    continue;
+                }
             }
             vec![stage_source_build(path, &name, build, staging.path())?]
         } else if let Some((component, artifact)) = by_file.get(name.as_str()) {
@@ -246,7 +260,8 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
             ),
         ));
     }
-    if staged.is_empty() {
+    let images = stage_images(&opts.images, staging.path())?;
+    if staged.is_empty() && images.is_empty() {
         return Err(input_err(&opts.from_dir, "nothing to bundle"));
     }
 
@@ -255,12 +270,14 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
         arch: opts.arch.clone(),
         created_by: format!("mkectl {}", env!("CARGO_PKG_VERSION")),
         files: staged.values().map(|s| s.entry.clone()).collect(),
+        images: images.values().map(|(e, _)| e.clone()).collect(),
     };
     manifest
         .validate()
         .map_err(|e| input_err(&opts.from_dir, e))?;
 
-    let (image_len, payload_len) = write_output(opts, &out_dir, &manifest, &staged, level)?;
+    let (image_len, payload_len) =
+        write_output(opts, &out_dir, &manifest, &staged, &images, level)?;
 
     // Read back what we wrote with the same code that extracts it.
     let check = Bundle::open(&opts.output)?
@@ -284,6 +301,68 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
         payload_len,
         missing_pins,
     })
+}
+
+/// Reads every image archive through (refusing a corrupt one, naming it)
+/// and copies it into `staging/images/`, by file name.
+fn stage_images(
+    paths: &[PathBuf],
+    staging: &Path,
+) -> Result<BTreeMap<String, (ImageEntry, PathBuf)>, BundleError> {
+    let mut out: BTreeMap<String, (ImageEntry, PathBuf)> = BTreeMap::new();
+    if paths.is_empty() {
+        return Ok(out);
+    }
+    let dir = staging.join("images");
+    fs::create_dir(&dir).map_err(|source| BundleError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    for path in paths {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        if !valid_file_name(&name) || !crate::images::is_archive_name(&name) {
+            return Err(input_err(
+                path,
+                "--image: the file name must be [A-Za-z0-9._+-] ending in .tar, .tar.gz or .tgz \
+                 (it is the name staged into <data-dir>/images/)",
+            ));
+        }
+        if out.contains_key(&name) {
+            return Err(input_err(
+                path,
+                format!("--image: two archives named {name}"),
+            ));
+        }
+        let info = crate::images::inspect(path).map_err(|source| BundleError::Image {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        let f = fs::File::open(path).map_err(|source| BundleError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let target = dir.join(&name);
+        let (sha256, size) = copy_to(f, &target)?;
+        let refs: Vec<String> = info.names().iter().map(|n| n.to_string()).collect();
+        info!(file = %name, format = %info.format, images = ?refs, %sha256, "bundling an image archive");
+        out.insert(
+            name.clone(),
+            (
+                ImageEntry {
+                    name,
+                    sha256,
+                    size,
+                    refs,
+                },
+                target,
+            ),
+        );
+    }
+    Ok(out)
 }
 
 /// Verifies a pinned artifact's checksum and stages what it contributes.
@@ -533,6 +612,7 @@ fn write_output(
     out_dir: &Path,
     manifest: &Manifest,
     staged: &BTreeMap<String, Staged>,
+    images: &BTreeMap<String, (ImageEntry, PathBuf)>,
     level: u32,
 ) -> Result<(u64, u64), BundleError> {
     let image_len = source_image_len(&opts.mkectl)?;
@@ -576,6 +656,18 @@ fn write_output(
             })?;
             tar.append(&header(name, s.entry.size, s.entry.mode).map_err(werr)?, f)
                 .map_err(werr)?;
+        }
+        for (name, (entry, path)) in images {
+            let f = fs::File::open(path).map_err(|source| BundleError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let entry_name = format!("{IMAGES_PREFIX}{name}");
+            tar.append(
+                &header(&entry_name, entry.size, IMAGE_MODE).map_err(werr)?,
+                f,
+            )
+            .map_err(werr)?;
         }
         let gz = tar.into_inner().map_err(werr)?;
         let mut hashing = gz.finish().map_err(werr)?;

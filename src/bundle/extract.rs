@@ -1,5 +1,6 @@
-//! Staging the bundled binaries into `<data-dir>/bin`: only what changed,
-//! every file checked, nothing renamed into place until all of them are.
+//! Staging the bundled binaries into `<data-dir>/bin` and the bundled image
+//! archives into `<data-dir>/images`: only what changed, every file
+//! checked, nothing renamed into place until all of them are.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -10,7 +11,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, info_span, warn};
 
-use super::manifest::{FileEntry, Manifest};
+use super::manifest::{FileEntry, ImageEntry, Manifest, IMAGES_PREFIX, IMAGE_MODE};
 use super::reader::{entry_name, read_manifest_entry, Bundle};
 use super::{mib, sha256_file, BundleError, BIN_MODE};
 use crate::config::NodePaths;
@@ -25,7 +26,8 @@ pub const RECORD_NAME: &str = ".mkectl-bundle.json";
 /// Serialises extractions by several mkectl processes sharing a data dir.
 const LOCK_NAME: &str = ".mkectl-bundle.lock";
 
-/// What an extraction did, by file name.
+/// What an extraction did, by file name (image archives as
+/// `images/<name>`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExtractReport {
     /// Written (missing or different before).
@@ -36,16 +38,22 @@ pub struct ExtractReport {
     pub removed: Vec<String>,
 }
 
-/// Stages the running executable's bundle into `<data-dir>/bin`, off the
-/// async runtime. `Ok(None)` when mkectl carries no bundle.
+/// Stages the running executable's bundle into `<data-dir>/bin` (and its
+/// image archives into `<data-dir>/images`), off the async runtime.
+/// `Ok(None)` when mkectl carries no bundle.
 pub async fn stage(paths: &NodePaths) -> Result<Option<ExtractReport>, BundleError> {
     let bin_dir = paths.staged_bin_dir();
+    let images_dir = paths.images_dir();
     let span = info_span!("bundle", component = "bundle");
-    tokio::task::spawn_blocking(move || span.in_scope(|| stage_blocking(&bin_dir))).await?
+    tokio::task::spawn_blocking(move || span.in_scope(|| stage_blocking(&bin_dir, &images_dir)))
+        .await?
 }
 
 /// [`stage`] for synchronous callers; logs what it did.
-pub fn stage_blocking(bin_dir: &Path) -> Result<Option<ExtractReport>, BundleError> {
+pub fn stage_blocking(
+    bin_dir: &Path,
+    images_dir: &Path,
+) -> Result<Option<ExtractReport>, BundleError> {
     let Some(bundle) = Bundle::open_self()? else {
         debug!(
             "this mkectl carries no bundle; binaries come from --bin-dir, <data-dir>/bin or PATH"
@@ -59,7 +67,7 @@ pub fn stage_blocking(bin_dir: &Path) -> Result<Option<ExtractReport>, BundleErr
         bin_dir = %bin_dir.display(),
         "verifying the bundled binaries"
     );
-    let report = extract(&bundle, bin_dir)?;
+    let report = extract(&bundle, bin_dir, images_dir)?;
     info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "bundle staged: extracted {}, unchanged {}, removed {}",
@@ -70,48 +78,133 @@ pub fn stage_blocking(bin_dir: &Path) -> Result<Option<ExtractReport>, BundleErr
     Ok(Some(report))
 }
 
-/// Extracts `bundle` into `bin_dir`. The payload checksum is verified before
-/// anything is written; then every file whose copy is missing or differs is
-/// written to a temporary file, checked against the manifest, and renamed
-/// into place only once all of them passed. Files already identical keep
-/// their bytes and mtime.
-pub fn extract(bundle: &Bundle, bin_dir: &Path) -> Result<ExtractReport, BundleError> {
+/// One thing the payload carries: a binary for `<data-dir>/bin` or an image
+/// archive for `<data-dir>/images`.
+#[derive(Debug, Clone, Copy)]
+enum Item<'a> {
+    File(&'a FileEntry),
+    Image(&'a ImageEntry),
+}
+
+impl Item<'_> {
+    /// The payload entry name (`images/<name>` for an archive).
+    fn entry(&self) -> String {
+        match self {
+            Item::File(f) => f.name.clone(),
+            Item::Image(i) => format!("{IMAGES_PREFIX}{}", i.name),
+        }
+    }
+    fn file_name(&self) -> &str {
+        match self {
+            Item::File(f) => &f.name,
+            Item::Image(i) => &i.name,
+        }
+    }
+    fn sha256(&self) -> &str {
+        match self {
+            Item::File(f) => &f.sha256,
+            Item::Image(i) => &i.sha256,
+        }
+    }
+    fn size(&self) -> u64 {
+        match self {
+            Item::File(f) => f.size,
+            Item::Image(i) => i.size,
+        }
+    }
+    fn mode(&self) -> u32 {
+        match self {
+            Item::File(f) => f.mode,
+            Item::Image(_) => IMAGE_MODE,
+        }
+    }
+    fn version(&self) -> &str {
+        match self {
+            Item::File(f) => &f.version,
+            Item::Image(_) => "-",
+        }
+    }
+}
+
+/// Where `it` is staged.
+fn dir_for<'d>(it: &Item<'_>, bin_dir: &'d Path, images_dir: &'d Path) -> &'d Path {
+    match it {
+        Item::File(_) => bin_dir,
+        Item::Image(_) => images_dir,
+    }
+}
+
+/// The item for a payload entry name.
+fn item<'a>(manifest: &'a Manifest, entry: &str) -> Option<Item<'a>> {
+    match entry.strip_prefix(IMAGES_PREFIX) {
+        Some(name) => manifest.image(name).map(Item::Image),
+        None => manifest.file(entry).map(Item::File),
+    }
+}
+
+fn items(manifest: &Manifest) -> impl Iterator<Item = Item<'_>> {
+    manifest
+        .files
+        .iter()
+        .map(Item::File)
+        .chain(manifest.images.iter().map(Item::Image))
+}
+
+/// Extracts `bundle`: binaries into `bin_dir`, image archives into
+/// `images_dir` (created only when the bundle carries archives). The
+/// payload checksum is verified before anything is written; then every file
+/// whose copy is missing or differs is written to a temporary file, checked
+/// against the manifest, and renamed into place only once all of them
+/// passed. Files already identical keep their bytes and mtime.
+pub fn extract(
+    bundle: &Bundle,
+    bin_dir: &Path,
+    images_dir: &Path,
+) -> Result<ExtractReport, BundleError> {
     bundle.verify_payload()?;
     let manifest = bundle.manifest()?;
 
     fsutil::ensure_dir(bin_dir, BIN_MODE)?;
     let _lock = lock(bin_dir)?;
     remove_leftover_temps(bin_dir);
+    if !manifest.images.is_empty() {
+        fsutil::ensure_dir(images_dir, fsutil::PRIVATE_DIR_MODE)?;
+        remove_leftover_temps(images_dir);
+    }
+    let dir_of = |it: &Item<'_>| dir_for(it, bin_dir, images_dir);
 
     let mut report = ExtractReport::default();
-    let mut needed: BTreeMap<&str, &FileEntry> = BTreeMap::new();
-    for f in &manifest.files {
-        let target = bin_dir.join(&f.name);
-        if is_up_to_date(&target, f) {
-            fsutil::set_mode(&target, f.mode)?;
-            debug!(file = %f.name, version = %f.version, "up to date");
-            report.unchanged.push(f.name.clone());
+    let mut needed: BTreeMap<String, Item<'_>> = BTreeMap::new();
+    for it in items(&manifest) {
+        let target = dir_of(&it).join(it.file_name());
+        if is_up_to_date(&target, it.size(), it.sha256()) {
+            fsutil::set_mode(&target, it.mode())?;
+            debug!(file = %it.entry(), version = %it.version(), "up to date");
+            report.unchanged.push(it.entry());
         } else {
-            needed.insert(&f.name, f);
+            needed.insert(it.entry(), it);
         }
     }
 
     if !needed.is_empty() {
-        let staged = write_temps(bundle, &manifest, &needed, bin_dir)?;
-        for (name, tmp) in staged {
-            let target = bin_dir.join(&name);
+        let staged = write_temps(bundle, &manifest, &needed, bin_dir, images_dir)?;
+        for (entry, tmp) in staged {
+            let it = needed[entry.as_str()];
+            let target = dir_of(&it).join(it.file_name());
             tmp.persist(&target).map_err(|e| BundleError::Write {
                 path: target.clone(),
                 source: e.error,
             })?;
-            let f = needed[name.as_str()];
-            info!(file = %name, version = %f.version, sha256 = %f.sha256, "extracted");
-            report.extracted.push(name);
+            info!(file = %entry, version = %it.version(), sha256 = %it.sha256(), "extracted");
+            report.extracted.push(entry);
         }
         sync_dir(bin_dir);
+        if !manifest.images.is_empty() {
+            sync_dir(images_dir);
+        }
     }
 
-    report.removed = remove_dropped(bin_dir, &manifest);
+    report.removed = remove_dropped(bin_dir, images_dir, &manifest);
     fsutil::write_atomic(
         &bin_dir.join(RECORD_NAME),
         &manifest.to_json(),
@@ -121,32 +214,35 @@ pub fn extract(bundle: &Bundle, bin_dir: &Path) -> Result<ExtractReport, BundleE
 }
 
 /// A regular file (not a symlink) with the manifest's size and digest.
-fn is_up_to_date(target: &Path, f: &FileEntry) -> bool {
+fn is_up_to_date(target: &Path, size: u64, sha256: &str) -> bool {
     match fs::symlink_metadata(target) {
-        Ok(m) if m.file_type().is_file() && m.len() == f.size => {}
+        Ok(m) if m.file_type().is_file() && m.len() == size => {}
         _ => return false,
     }
-    matches!(sha256_file(target), Ok((digest, _)) if digest == f.sha256)
+    matches!(sha256_file(target), Ok((digest, _)) if digest == sha256)
 }
 
-/// Decompresses the needed files into verified temporary files in `bin_dir`.
-/// On any error the temporaries are dropped (deleted) and nothing is renamed.
-fn write_temps(
+/// Decompresses the needed items into verified temporary files in their
+/// directories. On any error the temporaries are dropped (deleted) and
+/// nothing is renamed.
+fn write_temps<'m>(
     bundle: &Bundle,
-    manifest: &Manifest,
-    needed: &BTreeMap<&str, &FileEntry>,
+    manifest: &'m Manifest,
+    needed: &BTreeMap<String, Item<'m>>,
     bin_dir: &Path,
+    images_dir: &Path,
 ) -> Result<Vec<(String, tempfile::NamedTempFile)>, BundleError> {
     let mut staged = Vec::new();
-    walk_files(bundle, manifest, |f, reader| {
-        if !needed.contains_key(f.name.as_str()) {
+    walk_files(bundle, manifest, |it, reader| {
+        if !needed.contains_key(&it.entry()) {
             return Ok(()); // up to date; the tar reader skips its data
         }
+        let dir = dir_for(&it, bin_dir, images_dir);
         let mut tmp = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
-            .tempfile_in(bin_dir)
+            .tempfile_in(dir)
             .map_err(|source| BundleError::Write {
-                path: bin_dir.to_path_buf(),
+                path: dir.to_path_buf(),
                 source,
             })?;
         let tmp_path = tmp.path().to_path_buf();
@@ -157,15 +253,15 @@ fn write_temps(
         let (digest, n) =
             copy_hashing(reader, tmp.as_file_mut()).map_err(|e| BundleError::File {
                 path: bundle.path().to_path_buf(),
-                name: f.name.clone(),
+                name: it.entry(),
                 detail: format!("decompressing: {e}"),
             })?;
-        check_file(bundle, f, &digest, n)?;
+        check_file(bundle, it, &digest, n)?;
         tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(f.mode))
+            .set_permissions(fs::Permissions::from_mode(it.mode()))
             .map_err(werr)?;
         tmp.as_file().sync_all().map_err(werr)?;
-        staged.push((f.name.clone(), tmp));
+        staged.push((it.entry(), tmp));
         Ok(())
     })?;
     Ok(staged)
@@ -176,39 +272,39 @@ fn write_temps(
 pub fn verify_contents(bundle: &Bundle) -> Result<Manifest, BundleError> {
     bundle.verify_payload()?;
     let manifest = bundle.manifest()?;
-    walk_files(bundle, &manifest, |f, reader| {
+    walk_files(bundle, &manifest, |it, reader| {
         let (digest, n) = copy_hashing(reader, &mut io::sink()).map_err(|e| BundleError::File {
             path: bundle.path().to_path_buf(),
-            name: f.name.clone(),
+            name: it.entry(),
             detail: format!("decompressing: {e}"),
         })?;
-        check_file(bundle, f, &digest, n)
+        check_file(bundle, it, &digest, n)
     })?;
     Ok(manifest)
 }
 
-fn check_file(bundle: &Bundle, f: &FileEntry, digest: &str, n: u64) -> Result<(), BundleError> {
-    let detail = if n != f.size {
-        format!("{n} bytes, manifest says {}", f.size)
-    } else if digest != f.sha256 {
-        format!("sha256 {digest}, manifest says {}", f.sha256)
+fn check_file(bundle: &Bundle, it: Item<'_>, digest: &str, n: u64) -> Result<(), BundleError> {
+    let detail = if n != it.size() {
+        format!("{n} bytes, manifest says {}", it.size())
+    } else if digest != it.sha256() {
+        format!("sha256 {digest}, manifest says {}", it.sha256())
     } else {
         return Ok(());
     };
     Err(BundleError::File {
         path: bundle.path().to_path_buf(),
-        name: f.name.clone(),
+        name: it.entry(),
         detail,
     })
 }
 
 /// Walks the payload: the manifest first (equal to `manifest`), then exactly
-/// the files it lists, each once, with the size it records. Calls `visit`
-/// with each file's entry and a reader of its bytes.
-fn walk_files(
+/// the files and image archives it lists, each once, with the size it
+/// records. Calls `visit` with each item and a reader of its bytes.
+fn walk_files<'m>(
     bundle: &Bundle,
-    manifest: &Manifest,
-    mut visit: impl FnMut(&FileEntry, &mut dyn Read) -> Result<(), BundleError>,
+    manifest: &'m Manifest,
+    mut visit: impl FnMut(Item<'m>, &mut dyn Read) -> Result<(), BundleError>,
 ) -> Result<(), BundleError> {
     let mut archive = bundle.archive();
     let mut entries = archive
@@ -226,7 +322,7 @@ fn walk_files(
         let mut entry =
             entry.map_err(|e| bundle.corrupt(format!("reading the payload archive: {e}")))?;
         let name = entry_name(bundle, &entry)?;
-        let Some(f) = manifest.file(&name) else {
+        let Some(it) = item(manifest, &name) else {
             return Err(bundle.corrupt(format!(
                 "payload holds {name:?}, which the manifest does not list"
             )));
@@ -234,24 +330,24 @@ fn walk_files(
         if !seen.insert(name.clone()) {
             return Err(bundle.corrupt(format!("payload holds {name:?} twice")));
         }
-        if entry.size() != f.size {
+        if entry.size() != it.size() {
             return Err(BundleError::File {
                 path: bundle.path().to_path_buf(),
                 name,
                 detail: format!(
                     "archive says {} bytes, manifest says {}",
                     entry.size(),
-                    f.size
+                    it.size()
                 ),
             });
         }
-        visit(f, &mut entry)?;
+        visit(it, &mut entry)?;
     }
-    for f in &manifest.files {
-        if !seen.contains(&f.name) {
+    for it in items(manifest) {
+        if !seen.contains(&it.entry()) {
             return Err(bundle.corrupt(format!(
                 "the manifest lists {:?} but the payload lacks it",
-                f.name
+                it.entry()
             )));
         }
     }
@@ -309,10 +405,11 @@ fn remove_leftover_temps(bin_dir: &Path) {
     }
 }
 
-/// Removes files an earlier bundle staged that this one no longer carries,
-/// but only while they still hold the bytes that bundle put there: a file
-/// an operator replaced is theirs and stays.
-fn remove_dropped(bin_dir: &Path, manifest: &Manifest) -> Vec<String> {
+/// Removes files (binaries and image archives) an earlier bundle staged
+/// that this one no longer carries, but only while they still hold the
+/// bytes that bundle put there: a file an operator replaced is theirs and
+/// stays.
+fn remove_dropped(bin_dir: &Path, images_dir: &Path, manifest: &Manifest) -> Vec<String> {
     let mut removed = Vec::new();
     let Ok(raw) = fs::read(bin_dir.join(RECORD_NAME)) else {
         return removed;
@@ -324,23 +421,23 @@ fn remove_dropped(bin_dir: &Path, manifest: &Manifest) -> Vec<String> {
         );
         return removed;
     };
-    for old in &previous.files {
-        if manifest.file(&old.name).is_some() {
+    for old in items(&previous) {
+        if item(manifest, &old.entry()).is_some() {
             continue;
         }
-        let path: PathBuf = bin_dir.join(&old.name);
-        if is_up_to_date(&path, old) {
+        let path: PathBuf = dir_for(&old, bin_dir, images_dir).join(old.file_name());
+        if is_up_to_date(&path, old.size(), old.sha256()) {
             match fs::remove_file(&path) {
                 Ok(()) => {
-                    info!(file = %old.name, version = %old.version, "removed: no longer in the bundle");
-                    removed.push(old.name.clone());
+                    info!(file = %old.entry(), version = %old.version(), "removed: no longer in the bundle");
+                    removed.push(old.entry());
                 }
                 Err(e) => {
                     warn!(file = %path.display(), "cannot remove a file the bundle dropped: {e}")
                 }
             }
         } else if path.exists() {
-            info!(file = %old.name, "not in the bundle any more but changed since it was staged; left in place");
+            info!(file = %old.entry(), "not in the bundle any more but changed since it was staged; left in place");
         }
     }
     removed

@@ -12,6 +12,11 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 /// Upper bound on the manifest's size, so a corrupt header cannot make us
 /// allocate gigabytes.
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// Directory of image archives in the payload (`images/<name>`); they are
+/// staged into `<data-dir>/images/`.
+pub const IMAGES_PREFIX: &str = "images/";
+/// Mode of a staged image archive (data, not a program).
+pub const IMAGE_MODE: u32 = 0o644;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -24,6 +29,26 @@ pub struct Manifest {
     pub created_by: String,
     /// One entry per file, in name order.
     pub files: Vec<FileEntry>,
+    /// Image archives, in name order. Absent from bundles without any, so
+    /// those keep exactly the manifest older mkectl versions wrote (and
+    /// read); an older mkectl refuses a bundle with images (unknown field)
+    /// rather than silently not staging them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageEntry>,
+}
+
+/// An image archive the bundle carries (`mkectl bundle create --image`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageEntry {
+    /// File name in the payload (under [`IMAGES_PREFIX`]) and in
+    /// `<data-dir>/images/`.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the archive file.
+    pub sha256: String,
+    pub size: u64,
+    /// The image names it carries (what `bundle create` read from it).
+    pub refs: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +134,7 @@ impl Manifest {
                 self.format_version
             ));
         }
-        if self.files.is_empty() {
+        if self.files.is_empty() && self.images.is_empty() {
             return Err("manifest.json: lists no files".into());
         }
         let mut seen = BTreeSet::new();
@@ -134,7 +159,29 @@ impl Manifest {
                 return Err(what("empty or unprintable component/version"));
             }
         }
+        let mut seen = BTreeSet::new();
+        for i in &self.images {
+            let what = |d: &str| format!("manifest.json: image archive {:?}: {d}", i.name);
+            if !valid_file_name(&i.name) || !crate::images::is_archive_name(&i.name) {
+                return Err(what(
+                    "not a valid archive file name (.tar, .tar.gz or .tgz)",
+                ));
+            }
+            if !seen.insert(i.name.as_str()) {
+                return Err(what("listed twice"));
+            }
+            if !is_hex_sha256(&i.sha256) {
+                return Err(what("sha256 is not 64 lowercase hex digits"));
+            }
+            if i.refs.iter().any(|r| r.len() > 255 || !printable(r)) {
+                return Err(what("an unprintable image name"));
+            }
+        }
         Ok(())
+    }
+
+    pub fn image(&self, name: &str) -> Option<&ImageEntry> {
+        self.images.iter().find(|i| i.name == name)
     }
 
     pub fn file(&self, name: &str) -> Option<&FileEntry> {
@@ -162,9 +209,10 @@ impl Manifest {
             .collect()
     }
 
-    /// Sum of all file sizes.
+    /// Sum of all file and image archive sizes.
     pub fn total_size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files.iter().map(|f| f.size).sum::<u64>()
+            + self.images.iter().map(|i| i.size).sum::<u64>()
     }
 }
 
@@ -190,7 +238,70 @@ mod tests {
             arch: "amd64".into(),
             created_by: "test".into(),
             files,
+            images: Vec::new(),
         }
+    }
+
+    fn image(name: &str) -> ImageEntry {
+        ImageEntry {
+            name: name.into(),
+            sha256: "b".repeat(64),
+            size: 10,
+            refs: vec!["registry.k8s.io/coredns/coredns:v1.11.3".into()],
+        }
+    }
+
+    #[test]
+    fn images_are_optional_and_validated() {
+        let m = manifest(vec![entry("etcd")]);
+        let text = String::from_utf8(m.to_json()).unwrap();
+        assert!(!text.contains("images"), "no images, no field: {text}");
+        let with = Manifest {
+            images: vec![image("coredns.tar")],
+            ..m.clone()
+        };
+        assert_eq!(Manifest::from_json(&with.to_json()).unwrap(), with);
+        assert_eq!(with.total_size(), 11);
+        // Images alone are a bundle too.
+        Manifest {
+            files: vec![],
+            ..with.clone()
+        }
+        .validate()
+        .unwrap();
+        for (bad, want) in [
+            (image("coredns.zip"), "archive file name"),
+            (image("../x.tar"), "archive file name"),
+            (
+                ImageEntry {
+                    sha256: "x".into(),
+                    ..image("a.tar")
+                },
+                "sha256",
+            ),
+            (
+                ImageEntry {
+                    refs: vec!["a\nb".into()],
+                    ..image("a.tar")
+                },
+                "unprintable",
+            ),
+        ] {
+            let e = Manifest {
+                images: vec![bad],
+                ..m.clone()
+            }
+            .validate()
+            .unwrap_err();
+            assert!(e.contains(want), "{e} (wanted {want})");
+        }
+        let e = Manifest {
+            images: vec![image("a.tar"), image("a.tar")],
+            ..m
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("twice"), "{e}");
     }
 
     #[test]

@@ -67,7 +67,10 @@ pub use extract::{
     extract, stage, stage_blocking, verify_contents, ExtractReport, RECORD_NAME, TEMP_PREFIX,
 };
 pub use footer::{Footer, FOOTER_LEN, FORMAT_VERSION, MAGIC};
-pub use manifest::{ComponentSummary, FileEntry, Manifest, Origin, MANIFEST_NAME};
+pub use manifest::{
+    ComponentSummary, FileEntry, ImageEntry, Manifest, Origin, IMAGES_PREFIX, IMAGE_MODE,
+    MANIFEST_NAME,
+};
 pub use pins::{Artifact, Checksum, PinnedComponent, Pins};
 pub use reader::Bundle;
 
@@ -128,6 +131,12 @@ pub enum BundleError {
     },
     #[error("another mkectl is staging binaries into {path}: {source}")]
     Locked { path: PathBuf, source: nix::Error },
+    /// An image archive given to `bundle create` is unusable.
+    #[error("--image: {source}")]
+    Image {
+        path: PathBuf,
+        source: Box<crate::images::ImagesError>,
+    },
     #[error("bundle extraction task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use flate2::read::GzDecoder;
 
 use super::footer::{Footer, FOOTER_LEN, FORMAT_VERSION};
-use super::manifest::{Manifest, MANIFEST_NAME, MAX_MANIFEST_BYTES};
+use super::manifest::{Manifest, IMAGES_PREFIX, MANIFEST_NAME, MAX_MANIFEST_BYTES};
 use super::{elf, sha256_reader, BundleError};
 
 /// First bytes of a gzip member (deflate method), i.e. of every payload.
@@ -239,7 +239,8 @@ pub(super) fn read_manifest_entry<R: Read>(
     Manifest::from_json(&raw).map_err(|e| bundle.corrupt(e))
 }
 
-/// The entry's name, which must be a single plain component of a regular file.
+/// The entry's name, which must be a regular file with a plain name, or a
+/// plain name under [`IMAGES_PREFIX`] (an image archive).
 pub(super) fn entry_name<R: Read>(
     bundle: &Bundle,
     entry: &tar::Entry<'_, R>,
@@ -254,7 +255,8 @@ pub(super) fn entry_name<R: Read>(
             "payload entry {name:?} is not a regular file ({ty:?})"
         )));
     }
-    if name.is_empty() || name.contains('/') {
+    let plain = name.strip_prefix(IMAGES_PREFIX).unwrap_or(&name);
+    if plain.is_empty() || plain.contains('/') {
         return Err(bundle.corrupt(format!("payload entry name {path:?} is not a plain name")));
     }
     Ok(name)

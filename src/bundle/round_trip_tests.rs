@@ -43,8 +43,14 @@ impl Fixture {
             mkectl: PathBuf::from("/bin/true"),
             output: self.path(out),
             compression_level: 6,
+            images: Vec::new(),
         }
     }
+}
+
+/// The images dir beside a test's bin dir (as `<data-dir>/images` is).
+fn images_of(bin: &Path) -> PathBuf {
+    bin.with_file_name("images")
 }
 
 fn mtime(p: &Path) -> std::time::SystemTime {
@@ -101,7 +107,7 @@ fn create_then_extract_only_what_changed() {
 
     // First extraction writes both, 0755 in a 0755 dir.
     let bin = fx.path("data/bin");
-    let r = extract(&b, &bin).unwrap();
+    let r = extract(&b, &bin, &images_of(&bin)).unwrap();
     assert_eq!(r.extracted, vec!["alpha", "beta"]);
     assert!(r.unchanged.is_empty());
     assert_eq!(
@@ -114,7 +120,7 @@ fn create_then_extract_only_what_changed() {
 
     // Second: nothing written, mtimes unchanged.
     let before = (mtime(&bin.join("alpha")), mtime(&bin.join("beta")));
-    let r = extract(&b, &bin).unwrap();
+    let r = extract(&b, &bin, &images_of(&bin)).unwrap();
     assert!(r.extracted.is_empty(), "{r:?}");
     assert_eq!(r.unchanged, vec!["alpha", "beta"]);
     assert_eq!(
@@ -125,7 +131,7 @@ fn create_then_extract_only_what_changed() {
     // A changed or loosened copy is repaired, the other left alone.
     fs::write(bin.join("beta"), "tampered").unwrap();
     fs::set_permissions(bin.join("alpha"), fs::Permissions::from_mode(0o777)).unwrap();
-    let r = extract(&b, &bin).unwrap();
+    let r = extract(&b, &bin, &images_of(&bin)).unwrap();
     assert_eq!(r.extracted, vec!["beta"]);
     assert_eq!(r.unchanged, vec!["alpha"]);
     assert_eq!(mode(&bin.join("alpha")), 0o755);
@@ -136,7 +142,7 @@ fn create_then_extract_only_what_changed() {
 
     // A crashed extraction's leftover is cleaned up.
     fs::write(bin.join(format!("{TEMP_PREFIX}abc")), "half").unwrap();
-    extract(&b, &bin).unwrap();
+    extract(&b, &bin, &images_of(&bin)).unwrap();
     assert!(!bin.join(format!("{TEMP_PREFIX}abc")).exists());
 
     // Same inputs, same bytes; re-bundling a bundled mkectl replaces its bundle.
@@ -163,10 +169,20 @@ fn files_dropped_by_a_newer_bundle_are_removed_unless_changed() {
     create(&fx.opts("v1", "b1")).unwrap();
     create(&fx.opts("v2", "b2")).unwrap();
     let bin = fx.path("bin");
-    extract(&Bundle::open(&fx.path("b1")).unwrap().unwrap(), &bin).unwrap();
+    extract(
+        &Bundle::open(&fx.path("b1")).unwrap().unwrap(),
+        &bin,
+        &images_of(&bin),
+    )
+    .unwrap();
     // The operator replaced gamma: it is theirs now.
     fs::write(bin.join("gamma"), "#!/bin/sh\necho mine\n").unwrap();
-    let r = extract(&Bundle::open(&fx.path("b2")).unwrap().unwrap(), &bin).unwrap();
+    let r = extract(
+        &Bundle::open(&fx.path("b2")).unwrap().unwrap(),
+        &bin,
+        &images_of(&bin),
+    )
+    .unwrap();
     assert_eq!(r.extracted, vec!["alpha"]);
     assert_eq!(r.removed, vec!["beta"]);
     assert_eq!(binaries(&bin), vec!["alpha", "gamma"]);
@@ -201,7 +217,7 @@ fn assert_refused(path: &Path, bin: &Path, want: &str) {
     let err = match Bundle::open(path) {
         Err(e) => e,
         Ok(None) => panic!("{} read as carrying no bundle", path.display()),
-        Ok(Some(b)) => extract(&b, bin).unwrap_err(),
+        Ok(Some(b)) => extract(&b, bin, &images_of(bin)).unwrap_err(),
     };
     let msg = err.to_string();
     assert!(msg.contains(want), "{msg} (wanted {want})");
@@ -310,6 +326,7 @@ fn manifest_for(files: &[(&str, &[u8])]) -> Vec<u8> {
                 origin: Origin::Local,
             })
             .collect(),
+        images: Vec::new(),
     }
     .to_json()
 }
@@ -367,7 +384,7 @@ fn a_well_hashed_but_inconsistent_payload_renames_nothing() {
         let b = Bundle::open(&p).unwrap().unwrap();
         b.verify_payload().unwrap();
         let bin = fx.path(&format!("bin-{}", what.replace(' ', "-")));
-        let msg = extract(&b, &bin).unwrap_err().to_string();
+        let msg = extract(&b, &bin, &images_of(&bin)).unwrap_err().to_string();
         assert!(msg.contains(want), "{what}: {msg} (wanted {want})");
         assert!(
             binaries(&bin).is_empty(),
@@ -468,7 +485,12 @@ fn pinned_artifacts_are_checked_and_unpacked() {
     assert_eq!(tool.origin, Origin::Pinned);
     assert_eq!(r.manifest.file("single").unwrap().version, "v2.0.0");
     let bin = fx.path("bin");
-    extract(&Bundle::open(&fx.path("out")).unwrap().unwrap(), &bin).unwrap();
+    extract(
+        &Bundle::open(&fx.path("out")).unwrap().unwrap(),
+        &bin,
+        &images_of(&bin),
+    )
+    .unwrap();
     assert_eq!(
         fs::read(bin.join("tool-helper")).unwrap(),
         b"#!/bin/sh\necho helper\n"
@@ -621,4 +643,104 @@ fn source_builds_are_checked_against_their_record_and_test_only_ones_skipped() {
         "{msg}"
     );
     assert!(!fx.path("mkectl-bundled").exists());
+}
+
+/// A small OCI archive packed from a script, at `dir/name`.
+fn image_archive(fx: &Fixture, dir: &str, name: &str) -> PathBuf {
+    let prog = fx.exe("img-src", "prog", "echo prog");
+    let mut spec = crate::images::PackSpec::new(
+        "registry.example/t/prog:1",
+        vec![crate::images::FileSpec {
+            source: prog,
+            dest: "/prog".into(),
+            mode: 0o755,
+        }],
+    );
+    spec.entrypoint = vec!["/prog".into()];
+    fs::create_dir_all(fx.path(dir)).unwrap();
+    let out = fx.path(dir).join(name);
+    crate::images::pack_to_file(&spec, &out).unwrap();
+    out
+}
+
+#[test]
+fn image_archives_ride_along_and_are_staged_into_the_images_dir() {
+    let fx = Fixture::new();
+    fx.exe("in", "alpha", "echo alpha");
+    let archive = image_archive(&fx, "imgs", "prog.oci.tar");
+    let mut opts = fx.opts("in", "mkectl-bundled");
+    opts.images = vec![archive.clone()];
+    let report = create(&opts).unwrap();
+    assert_eq!(report.manifest.images.len(), 1);
+    let entry = &report.manifest.images[0];
+    assert_eq!(entry.name, "prog.oci.tar");
+    assert_eq!(entry.refs, ["registry.example/t/prog:1"]);
+    assert_eq!(entry.sha256, sha256_file(&archive).unwrap().0);
+
+    let b = Bundle::open(&fx.path("mkectl-bundled")).unwrap().unwrap();
+    assert_eq!(verify_contents(&b).unwrap(), report.manifest);
+    let bin = fx.path("data/bin");
+    let images = fx.path("data/images");
+    let r = extract(&b, &bin, &images).unwrap();
+    assert_eq!(r.extracted, ["alpha", "images/prog.oci.tar"]);
+    let staged = images.join("prog.oci.tar");
+    assert_eq!(fs::read(&staged).unwrap(), fs::read(&archive).unwrap());
+    assert_eq!(mode(&staged), 0o644);
+    assert_eq!(mode(&images), 0o700);
+    assert_eq!(
+        binaries(&bin),
+        ["alpha"],
+        "archives do not land among the binaries"
+    );
+
+    // Second start: nothing rewritten.
+    let before = mtime(&staged);
+    let r = extract(&b, &bin, &images).unwrap();
+    assert!(r.extracted.is_empty(), "{r:?}");
+    assert_eq!(r.unchanged, ["alpha", "images/prog.oci.tar"]);
+    assert_eq!(mtime(&staged), before);
+
+    // A bundle without it removes the staged copy; an operator's own
+    // archive beside it stays.
+    fs::write(images.join("mine.tar"), b"operator's").unwrap();
+    create(&fx.opts("in", "mkectl-2")).unwrap();
+    let r = extract(
+        &Bundle::open(&fx.path("mkectl-2")).unwrap().unwrap(),
+        &bin,
+        &images,
+    )
+    .unwrap();
+    assert_eq!(r.removed, ["images/prog.oci.tar"]);
+    assert!(!staged.exists());
+    assert!(images.join("mine.tar").exists());
+}
+
+#[test]
+fn corrupt_or_misnamed_image_archives_are_refused_at_create() {
+    let fx = Fixture::new();
+    fx.exe("in", "alpha", "echo alpha");
+    let archive = image_archive(&fx, "imgs", "prog.tar");
+    let raw = fs::read(&archive).unwrap();
+    let cut = fx.path("imgs/cut.tar");
+    fs::write(&cut, &raw[..raw.len() / 2]).unwrap();
+    let mut opts = fx.opts("in", "out");
+    opts.images = vec![cut.clone()];
+    let e = create(&opts).unwrap_err();
+    assert!(!e.is_usage());
+    let msg = e.to_string();
+    assert!(msg.contains("cut.tar") && msg.contains("--image"), "{msg}");
+    assert!(!fx.path("out").exists());
+
+    let odd = fx.path("imgs/prog.zip");
+    fs::copy(&archive, &odd).unwrap();
+    opts.images = vec![odd];
+    let e = create(&opts).unwrap_err();
+    assert!(e.is_usage() && e.to_string().contains(".tgz"), "{e}");
+
+    fs::create_dir_all(fx.path("other")).unwrap();
+    let twin = fx.path("other/prog.tar");
+    fs::copy(&archive, &twin).unwrap();
+    opts.images = vec![archive, twin];
+    let e = create(&opts).unwrap_err();
+    assert!(e.to_string().contains("two archives named prog.tar"), "{e}");
 }

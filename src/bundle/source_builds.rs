@@ -3,7 +3,10 @@
 //! the pinned upstream version but not the published artifact, so its
 //! checksum is its own: the bundle records it as built from source, after
 //! checking the file still has the SHA-256 the build recorded. Binaries the
-//! record marks `test-only` (upstream konnectivity peers) are never bundled.
+//! record marks `test-only` (upstream konnectivity peers) are never bundled,
+//! nor are those it marks `image` (CoreDNS): they are image content, which
+//! the bundle carries inside image archives (`bundle create --image`), never
+//! as host binaries.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,8 +23,36 @@ pub struct SourceBuild {
     pub component: String,
     pub version: String,
     pub sha256: String,
-    /// False for `test-only` binaries, which are never bundled.
-    pub ship: bool,
+    pub usage: Usage,
+}
+
+/// The record's `use` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// Bundled as a host binary.
+    Ship,
+    /// Test peers and benchmark anchors: never bundled.
+    TestOnly,
+    /// Goes into an image (packed by `mkectl images pack`): never bundled
+    /// as a host binary.
+    Image,
+}
+
+impl Usage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Usage::Ship => "ship",
+            Usage::TestOnly => "test-only",
+            Usage::Image => "image",
+        }
+    }
+}
+
+impl SourceBuild {
+    /// True when the binary is bundled as a host binary.
+    pub fn ship(&self) -> bool {
+        self.usage == Usage::Ship
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,12 +115,13 @@ fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, SourceBuild>, Sourc
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(err(format!("{name}: sha256 is not 64 hex digits")));
         }
-        let ship = match usage {
-            "ship" => true,
-            "test-only" => false,
+        let usage = match usage {
+            "ship" => Usage::Ship,
+            "test-only" => Usage::TestOnly,
+            "image" => Usage::Image,
             other => {
                 return Err(err(format!(
-                    "{name}: use {other:?} is not ship or test-only"
+                    "{name}: use {other:?} is not ship, test-only or image"
                 )))
             }
         };
@@ -97,7 +129,7 @@ fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, SourceBuild>, Sourc
             component: component.to_string(),
             version: version.to_string(),
             sha256: sha256.to_ascii_lowercase(),
-            ship,
+            usage,
         };
         if out.insert(name.to_string(), entry).is_some() {
             return Err(err(format!("{name} is listed twice")));
@@ -115,12 +147,15 @@ mod tests {
     #[test]
     fn parses_ship_and_test_only_lines() {
         let text = format!(
-            "# header\nkube-apiserver\tkubernetes\tv1.32.8\t{SUM}\tship\n\nproxy-server\tapiserver-network-proxy\tv0.33.0\t{SUM}\ttest-only\n"
+            "# header\nkube-apiserver\tkubernetes\tv1.32.8\t{SUM}\tship\n\nproxy-server\tapiserver-network-proxy\tv0.33.0\t{SUM}\ttest-only\ncoredns\tcoredns\tv1.11.3\t{SUM}\timage\n"
         );
         let r = parse(Path::new("/x/source-builds.tsv"), &text).unwrap();
-        assert!(r["kube-apiserver"].ship);
+        assert!(r["kube-apiserver"].ship());
         assert_eq!(r["kube-apiserver"].version, "v1.32.8");
-        assert!(!r["proxy-server"].ship);
+        assert!(!r["proxy-server"].ship());
+        assert_eq!(r["proxy-server"].usage, Usage::TestOnly);
+        assert!(!r["coredns"].ship());
+        assert_eq!(r["coredns"].usage.as_str(), "image");
     }
 
     #[test]
@@ -129,7 +164,7 @@ mod tests {
             ("kube-apiserver\tkubernetes\tv1.32.8\n", "expected 5"),
             (
                 &*format!("a\tk\tv\t{SUM}\tmaybe\n"),
-                "not ship or test-only",
+                "not ship, test-only or image",
             ),
             ("a\tk\tv\tnothex\tship\n", "64 hex"),
             (&*format!("../a\tk\tv\t{SUM}\tship\n"), "valid file name"),

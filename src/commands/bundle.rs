@@ -81,15 +81,17 @@ fn create(args: &BundleCreateArgs) -> anyhow::Result<()> {
         },
         output: args.output.clone(),
         compression_level: args.compression_level,
+        images: args.images.clone(),
     };
     let report = bundle::create(&opts).map_err(classify)?;
 
     println!(
-        "wrote {} ({} mkectl + {} payload, {} files, {} uncompressed)",
+        "wrote {} ({} mkectl + {} payload, {} files, {} image archives, {} uncompressed)",
         report.output.display(),
         bundle::mib(report.image_len),
         bundle::mib(report.payload_len),
         report.manifest.files.len(),
+        report.manifest.images.len(),
         bundle::mib(report.manifest.total_size()),
     );
     let width = report
@@ -114,6 +116,14 @@ fn create(args: &BundleCreateArgs) -> anyhow::Result<()> {
         println!(
             "  {:width$}  {:<14} {:<12}  {}",
             f.name, f.component, f.version, from
+        );
+    }
+    for i in &report.manifest.images {
+        println!(
+            "  image archive {}  {}  ({}, staged into <data-dir>/images/)",
+            i.name,
+            i.refs.join(", "),
+            bundle::mib(i.size)
         );
     }
     if !report.missing_pins.is_empty() {
@@ -161,12 +171,13 @@ fn verify(file: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let manifest = bundle::verify_contents(&b)?;
     println!(
-        "{}: bundle OK (format {}, payload {} sha256 {}, {} files)",
+        "{}: bundle OK (format {}, payload {} sha256 {}, {} files, {} image archives)",
         path.display(),
         b.footer().format_version,
         bundle::mib(b.footer().payload_len),
         b.footer().sha256_hex(),
-        manifest.files.len()
+        manifest.files.len(),
+        manifest.images.len()
     );
     Ok(())
 }

@@ -127,6 +127,9 @@ fn renew(
                     socket.display()
                 );
             }
+            // A node running on this data dir with another run dir: its
+            // files are not ours to rewrite. Held while renewing.
+            let _data_lock = crate::nodelock::lock_data_dir(&paths.data_dir, false)?;
             let cfg = ClusterConfig::load(global.config.as_deref())?;
             let node_name = match node_name {
                 Some(n) => n.to_string(),
@@ -169,11 +172,5 @@ fn list_or_none(names: &[String]) -> String {
 
 /// Whether a node holds the run dir's lock (see `controller::lock_run_dir`).
 fn node_running(paths: &NodePaths) -> bool {
-    let Ok(file) = std::fs::File::open(paths.lock_file()) else {
-        return false;
-    };
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
-        Ok(_unlocked_on_drop) => false,
-        Err((_, e)) => e == nix::errno::Errno::EWOULDBLOCK,
-    }
+    crate::nodelock::is_held(&paths.lock_file())
 }

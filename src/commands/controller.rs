@@ -1,7 +1,6 @@
 //! `mkectl controller`: PKI, then every controller component in order, until
 //! SIGTERM/SIGINT (a second signal forces the exit).
 
-use std::fs::OpenOptions;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -276,6 +275,7 @@ fn build_components(
                 ca: ctx.pki.konnectivity_ca.cert.clone(),
             },
             server_count_updates: live_count.clone(),
+            agent_identity: k.agent_identity,
         };
         manager.add(Box::new(konnectivity_server::KonnectivityServer::new(
             settings,
@@ -517,23 +517,12 @@ pub fn hostname() -> anyhow::Result<String> {
     Ok(h.to_string_lossy().to_lowercase())
 }
 
-/// One mkectl per run dir: a second one would fight over children and pid
-/// files. The lock dies with the process, so a crash never leaves it held.
-pub fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = paths.lock_file();
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening lock file {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow::anyhow!(
-            "another mkectl is already running with run dir {} (lock {}: {e})",
-            paths.run_dir.display(),
-            path.display()
-        )
-    })
+/// One mkectl per run dir and per data dir (`nodelock`): a second one would
+/// fight over children and pid files, or rewrite a running node's files.
+/// Taken before anything is written; the data dir is created if absent.
+/// The locks die with the process, so a crash never leaves them held.
+pub fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<crate::nodelock::NodeLock> {
+    Ok(crate::nodelock::lock_node(paths)?)
 }
 
 /// Stops children a crashed mkectl may have left for these components

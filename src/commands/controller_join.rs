@@ -30,10 +30,22 @@ pub fn join_failure(e: JoinError) -> anyhow::Error {
     }
 }
 
-/// Reads and decodes a token file; errors name the file (exit 64).
+/// Largest token file read (a token is well under 1 KiB per controller).
+pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads and decodes a token file (at most [`MAX_TOKEN_FILE_BYTES`]);
+/// errors name the file (exit 64).
 pub fn read_token_file(path: &Path, want: Role) -> anyhow::Result<JoinToken> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("--token-file {}: cannot read: {e}", path.display())))?;
+    let cannot = |e: String| UsageError(format!("--token-file {}: {e}", path.display()));
+    let bytes = std::fs::File::open(path)
+        .and_then(|f| crate::fsutil::read_at_most(f, MAX_TOKEN_FILE_BYTES))
+        .map_err(|e| cannot(format!("cannot read: {e}")))?
+        .ok_or_else(|| {
+            cannot(format!(
+                "larger than {MAX_TOKEN_FILE_BYTES} bytes; not a join token"
+            ))
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| cannot("not UTF-8 text".into()))?;
     let token = JoinToken::decode(&text)
         .map_err(|e| UsageError(format!("--token-file {}: {e}", path.display())))?;
     if token.role != want {

@@ -43,6 +43,7 @@ pub fn server_config(a: &ServerArgs) -> anyhow::Result<ServerConfig> {
         return Err(usage("--server-count must be at least 1"));
     }
     cfg.server_count = a.server_count;
+    cfg.agent_identity = a.agent_identity;
     cfg.proxy_strategies = ProxyStrategy::parse_list(&a.proxy_strategies)
         .map_err(|e| usage(format!("--proxy-strategies: {e}")))?;
     if let Some(p) = &a.uds_name {

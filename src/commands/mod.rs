@@ -7,6 +7,7 @@ pub mod certs;
 pub mod config;
 pub mod controller;
 pub mod controller_join;
+pub mod images;
 pub mod install;
 pub mod konnectivity;
 pub mod kubeconfig;
@@ -32,6 +33,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(args) => runtime()?.block_on(backup::run(&global, &args)),
         Command::Restore(args) => restore::run(&global, &args),
         Command::Bundle(cmd) => bundle::run(&cmd),
+        Command::Images(cmd) => images::run(&cmd),
         Command::Install(args) => install::run(&global, &args),
         Command::Version(args) => version::run(&args),
         Command::Konnectivity(cmd) => runtime()?.block_on(konnectivity::run(&cmd)),

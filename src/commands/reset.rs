@@ -14,7 +14,6 @@ use std::path::Path;
 use anyhow::Context;
 use tracing::{info, warn};
 
-use super::controller::lock_run_dir;
 use crate::cli::{GlobalArgs, ResetArgs};
 use crate::config::NodePaths;
 use crate::exit::UsageError;
@@ -24,6 +23,7 @@ use crate::join::tls::{ClientIdentity, Trust};
 use crate::join::wire::LeaveRequest;
 use crate::join::{self, registry, ControllerJoinState, JoinError};
 use crate::mounts;
+use crate::nodelock;
 use crate::pki::PkiPaths;
 use crate::supervisor;
 
@@ -61,15 +61,19 @@ pub async fn run(global: &GlobalArgs, args: &ResetArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let _lock = if paths.run_dir.exists() {
-        Some(lock_run_dir(&paths).map_err(|e| {
-            anyhow::anyhow!(
-                "{e:#}; stop mkectl on this node first (e.g. `systemctl stop mkectl`), then reset"
-            )
-        })?)
+    // A node running with this run dir, or with this data dir and another
+    // run dir, is refused before anything is removed.
+    let stop_first = |e: crate::nodelock::LockError| {
+        anyhow::anyhow!(
+            "{e}; stop mkectl on this node first (e.g. `systemctl stop mkectl`), then reset"
+        )
+    };
+    let _run_lock = if paths.run_dir.exists() {
+        Some(nodelock::lock_run_dir(&paths.run_dir).map_err(stop_first)?)
     } else {
         None
     };
+    let _data_lock = nodelock::lock_data_dir(&paths.data_dir, false).map_err(stop_first)?;
     let kind = if paths.data_dir.exists() {
         match kind(&paths) {
             Some(k) => Some(k),

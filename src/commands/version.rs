@@ -22,6 +22,7 @@ pub fn run(args: &VersionArgs) -> anyhow::Result<()> {
                     "payloadBytes": b.footer().payload_len,
                     "payloadSha256": b.footer().sha256_hex(),
                     "components": m.components(),
+                    "images": m.images,
                 }),
                 _ => serde_json::Value::Null,
             };
@@ -48,6 +49,12 @@ pub fn run(args: &VersionArgs) -> anyhow::Result<()> {
                             c.origin,
                             c.files.join(", ")
                         );
+                    }
+                    if !m.images.is_empty() {
+                        println!("bundled image archives:");
+                        for i in &m.images {
+                            println!("  {}  {}", i.name, i.refs.join(", "));
+                        }
                     }
                 }
                 _ => println!("no bundled components"),

@@ -4,7 +4,8 @@
 //! signal forces the exit). A restart reuses the saved credentials.
 //!
 //! Order (DESIGN.md "Process model"): join/bootstrap → containerd →
-//! konnectivity agent → kubelet.
+//! konnectivity agent → image import (`<data-dir>/images/` and the sandbox
+//! image, see `crate::images`) → kubelet.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use super::controller::{
 use super::controller_join::{join_failure, read_token_file};
 use crate::cli::{GlobalArgs, WorkerArgs};
 use crate::components::containerd::{self, Containerd, ContainerdSettings};
+use crate::components::image_import::ImageImport;
 use crate::components::konnectivity_agent::{
     KonnectivityAgent, KonnectivityAgentSettings, ServerSource,
 };
@@ -266,7 +268,8 @@ pub struct NodeSide<'a> {
 
 /// Adds the node side in start order (DESIGN.md "Process model"):
 /// containerd (the kubelet needs its socket), the konnectivity agent, the
-/// kubelet last.
+/// image import (with containerd ready, before kubelet can ask for an
+/// image: the sandbox image above all), the kubelet last.
 pub fn add_node_components(manager: &mut Manager, n: NodeSide<'_>) -> anyhow::Result<()> {
     let enabled = |name: &str| !n.disabled.iter().any(|d| d == name);
     let driver = n.worker_spec.cgroup_driver.resolve();
@@ -288,6 +291,16 @@ pub fn add_node_components(manager: &mut Manager, n: NodeSide<'_>) -> anyhow::Re
             servers: n.servers,
         },
     )));
+
+    // Only into the containerd mkectl runs: with containerd disabled its
+    // images are the operator's business.
+    if enabled(containerd::NAME) {
+        manager.add(Box::new(ImageImport::new(
+            n.paths.clone(),
+            containerd_settings.socket.clone(),
+            &containerd_settings.sandbox_image,
+        )));
+    }
 
     if enabled(kubelet::NAME) {
         let mut k = KubeletSettings::for_node(n.paths, n.node_name, n.node_address);
@@ -331,4 +344,67 @@ pub fn worker_spec(
 /// The data dir file that marks a joined worker (for `reset`).
 pub fn state_file(data_dir: &std::path::Path) -> PathBuf {
     WorkerPaths::new(data_dir).state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::components::image_import;
+    use crate::konnectivity::ServerAddr;
+
+    fn plan(disabled: &[String]) -> Vec<&'static str> {
+        let d = tempfile::tempdir().unwrap();
+        let paths = NodePaths::new(&d.path().join("data"), &d.path().join("run"), None);
+        let cfg = ClusterConfig::default();
+        let spec = WorkerSpec::default();
+        let (_tx, controllers) = tokio::sync::watch::channel(Vec::new());
+        let mut manager = Manager::new();
+        add_node_components(
+            &mut manager,
+            NodeSide {
+                cfg: &cfg,
+                worker_spec: &spec,
+                paths: &paths,
+                node_name: "w1",
+                node_address: IpAddr::from([127, 0, 0, 1]),
+                agent_tls: TlsFiles {
+                    cert: "c".into(),
+                    key: "k".into(),
+                    ca: "ca".into(),
+                },
+                agent_admin: None,
+                servers: ServerSource::Registry {
+                    local: ServerAddr {
+                        host: "127.0.0.1".into(),
+                        port: 8132,
+                    },
+                    controllers,
+                },
+                cluster_dns: IpAddr::from([10, 96, 0, 10]),
+                cluster_domain: "cluster.local".into(),
+                kubelet_kubeconfig: None,
+                disabled,
+            },
+        )
+        .unwrap();
+        manager.names()
+    }
+
+    #[test]
+    fn images_are_imported_after_containerd_and_before_kubelet() {
+        assert_eq!(
+            plan(&[]),
+            [
+                containerd::NAME,
+                "konnectivity-agent",
+                image_import::NAME,
+                kubelet::NAME
+            ]
+        );
+        // No containerd of ours, nothing to import into.
+        assert_eq!(
+            plan(&[containerd::NAME.to_string()]),
+            ["konnectivity-agent", kubelet::NAME]
+        );
+    }
 }

@@ -14,8 +14,11 @@
 //! | runc state of CRI containers | `<run-dir>/containerd/runc` |
 //!
 //! The CRI plugin is on, with the overlayfs snapshotter, the runc v2 shim,
-//! a configurable sandbox (pause) image, and `SystemdCgroup` matching the
-//! host's cgroup driver ([`CgroupDriver::detect`]). No plugin is disabled:
+//! a configurable sandbox (pause) image (which the worker provides itself,
+//! see `crate::images::pause`, so it is never pulled), `SystemdCgroup`
+//! matching the host's cgroup driver ([`CgroupDriver::detect`]) and
+//! `restrict_oom_score_adj` where mkectl lacks `CAP_SYS_RESOURCE`
+//! ([`ContainerdSettings::restrict_oom_score_adj`]). No plugin is disabled:
 //! the ones that cannot work on a host (btrfs, zfs, aufs, devmapper) skip
 //! themselves and say so in the log.
 //!
@@ -174,6 +177,11 @@ pub struct ContainerdSettings {
     pub cni_bin_dir: PathBuf,
     pub cni_conf_dir: PathBuf,
     pub log_level: String,
+    /// CRI's `restrict_oom_score_adj`: never give a container a lower OOM
+    /// score adjustment than containerd's own. Needed where mkectl runs
+    /// without `CAP_SYS_RESOURCE` (some VMs and containers): there runc
+    /// cannot set the -998 CRI gives every pod sandbox, and no pod starts.
+    pub restrict_oom_score_adj: bool,
 }
 
 impl ContainerdSettings {
@@ -194,6 +202,7 @@ impl ContainerdSettings {
             cni_bin_dir: DEFAULT_CNI_BIN_DIR.into(),
             cni_conf_dir: DEFAULT_CNI_CONF_DIR.into(),
             log_level: DEFAULT_LOG_LEVEL.into(),
+            restrict_oom_score_adj: !has_effective_capability(CAP_SYS_RESOURCE),
         }
     }
 
@@ -260,6 +269,7 @@ disabled_plugins = []
 
 [{cri}]
   sandbox_image = {sandbox}
+  restrict_oom_score_adj = {restrict_oom}
   # Pod network namespaces are bind-mounted under `state`, not /var/run/netns,
   # so they belong to this node and are swept with it.
   netns_mounts_under_state_dir = true
@@ -286,12 +296,32 @@ disabled_plugins = []
             log_level = toml_string(&self.log_level),
             opt = s(&self.opt_dir),
             sandbox = toml_string(&self.sandbox_image),
+            restrict_oom = self.restrict_oom_score_adj,
             systemd = self.cgroup_driver == CgroupDriver::Systemd,
             runc_root = s(&self.runc_root),
             cni_bin = s(&self.cni_bin_dir),
             cni_conf = s(&self.cni_conf_dir),
         )
     }
+}
+
+/// `CAP_SYS_RESOURCE` (linux/capability.h): lowering an OOM score adjustment.
+pub const CAP_SYS_RESOURCE: u32 = 24;
+
+/// True when this process has capability `cap` in its effective set (from
+/// `/proc/self/status`; true when that cannot be read, the usual case for
+/// root).
+pub fn has_effective_capability(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| effective_caps(&s))
+        .is_none_or(|caps| caps & (1u64 << cap) != 0)
+}
+
+/// The `CapEff:` mask of a `/proc/<pid>/status` text.
+fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// `p` made absolute against the current directory (unchanged if that fails).
@@ -438,6 +468,75 @@ pub mod api {
         pub exit_status: u32,
     }
 
+    /// `containerd.services.images.v1.ListImagesRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ListImagesRequest {
+        #[prost(string, repeated, tag = "1")]
+        pub filters: Vec<String>,
+    }
+
+    /// `containerd.types.Descriptor` (what an image points to).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Descriptor {
+        #[prost(string, tag = "1")]
+        pub media_type: String,
+        #[prost(string, tag = "2")]
+        pub digest: String,
+        #[prost(int64, tag = "3")]
+        pub size: i64,
+    }
+
+    /// `containerd.services.images.v1.Image` (labels and times skipped).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Image {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "3")]
+        pub target: Option<Descriptor>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ListImagesResponse {
+        #[prost(message, repeated, tag = "1")]
+        pub images: Vec<Image>,
+    }
+
+    /// CRI `runtime.v1.ImageSpec`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageSpec {
+        #[prost(string, tag = "1")]
+        pub image: String,
+    }
+
+    /// CRI `runtime.v1.ImageStatusRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageStatusRequest {
+        #[prost(message, optional, tag = "1")]
+        pub image: Option<ImageSpec>,
+        #[prost(bool, tag = "2")]
+        pub verbose: bool,
+    }
+
+    /// CRI `runtime.v1.Image`: `id` is the config digest (the image ID).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CriImage {
+        #[prost(string, tag = "1")]
+        pub id: String,
+        #[prost(string, repeated, tag = "2")]
+        pub repo_tags: Vec<String>,
+        #[prost(string, repeated, tag = "3")]
+        pub repo_digests: Vec<String>,
+        #[prost(uint64, tag = "4")]
+        pub size: u64,
+    }
+
+    /// CRI `runtime.v1.ImageStatusResponse`: no image when CRI has none.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageStatusResponse {
+        #[prost(message, optional, tag = "1")]
+        pub image: Option<CriImage>,
+    }
+
     /// CRI `runtime.v1.VersionRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct CriVersionRequest {
@@ -466,6 +565,8 @@ const LIST_TASKS: &str = "/containerd.services.tasks.v1.Tasks/List";
 const KILL: &str = "/containerd.services.tasks.v1.Tasks/Kill";
 const WAIT: &str = "/containerd.services.tasks.v1.Tasks/Wait";
 const DELETE: &str = "/containerd.services.tasks.v1.Tasks/Delete";
+const LIST_IMAGES: &str = "/containerd.services.images.v1.Images/List";
+const CRI_IMAGE_STATUS: &str = "/runtime.v1.ImageService/ImageStatus";
 
 /// A client for containerd's socket (containerd API and CRI on one socket).
 #[derive(Debug, Clone)]
@@ -589,6 +690,34 @@ impl ContainerdClient {
         };
         let r: api::WaitResponse = self.call(WAIT, Some(namespace), req).await?;
         Ok(r.exit_status)
+    }
+
+    /// Every image in `namespace` (name and target descriptor).
+    pub async fn images(&mut self, namespace: &str) -> Result<Vec<api::Image>, ContainerdError> {
+        let r: api::ListImagesResponse = self
+            .call(
+                LIST_IMAGES,
+                Some(namespace),
+                api::ListImagesRequest::default(),
+            )
+            .await?;
+        Ok(r.images)
+    }
+
+    /// What CRI (the `k8s.io` namespace, as kubelet sees it) knows of
+    /// `reference`; None when it has no such image.
+    pub async fn cri_image_status(
+        &mut self,
+        reference: &str,
+    ) -> Result<Option<api::CriImage>, ContainerdError> {
+        let req = api::ImageStatusRequest {
+            image: Some(api::ImageSpec {
+                image: reference.to_string(),
+            }),
+            verbose: false,
+        };
+        let r: api::ImageStatusResponse = self.call(CRI_IMAGE_STATUS, None, req).await?;
+        Ok(r.image)
     }
 
     /// Deletes an exited task (its shim unmounts the rootfs and exits).
@@ -1020,6 +1149,26 @@ mod tests {
         let rel = NodePaths::new(Path::new("data"), Path::new("run"), None);
         let s = ContainerdSettings::new(&rel, DEFAULT_SANDBOX_IMAGE, CgroupDriver::Cgroupfs);
         assert!(s.socket.is_absolute() && s.root.is_absolute(), "{s:?}");
+    }
+
+    #[test]
+    fn oom_score_restriction_follows_cap_sys_resource() {
+        assert_eq!(
+            effective_caps("Name:\tx\nCapEff:\t000001fffeffffff\n"),
+            Some(0x1fffeffffff)
+        );
+        assert_eq!(effective_caps("Name:\tx\n"), None);
+        // 0x1fffeffffff lacks bit 24.
+        assert_eq!(0x1fffeffffffu64 & (1 << CAP_SYS_RESOURCE), 0);
+        let mut s = settings();
+        s.restrict_oom_score_adj = true;
+        assert!(s
+            .render_config()
+            .contains("restrict_oom_score_adj = true\n"));
+        s.restrict_oom_score_adj = false;
+        assert!(s
+            .render_config()
+            .contains("restrict_oom_score_adj = false\n"));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use tracing::info;
 use super::{Component, ComponentError};
 use crate::config::NodePaths;
 use crate::fsutil;
-use crate::konnectivity::{ProxyStrategy, Server, ServerConfig, ServerHandle, TlsFiles};
+use crate::konnectivity::{
+    AgentIdentity, ProxyStrategy, Server, ServerConfig, ServerHandle, TlsFiles,
+};
 
 pub const NAME: &str = "konnectivity-server";
 /// Bound on draining tunnels when the controller stops.
@@ -35,6 +37,8 @@ pub struct KonnectivityServerSettings {
     pub admin_listen: SocketAddr,
     /// Server certificate + key, and the CA agent certificates must chain to.
     pub tls: TlsFiles,
+    /// Where agents' ids and identifiers come from (`spec.konnectivity.agentIdentity`).
+    pub agent_identity: AgentIdentity,
     /// Live updates of `server_count` (the controller registry counts the
     /// registered controllers); None keeps `server_count`.
     pub server_count_updates: Option<watch::Receiver<u32>>,
@@ -108,6 +112,7 @@ impl Component for KonnectivityServer {
         let s = &self.settings;
         let mut cfg = ServerConfig::new(s.server_id.clone(), s.agent_listen, s.tls.clone());
         cfg.server_count = s.server_count;
+        cfg.agent_identity = s.agent_identity;
         cfg.grpc_uds = Some(self.paths.konnectivity_uds());
         cfg.http_connect_uds = Some(self.paths.konnectivity_http_uds());
         cfg.admin_listen = Some(s.admin_listen);

@@ -347,6 +347,10 @@ pub struct KubeletSettings {
     pub root_dir: PathBuf,
     pub containerd_socket: PathBuf,
     pub cgroup_driver: CgroupDriver,
+    /// The pod sandbox image, the same name containerd's `sandbox_image`
+    /// has: `--pod-infra-container-image` keeps kubelet's image garbage
+    /// collector from removing it (containerd 1.6 does not mark it pinned).
+    pub sandbox_image: String,
     pub resolv_conf: PathBuf,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
@@ -377,6 +381,7 @@ impl KubeletSettings {
             root_dir: abs(paths.kubelet_root_dir()),
             containerd_socket: abs(paths.containerd_socket()),
             cgroup_driver: CgroupDriver::detect(),
+            sandbox_image: DEFAULT_SANDBOX_IMAGE.into(),
             resolv_conf: detect_resolv_conf(),
             labels: BTreeMap::new(),
             taints: Vec::new(),
@@ -397,6 +402,7 @@ impl KubeletSettings {
         self.port = spec.kubelet_port;
         self.healthz_port = spec.kubelet_healthz_port;
         self.cgroup_driver = spec.cgroup_driver.resolve();
+        self.sandbox_image = spec.sandbox_image.clone();
         Ok(())
     }
 
@@ -491,6 +497,10 @@ impl KubeletSettings {
         flags.insert("root-dir".into(), p(&self.root_dir));
         flags.insert("node-ip".into(), self.node_ip.to_string());
         flags.insert("hostname-override".into(), self.node_name.clone());
+        flags.insert(
+            "pod-infra-container-image".into(),
+            self.sandbox_image.clone(),
+        );
         if !self.labels.is_empty() {
             let labels = self
                 .labels
@@ -797,6 +807,7 @@ mod tests {
             "--node-ip=192.0.2.21",
             "--hostname-override=worker-1",
             "--node-labels=node.kubernetes.io/pool=a,tier=edge",
+            "--pod-infra-container-image=registry.k8s.io/pause:3.10",
         ] {
             assert!(args.iter().any(|a| a == want), "missing {want} in {args:?}");
         }
@@ -903,7 +914,7 @@ mod tests {
         assert_eq!(spec.sandbox_image, "registry.k8s.io/pause:3.10");
         spec.validate("f.yaml").unwrap();
 
-        let yaml = "labels:\n  tier: edge\ntaints: [\"dedicated=gpu:NoSchedule\"]\ncgroupDriver: systemd\nkubeletPort: 11250\n";
+        let yaml = "labels:\n  tier: edge\ntaints: [\"dedicated=gpu:NoSchedule\"]\ncgroupDriver: systemd\nkubeletPort: 11250\nsandboxImage: mirror.example/pause:9\n";
         let spec: WorkerSpec = serde_saphyr::from_str(yaml).unwrap();
         spec.validate("f.yaml").unwrap();
         let mut s = settings();
@@ -912,6 +923,11 @@ mod tests {
         assert_eq!(s.taints[0].key, "dedicated");
         assert_eq!(s.cgroup_driver, CgroupDriver::Systemd);
         assert_eq!(s.port, 11250);
+        // The same name containerd gets: kubelet's GC leaves it alone.
+        assert_eq!(s.sandbox_image, "mirror.example/pause:9");
+        assert!(s
+            .args()
+            .contains(&"--pod-infra-container-image=mirror.example/pause:9".to_string()));
 
         let bad: WorkerSpec = serde_saphyr::from_str("taints: [\"x:Never\"]\n").unwrap();
         let e = bad.validate("f.yaml").unwrap_err();

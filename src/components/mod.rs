@@ -47,6 +47,7 @@ pub mod controller_registry;
 pub mod csr_approver;
 pub mod etcd;
 pub mod https_probe;
+pub mod image_import;
 pub mod join_api;
 pub mod konnectivity_agent;
 pub mod konnectivity_server;

@@ -17,6 +17,9 @@ pub const ETCD_PEER_PORT: u16 = 2380;
 pub const KONNECTIVITY_AGENT_PORT: u16 = 8132;
 pub const KONNECTIVITY_ADMIN_PORT: u16 = 8133;
 pub const KONNECTIVITY_ADMIN_ADDRESS: &str = "127.0.0.1";
+/// Agents are who their certificate says (see `konnectivity::server::identity`).
+pub const KONNECTIVITY_AGENT_IDENTITY: crate::konnectivity::AgentIdentity =
+    crate::konnectivity::AgentIdentity::Certificate;
 
 pub const JOIN_API_PORT: u16 = 9443;
 

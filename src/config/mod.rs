@@ -12,7 +12,6 @@ pub mod paths;
 mod validate;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -26,6 +25,9 @@ pub use paths::NodePaths;
 pub const STDIN_NAME: &str = "<stdin>";
 /// Name used when no file was given.
 pub const DEFAULTS_NAME: &str = "<defaults>";
+/// Largest config accepted (a full config is a few KiB); anything larger,
+/// or an endless input, is refused without reading further.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -34,6 +36,11 @@ pub enum ConfigError {
         file: String,
         source: std::io::Error,
     },
+    #[error(
+        "config file {file} is larger than {} MiB; not reading it (a config is a few KiB)",
+        limit / (1024 * 1024)
+    )]
+    TooLarge { file: String, limit: u64 },
     #[error("{file}: field `{field}`: {message}")]
     Parse {
         file: String,
@@ -155,6 +162,11 @@ pub struct KonnectivitySpec {
     pub admin_port: u16,
     /// Address the admin port binds to.
     pub admin_address: String,
+    /// Where an agent's id and `host=` identifiers come from: `certificate`
+    /// (its client certificate, as the join API issued it) or `headers`
+    /// (as the agent sends them; for upstream agents that share one
+    /// certificate or authenticate otherwise).
+    pub agent_identity: crate::konnectivity::AgentIdentity,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,6 +264,7 @@ impl Default for KonnectivitySpec {
             agent_port: defaults::KONNECTIVITY_AGENT_PORT,
             admin_port: defaults::KONNECTIVITY_ADMIN_PORT,
             admin_address: defaults::KONNECTIVITY_ADMIN_ADDRESS.into(),
+            agent_identity: defaults::KONNECTIVITY_AGENT_IDENTITY,
         }
     }
 }
@@ -323,22 +336,8 @@ impl ClusterConfig {
                 cfg.validate(DEFAULTS_NAME)?;
                 Ok(cfg)
             }
-            Some(p) if p == Path::new("-") => {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .map_err(|source| ConfigError::Read {
-                        file: STDIN_NAME.into(),
-                        source,
-                    })?;
-                Self::from_yaml(&text, STDIN_NAME)
-            }
             Some(p) => {
-                let file = display_name(Some(p));
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    file: file.clone(),
-                    source,
-                })?;
+                let (text, file) = read_text(p)?;
                 Self::from_yaml(&text, &file)
             }
         }
@@ -421,4 +420,31 @@ pub fn display_name(path: Option<&Path>) -> String {
         Some(p) if p == Path::new("-") => STDIN_NAME.into(),
         Some(p) => p.display().to_string(),
     }
+}
+
+/// Reads a config file (`-` = standard input), at most
+/// [`MAX_CONFIG_BYTES`]; returns its text and its name for messages.
+pub fn read_text(path: &Path) -> Result<(String, String), ConfigError> {
+    let file = display_name(Some(path));
+    let read_err = |source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    };
+    let bytes = if path == Path::new("-") {
+        crate::fsutil::read_at_most(std::io::stdin().lock(), MAX_CONFIG_BYTES)
+    } else {
+        std::fs::File::open(path).and_then(|f| crate::fsutil::read_at_most(f, MAX_CONFIG_BYTES))
+    }
+    .map_err(read_err)?
+    .ok_or_else(|| ConfigError::TooLarge {
+        file: file.clone(),
+        limit: MAX_CONFIG_BYTES,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text: {e}"),
+        ))
+    })?;
+    Ok((text, file))
 }

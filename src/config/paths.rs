@@ -33,6 +33,11 @@ impl NodePaths {
     pub fn staged_bin_dir(&self) -> PathBuf {
         self.data_dir.join("bin")
     }
+    /// `<data-dir>/images`: image archives imported into containerd at
+    /// worker start (staged there from the bundle, or put there by hand).
+    pub fn images_dir(&self) -> PathBuf {
+        self.data_dir.join("images")
+    }
     /// `<data-dir>/manifests`: one subdirectory per stack.
     pub fn manifests_dir(&self) -> PathBuf {
         self.data_dir.join("manifests")

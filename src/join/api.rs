@@ -11,29 +11,37 @@
 //!
 //! Every request is rate-limited per source address (token bucket,
 //! [`RATE_BURST`], [`RATE_PER_SECOND`]) and bodies are capped at
-//! [`MAX_BODY_BYTES`]. Logs name token ids, never secrets. Status codes are
+//! [`MAX_BODY_BYTES`]. Nobody without a token can hold the API's
+//! connections: the TLS handshake and the request head each have a short
+//! deadline ([`HANDSHAKE_TIMEOUT`], [`HEADER_TIMEOUT`]); authentication is
+//! decided from the head (bearer or client certificate) before any body is
+//! read, and the body then has [`BODY_TIMEOUT`]; connections not yet
+//! authenticated are capped per source and in total, the oldest of the
+//! busiest source giving way to a newcomer ([`super::gate`]). One request
+//! per connection. Logs name token ids, never secrets. Status codes are
 //! listed in the module docs of [`crate::join`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Request, State};
+use axum::body::Body;
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::gate::{Gate, Limits, Slot};
 use super::members;
 use super::registry::{self, ControllerRecord};
 use super::store::{AuthError, TokenStore};
@@ -54,12 +62,25 @@ pub const RATE_BURST: f64 = 30.0;
 pub const RATE_PER_SECOND: f64 = 10.0;
 /// Source addresses tracked; beyond, new ones share one bucket.
 pub const RATE_MAX_CLIENTS: usize = 4096;
-/// TLS handshake and request-header bound.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Whole-connection bound.
+/// TLS handshake bound.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request head bound, from the end of the handshake.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request body bound, from authentication (a CSR is ~500 bytes).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole-connection bound (the handler's work included).
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Concurrent connections; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Concurrent connections from one source (IPv4 address, IPv6 /64).
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+/// Connections not yet authenticated (handshake, request head); a newcomer
+/// beyond evicts the oldest one of the source holding the most.
+pub const MAX_PENDING: usize = 256;
+/// Connections not yet authenticated from one source; more are closed.
+pub const MAX_PENDING_PER_SOURCE: usize = 16;
+/// How often connection refusals are summarised in the log at most.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often the serving certificate is checked for renewal.
 pub const CERT_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
@@ -90,6 +111,14 @@ pub struct ApiSettings {
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub peer: Peer,
+    slot: Arc<Slot>,
+}
+
+impl ConnInfo {
+    /// The request is authenticated: its connection is no longer pending.
+    fn admit(&self) {
+        self.slot.admit();
+    }
 }
 
 /// A JSON error answer.
@@ -297,6 +326,7 @@ pub async fn start(
         tokio_rustls::TlsAcceptor::from(tls_cfg),
         app,
         peer_cas,
+        state.settings.metrics.clone(),
         cancel.clone(),
         tracker.clone(),
     ));
@@ -339,7 +369,6 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/etcd/leave", post(leave))
         .route("/v1/controllers", get(list_controllers))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
@@ -366,16 +395,65 @@ async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     resp
 }
 
+/// Connection refusals since the last summary line (a flood must not
+/// become a log flood).
+#[derive(Debug)]
+struct RefusalLog {
+    since: Instant,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+impl RefusalLog {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// Counts one refusal (also on /metrics) and logs a summary at most
+    /// every [`REFUSAL_LOG_EVERY`].
+    fn record(&mut self, metrics: &crate::ops::Metrics, reason: &'static str, remote: SocketAddr) {
+        metrics.record_join_connection_refused(reason);
+        *self.counts.entry(reason).or_insert(0) += 1;
+        if self.since.elapsed() >= REFUSAL_LOG_EVERY {
+            warn!(
+                component = COMPONENT,
+                refused = ?self.counts,
+                last_remote = %remote,
+                "join API connection limits hit (per source or in total); closing connections"
+            );
+            self.counts.clear();
+            self.since = Instant::now();
+        }
+    }
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     app: Router,
     peer_cas: PeerCas,
+    metrics: Arc<crate::ops::Metrics>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let gate = Gate::new(Limits {
+        total: MAX_CONNECTIONS,
+        per_source: MAX_CONNECTIONS_PER_SOURCE,
+        pending: MAX_PENDING,
+        pending_per_source: MAX_PENDING_PER_SOURCE,
+    });
     let peer_cas = Arc::new(peer_cas);
+    let log = Arc::new(Mutex::new(RefusalLog::new()));
+    let record = {
+        let (log, metrics) = (log.clone(), metrics.clone());
+        move |reason: &'static str, remote: SocketAddr| {
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(&metrics, reason, remote);
+        }
+    };
     loop {
         let (tcp, remote) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -388,41 +466,63 @@ async fn accept_loop(
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(component = COMPONENT, %remote, "too many connections; closing");
-            continue;
+        let slot = match gate.enter(remote.ip()) {
+            Ok(entered) => {
+                if entered.evicted {
+                    record("evicted", remote);
+                }
+                Arc::new(entered.slot)
+            }
+            Err(refused) => {
+                // Dropping the socket closes it.
+                record(refused.reason(), remote);
+                continue;
+            }
         };
-        let (acceptor, app, peer_cas, cancel) = (
+        let (acceptor, app, peer_cas, cancel, record) = (
             acceptor.clone(),
             app.clone(),
             peer_cas.clone(),
             cancel.clone(),
+            record.clone(),
         );
         tracker.spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    info!(component = COMPONENT, %remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
+            let evicted = slot.evicted.clone();
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = evicted.cancelled() => return,
+                r = handshake => match r {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        debug!(component = COMPONENT, %remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        record("handshake_timeout", remote);
+                        return;
+                    }
+                },
             };
             let peer =
                 peer_cas.identify(tls.get_ref().1.peer_certificates().and_then(|c| c.first()));
-            let info = ConnInfo { remote, peer };
+            let info = ConnInfo { remote, peer, slot };
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
                     let app = app.clone();
                     async move { tower::ServiceExt::oneshot(app, req).await }
                 });
+            // One request per connection: a connection is authenticated
+            // once, and never sits idle holding a slot.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(tls), svc);
             tokio::select! {
                 _ = cancel.cancelled() => {}
+                _ = evicted.cancelled() => {}
                 _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
             }
         });
@@ -474,18 +574,41 @@ fn bearer(headers: &HeaderMap) -> Result<BootstrapToken, ApiError> {
     BootstrapToken::parse(token.trim()).map_err(|_| unauth())
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
+/// Reads and parses the body of an authenticated request: at most
+/// [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`].
+async fn read_body<T: serde::de::DeserializeOwned>(
+    conn: &ConnInfo,
+    body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = body.map_err(|e| {
-        let status = e.status().as_u16();
-        let reason = if status == 413 {
-            "BodyTooLarge"
-        } else {
-            "BadBody"
-        };
-        ApiError::new(status, reason, e.body_text())
-    })?;
+    let read = Limited::new(body, MAX_BODY_BYTES).collect();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Err(_) => {
+            warn!(component = COMPONENT, remote = %conn.remote, "request body not received in time");
+            return Err(ApiError::new(
+                408,
+                "BodyTimeout",
+                format!(
+                    "request body not received within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(ApiError::new(
+                413,
+                "BodyTooLarge",
+                format!("request body over {MAX_BODY_BYTES} bytes"),
+            ))
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                400,
+                "BadBody",
+                format!("reading the body: {e}"),
+            ))
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))
 }
 
@@ -536,20 +659,33 @@ async fn join_worker(
     State(state): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<WorkerJoinResponse>, ApiError> {
     let (token, stored) = authenticate(&state, &conn, &headers, Role::Worker).await?;
-    let req: WorkerJoinRequest = parse_body(body)?;
+    conn.admit();
+    let req: WorkerJoinRequest = read_body(&conn, body).await?;
     if !valid_node_name(&req.node_name) {
         return Err(ApiError::bad_request(format!(
             "node name {:?} is not a valid DNS subdomain (lower case letters, digits, '-', '.')",
             req.node_name
         )));
     }
-    req.address.parse::<IpAddr>().map_err(|_| {
+    let address = req.address.parse::<IpAddr>().map_err(|_| {
         ApiError::bad_request(format!("address {:?} is not an IP address", req.address))
     })?;
     let csr = pki::inspect_csr(&req.csr).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // What `mkectl worker` generates, as the design says; nothing else is
+    // signed, and the refusal names the key type.
+    if csr.key_type != pki::CsrKeyType::EcdsaP256 {
+        return Err(ApiError::new(
+            400,
+            "UnsupportedKeyType",
+            format!(
+                "the CSR carries an {} key; the join API signs agent certificates for ECDSA P-256 keys only",
+                csr.key_type
+            ),
+        ));
+    }
     let want_cn = agent_common_name(&req.node_name);
     if csr.common_name.as_deref() != Some(want_cn.as_str())
         || !csr.organizations.is_empty()
@@ -562,13 +698,17 @@ async fn join_worker(
     let pki_dir = state.settings.pki.dir.clone();
     let lifetime = state.settings.agent_cert_lifetime;
     let csr_pem = req.csr.clone();
+    // The address is recorded in the certificate: the konnectivity server
+    // accepts `host=` identifiers only for the node name and this address.
+    let sans = vec![address.to_string()];
     let agent_cert = tokio::task::spawn_blocking(move || {
-        pki::sign_csr(
+        pki::sign_csr_adding_sans(
             &pki_dir,
             Ca::Konnectivity,
             &csr_pem,
             lifetime,
             CertUsage::Client,
+            &sans,
         )
     })
     .await
@@ -624,10 +764,11 @@ async fn join_controller(
     State(state): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<ControllerJoinResponse>, ApiError> {
     let (token, _) = authenticate(&state, &conn, &headers, Role::Controller).await?;
-    let req: ControllerJoinRequest = parse_body(body)?;
+    conn.admit();
+    let req: ControllerJoinRequest = read_body(&conn, body).await?;
     if !valid_node_name(&req.node_name) {
         return Err(ApiError::bad_request(format!(
             "node name {:?} is not a valid DNS subdomain",
@@ -688,10 +829,11 @@ fn require_controller(conn: &ConnInfo) -> Result<String, ApiError> {
 async fn promote(
     State(state): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<PromoteResponse>, ApiError> {
     let who = require_controller(&conn)?;
-    let req: PromoteRequest = parse_body(body)?;
+    conn.admit();
+    let req: PromoteRequest = read_body(&conn, body).await?;
     let mut etcd = state.etcd.clone();
     let resp = members::promote(&mut etcd, req.member_id).await?;
     if resp.voting {
@@ -703,10 +845,11 @@ async fn promote(
 async fn leave(
     State(state): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<LeaveResponse>, ApiError> {
     let who = require_controller(&conn)?;
-    let req: LeaveRequest = parse_body(body)?;
+    conn.admit();
+    let req: LeaveRequest = read_body(&conn, body).await?;
     if who != req.name {
         return Err(ApiError::new(
             403,
@@ -762,6 +905,7 @@ async fn list_controllers(
             "an agent or controller client certificate is required",
         ));
     }
+    conn.admit();
     Ok(Json(ControllersResponse {
         controllers: state.controllers().await?,
     }))

@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod client;
+pub mod gate;
 pub mod members;
 pub mod mirror;
 pub mod registry;

@@ -233,11 +233,17 @@ pub struct ServerMetrics {
     pub stream_errors: Family,
     /// Tunnels closed because their reader stalled past the budget.
     pub stalled_tunnels: AtomicU64,
+    /// `reason`: agents refused because their headers claim an identity
+    /// their certificate does not give them (see `server::identity`).
+    pub agent_identity_refused: Family,
+    /// Agents whose `agentid` header named someone other than their
+    /// certificate (connected under the certificate's id).
+    pub agent_id_header_ignored: AtomicU64,
 }
 
 impl Default for ServerMetrics {
     fn default() -> Self {
-        ServerMetrics {
+        let m = ServerMetrics {
             dial_duration: Histogram::new(DIAL_BUCKETS),
             grpc_connections: Family::new(&["service_method"]),
             http_connections: AtomicI64::new(0),
@@ -249,7 +255,14 @@ impl Default for ServerMetrics {
             stream_packets: PacketCounter::new(SERVER_SEGMENTS),
             stream_errors: Family::new(&["segment", "code", "packet_type"]),
             stalled_tunnels: AtomicU64::new(0),
+            agent_identity_refused: Family::new(&["reason"]),
+            agent_id_header_ignored: AtomicU64::new(0),
+        };
+        // Present from the start, so an alert on any increase works.
+        for reason in ["identifiers", "certificate"] {
+            m.agent_identity_refused.set(&[reason], 0);
         }
+        m
     }
 }
 
@@ -338,6 +351,21 @@ impl ServerMetrics {
             "Tunnels closed because their reader stalled longer than the stall budget.",
         );
         let _ = writeln!(out, "{n} {}", self.stalled_tunnels.load(Ordering::Relaxed));
+        let n = format!("{p}_agent_identity_refused_total");
+        header(
+            &mut out,
+            &n,
+            "counter",
+            "Agents refused because their identifiers do not belong to their certificate (reason identifiers) or their certificate names nobody (reason certificate).",
+        );
+        self.agent_identity_refused.encode(&mut out, &n);
+        scalar(
+            &mut out,
+            &format!("{p}_agent_id_header_ignored_total"),
+            "counter",
+            "Agents whose agentid header differed from their certificate; they were registered under the certificate's id.",
+            self.agent_id_header_ignored.load(Ordering::Relaxed) as i64,
+        );
         out
     }
 }

@@ -64,7 +64,7 @@ use std::path::PathBuf;
 
 pub use agent::{Agent, AgentConfig, AgentHandle, ServerAddr};
 pub use egress::{egress_selector_config, write_egress_selector_config};
-pub use server::{ProxyStrategy, Server, ServerConfig, ServerHandle, ServerStats};
+pub use server::{AgentIdentity, ProxyStrategy, Server, ServerConfig, ServerHandle, ServerStats};
 pub use tls::TlsFiles;
 
 /// Errors of the konnectivity module.

@@ -24,6 +24,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Debug, Default)]
 pub struct Metrics {
     join_requests: Mutex<BTreeMap<String, u64>>,
+    join_connections_refused: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -36,6 +37,17 @@ impl Metrics {
     pub fn record_join_request(&self, result: &str) {
         let mut map = self.join_requests.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry(result.to_string()).or_insert(0) += 1;
+    }
+
+    /// Counts one join API connection closed by its connection limits
+    /// before a request was served (`source_limit`, `full`, `evicted`,
+    /// `handshake_timeout`).
+    pub fn record_join_connection_refused(&self, reason: &str) {
+        let mut map = self
+            .join_connections_refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *map.entry(reason.to_string()).or_insert(0) += 1;
     }
 
     /// The page for `status` and the certificates found on disk.
@@ -107,6 +119,24 @@ impl Metrics {
             p.sample(
                 "mkectl_join_requests_total",
                 &[("result", result)],
+                i64::try_from(*n).unwrap_or(i64::MAX),
+            );
+        }
+
+        p.family(
+            "mkectl_join_connections_refused_total",
+            "Join API connections closed by the connection limits before a request was served, by reason.",
+            "counter",
+        );
+        let refused = self
+            .join_connections_refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (reason, n) in &refused {
+            p.sample(
+                "mkectl_join_connections_refused_total",
+                &[("reason", reason)],
                 i64::try_from(*n).unwrap_or(i64::MAX),
             );
         }

@@ -254,6 +254,15 @@ pub fn unpack(archive: &Path, staging_parent: &Path) -> Result<Staged, BackupErr
                 "member {rel} is not in the manifest (or appears twice)"
             )));
         };
+        // Checked before a byte is written: a small archive may expand to
+        // any size, and staging must never hold more than the manifest says.
+        if entry.size() != want.size {
+            return Err(damaged(format!(
+                "{rel}: the archive holds {} bytes, the manifest says {}; nothing of it was written",
+                entry.size(),
+                want.size
+            )));
+        }
         let dest = files_dir.join(&rel);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|source| BackupError::Io {
@@ -273,7 +282,8 @@ pub fn unpack(archive: &Path, staging_parent: &Path) -> Result<Staged, BackupErr
             .open(&dest)
             .map_err(io)?;
         let mut w = HashingWriter::new(std::io::BufWriter::new(out));
-        std::io::copy(&mut entry, &mut w).map_err(|e| damaged(format!("{rel}: {e}")))?;
+        std::io::copy(&mut (&mut entry).take(want.size), &mut w)
+            .map_err(|e| damaged(format!("{rel}: {e}")))?;
         w.flush().map_err(io)?;
         let (_, sha, size) = w.finish();
         if size != want.size || sha != want.sha256 {
@@ -418,6 +428,11 @@ mod tests {
             (
                 archive(tmp.path(), |m| m.format = "other".into()),
                 "not an mkectl backup",
+            ),
+            (
+                // The snapshot is 15 bytes; refused before any is written.
+                archive(tmp.path(), |m| m.files[0].size = 3),
+                "the archive holds 15 bytes, the manifest says 3; nothing of it was written",
             ),
             (
                 archive(tmp.path(), |m| m.format_version = 99),

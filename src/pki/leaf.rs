@@ -262,11 +262,19 @@ pub(crate) fn profile(leaf: Leaf, spec: &PkiSpec) -> Result<Profile, PkiError> {
             &format!("{NODE_USER_PREFIX}{}", spec.node_name.trim()),
             Some(NODES_GROUP),
         ),
-        // The same identity a joined worker's agent certificate carries.
-        Leaf::KonnectivityAgent => client(
-            &crate::join::wire::agent_common_name(spec.node_name.trim()),
-            None,
-        ),
+        // The same identity a joined worker's agent certificate carries:
+        // the node name, and its addresses as the only `host=` identifiers
+        // the konnectivity server accepts from it.
+        Leaf::KonnectivityAgent => {
+            let mut p = client(
+                &crate::join::wire::agent_common_name(spec.node_name.trim()),
+                None,
+            );
+            for ip in &spec.node_addresses {
+                push_unique(&mut p.sans, San::Ip(*ip));
+            }
+            p
+        }
     })
 }
 
@@ -593,6 +601,65 @@ pub struct CsrInfo {
     pub organizations: Vec<String>,
     /// `DNS:<name>` / `IP:<addr>` entries.
     pub sans: Vec<String>,
+    /// The requester's key type; callers decide which they sign.
+    pub key_type: CsrKeyType,
+}
+
+/// The public key type of a CSR. Only those whose signature can be checked
+/// (ring) get past [`inspect_csr`]; others are refused naming their type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsrKeyType {
+    EcdsaP256,
+    EcdsaP384,
+    Rsa { bits: usize },
+    Ed25519,
+}
+
+impl std::fmt::Display for CsrKeyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CsrKeyType::EcdsaP256 => f.write_str("ECDSA P-256"),
+            CsrKeyType::EcdsaP384 => f.write_str("ECDSA P-384"),
+            CsrKeyType::Rsa { bits } => write!(f, "RSA-{bits}"),
+            CsrKeyType::Ed25519 => f.write_str("Ed25519"),
+        }
+    }
+}
+
+/// The key type of a CSR's SubjectPublicKeyInfo, or a description of one
+/// that cannot be checked (`ECDSA P-521`, `Ed448`, an unknown OID).
+fn csr_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<CsrKeyType, String> {
+    use x509_parser::public_key::PublicKey;
+    let alg = spki.algorithm.algorithm.to_id_string();
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => {
+            let m = rsa.modulus;
+            let first = m.iter().position(|b| *b != 0).unwrap_or(m.len());
+            let lead = m.get(first).map_or(0, |b| 8 - b.leading_zeros() as usize);
+            Ok(CsrKeyType::Rsa {
+                bits: (m.len() - first).saturating_sub(1) * 8 + lead,
+            })
+        }
+        Ok(PublicKey::EC(_)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string())
+                .unwrap_or_default();
+            match curve.as_str() {
+                "1.2.840.10045.3.1.7" => Ok(CsrKeyType::EcdsaP256),
+                "1.3.132.0.34" => Ok(CsrKeyType::EcdsaP384),
+                "1.3.132.0.35" => Err("ECDSA P-521".into()),
+                other => Err(format!("ECDSA on curve {other}")),
+            }
+        }
+        _ if alg == "1.3.101.112" => Ok(CsrKeyType::Ed25519),
+        _ if alg == "1.3.101.113" => Err("Ed448".into()),
+        _ if alg == "1.2.840.10040.4.1" => Err("DSA".into()),
+        _ => Err(format!("key algorithm {alg}")),
+    }
 }
 
 struct ParsedCsr {
@@ -600,22 +667,27 @@ struct ParsedCsr {
     common_name: String,
     organizations: Vec<String>,
     sans: Vec<San>,
+    key_type: CsrKeyType,
 }
 
 fn parse_csr(csr_pem: &str) -> Result<ParsedCsr, PkiError> {
     use x509_parser::prelude::{FromDer, X509CertificationRequest};
     let csr_err = |reason: String| PkiError::Csr { reason };
-    // rcgen verifies the request's signature and extracts key and SANs...
-    let params =
-        CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| csr_err(e.to_string()))?;
-    // ...but keeps one value per subject attribute, so the subject (which may
-    // name several organizations = groups) is read with x509-parser.
+    // x509-parser reads the key type first, so a key whose signature cannot
+    // be checked is refused as such, not as a bad signature...
     let der = x509_parser::pem::Pem::iter_from_buffer(csr_pem.as_bytes())
         .filter_map(Result::ok)
         .find(|b| b.label == "CERTIFICATE REQUEST" || b.label == "NEW CERTIFICATE REQUEST")
         .map(|b| b.contents)
         .ok_or_else(|| csr_err("no CERTIFICATE REQUEST block".to_string()))?;
     let (_, req) = X509CertificationRequest::from_der(&der).map_err(|e| csr_err(e.to_string()))?;
+    let key_type = csr_key_type(&req.certification_request_info.subject_pki)
+        .map_err(|k| csr_err(format!("its key type, {k}, is not supported")))?;
+    // ...then rcgen verifies the request's signature and extracts key and
+    // SANs, but keeps one value per subject attribute, so the subject (which
+    // may name several organizations = groups) is read with x509-parser.
+    let params =
+        CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| csr_err(e.to_string()))?;
     let subject = &req.certification_request_info.subject;
     let common_name = subject
         .iter_common_name()
@@ -645,6 +717,7 @@ fn parse_csr(csr_pem: &str) -> Result<ParsedCsr, PkiError> {
         common_name,
         organizations,
         sans,
+        key_type,
     })
 }
 
@@ -656,6 +729,7 @@ pub fn inspect_csr(csr_pem: &str) -> Result<CsrInfo, PkiError> {
         common_name: Some(parsed.common_name),
         organizations: parsed.organizations,
         sans: parsed.sans.iter().map(San::to_string).collect(),
+        key_type: parsed.key_type,
     })
 }
 
@@ -673,6 +747,27 @@ pub fn sign_csr(
     sign_csr_at(pki_dir, ca, csr_pem, lifetime, usage, SystemTime::now())
 }
 
+/// [`sign_csr`], adding `extra_sans` (IP addresses or DNS names the signer
+/// vouches for, e.g. the address a worker joined with) to the request's.
+pub fn sign_csr_adding_sans(
+    pki_dir: &Path,
+    ca: Ca,
+    csr_pem: &str,
+    lifetime: Duration,
+    usage: CertUsage,
+    extra_sans: &[String],
+) -> Result<String, PkiError> {
+    sign_csr_inner(
+        pki_dir,
+        ca,
+        csr_pem,
+        lifetime,
+        usage,
+        extra_sans,
+        SystemTime::now(),
+    )
+}
+
 /// [`sign_csr`] at a given time (tests).
 pub fn sign_csr_at(
     pki_dir: &Path,
@@ -682,12 +777,28 @@ pub fn sign_csr_at(
     usage: CertUsage,
     now: SystemTime,
 ) -> Result<String, PkiError> {
+    sign_csr_inner(pki_dir, ca, csr_pem, lifetime, usage, &[], now)
+}
+
+fn sign_csr_inner(
+    pki_dir: &Path,
+    ca: Ca,
+    csr_pem: &str,
+    lifetime: Duration,
+    usage: CertUsage,
+    extra_sans: &[String],
+    now: SystemTime,
+) -> Result<String, PkiError> {
     let parsed = parse_csr(csr_pem)?;
     let loaded = ca::load_existing(&PkiPaths::new(pki_dir), ca, now)?;
+    let mut sans = parsed.sans.clone();
+    for s in extra_sans {
+        push_unique(&mut sans, San::parse(s)?);
+    }
     let profile = Profile {
         common_name: parsed.common_name.clone(),
         organizations: parsed.organizations.clone(),
-        sans: parsed.sans.clone(),
+        sans,
         usage,
     };
     let alg = parsed.params.public_key.algorithm();

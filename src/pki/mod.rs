@@ -29,7 +29,7 @@
 //! | `sa.key` / `sa.pub` | service-account token signing pair (`PUBLIC KEY` PEM) | – |
 //! | `admin.conf`, `controller-manager.conf`, `scheduler.conf` | kubeconfigs with embedded CA, cert and key (0600) | – |
 //! | `kubelet-client.crt` / `.key`, `kubelet.conf` | only with [`PkiSpec::worker`] (`controller --enable-worker`): CN `system:node:<node>`, O `system:nodes` (clientAuth) and the kubelet's kubeconfig | cluster CA |
-//! | `konnectivity/agent.crt` / `.key` | only with [`PkiSpec::worker`]: CN `konnectivity-agent:<node>` (clientAuth) | konnectivity CA |
+//! | `konnectivity/agent.crt` / `.key` | only with [`PkiSpec::worker`]: CN `konnectivity-agent:<node>`, IP SANs the node addresses (clientAuth) | konnectivity CA |
 //!
 //! The client certificates of the three kubeconfigs are kept as files as well
 //! so expiry checks and renewal treat them like every other leaf; the
@@ -76,8 +76,8 @@ pub use expiry::{list_certificates, next_renewal_due, CertInfo};
 pub use keys::{spki_sha256, spki_sha256_der};
 pub use kubeconfig::{render_kubeconfig, KubeconfigUser};
 pub use leaf::{
-    inspect_csr, issue_client_cert, issue_client_cert_at, issue_server_cert, sign_csr, sign_csr_at,
-    CertUsage, CsrInfo, IssuedCert, Leaf,
+    inspect_csr, issue_client_cert, issue_client_cert_at, issue_server_cert, sign_csr,
+    sign_csr_adding_sans, sign_csr_at, CertUsage, CsrInfo, CsrKeyType, IssuedCert, Leaf,
 };
 pub use paths::{CertKeyPaths, PkiPaths};
 pub use spec::{

@@ -25,12 +25,13 @@ pub fn pid_file_path(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join(format!("{name}.pid"))
 }
 
-/// Writes `pid` atomically (temp file + rename), mode 0644.
+/// Writes `pid` atomically (temp file + rename), mode 0600: only root (or
+/// mkectl's own user) learns which processes to signal.
 pub(crate) fn write(path: &Path, pid: i32) -> Result<(), SupervisorError> {
     fsutil::write_atomic(
         path,
         format!("{pid}\n").as_bytes(),
-        fsutil::PUBLIC_FILE_MODE,
+        fsutil::PRIVATE_FILE_MODE,
     )
     .map(|_| ())
     .map_err(|source| SupervisorError::PidFileWrite {
@@ -215,6 +216,11 @@ mod tests {
         assert_eq!(p, dir.path().join("etcd.pid"));
         write(&p, 4242).unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "4242\n");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(remove(&p).unwrap());
         assert!(!remove(&p).unwrap());
     }

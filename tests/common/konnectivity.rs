@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mkectl::konnectivity::{
-    Agent, AgentConfig, AgentHandle, Server, ServerAddr, ServerConfig, ServerHandle, TlsFiles,
+    Agent, AgentConfig, AgentHandle, AgentIdentity, Server, ServerAddr, ServerConfig, ServerHandle,
+    TlsFiles,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -22,8 +23,33 @@ use tokio_util::sync::CancellationToken;
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub server: TlsFiles,
+    /// Shared by every test agent (CN `konnectivity-agent`, no node): the
+    /// servers of `server_config` take identities from headers for it.
     pub agent: TlsFiles,
     pub foreign_agent: TlsFiles,
+    ca_pem: String,
+    ca_key_pem: String,
+}
+
+impl Pki {
+    /// An agent certificate bound to `node` as mkectl's join API issues
+    /// one: CN `konnectivity-agent:<node>`, the node's `addresses` as SANs.
+    pub fn node_agent(&self, node: &str, addresses: &[&str]) -> TlsFiles {
+        let key = KeyPair::from_pem(&self.ca_key_pem).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, key).unwrap();
+        let (cert, key) = leaf(
+            &issuer,
+            &format!("konnectivity-agent:{node}"),
+            addresses.iter().map(|s| s.to_string()).collect(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let d = self.dir.path();
+        TlsFiles {
+            cert: write(d, &format!("agent-{node}.crt"), &cert),
+            key: write(d, &format!("agent-{node}.key"), &key),
+            ca: self.agent.ca.clone(),
+        }
+    }
 }
 
 fn ca(name: &str) -> (CertificateParams, KeyPair, String) {
@@ -36,8 +62,8 @@ fn ca(name: &str) -> (CertificateParams, KeyPair, String) {
     (p, key, pem)
 }
 
-fn leaf(
-    issuer: &Issuer<'_, &KeyPair>,
+fn leaf<S: rcgen::SigningKey>(
+    issuer: &Issuer<'_, S>,
     cn: &str,
     sans: Vec<String>,
     eku: ExtendedKeyUsagePurpose,
@@ -69,6 +95,7 @@ pub fn pki_with_server_sans(extra: &[&str]) -> Pki {
     let (ca_params, ca_key, ca_pem) = ca("konnectivity-ca");
     let issuer = Issuer::from_params(&ca_params, &ca_key);
     let ca_path = write(d, "ca.crt", &ca_pem);
+    let ca_key_pem = ca_key.serialize_pem();
     let (sc, sk) = leaf(
         &issuer,
         "konnectivity-server",
@@ -112,6 +139,8 @@ pub fn pki_with_server_sans(extra: &[&str]) -> Pki {
             key: write(d, "foreign.key", &fk),
             ca: ca_path,
         },
+        ca_pem,
+        ca_key_pem,
         dir,
     }
 }
@@ -141,8 +170,12 @@ pub struct TestServer {
     pub http_uds: PathBuf,
 }
 
+/// Agents share [`Pki::agent`] and name themselves (`agent-<uuid>`,
+/// `host=127.0.0.1`), so identities come from their headers here;
+/// certificate-bound identities are tested in `konnectivity_identity.rs`.
 pub fn server_config(pki: &Pki, dir: &Path, id: &str, agent_listen: SocketAddr) -> ServerConfig {
     let mut cfg = ServerConfig::new(id, agent_listen, pki.server.clone());
+    cfg.agent_identity = AgentIdentity::Headers;
     cfg.grpc_uds = Some(dir.join(format!("{id}-grpc.sock")));
     cfg.http_connect_uds = Some(dir.join(format!("{id}-http.sock")));
     cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -193,7 +226,17 @@ pub fn agent_config(
 }
 
 pub async fn start_agent(tls: &TlsFiles, servers: &[SocketAddr]) -> TestAgent {
-    let (cfg, tx) = agent_config(tls, servers);
+    start_agent_with_identifiers(tls, servers, "host=127.0.0.1").await
+}
+
+/// [`start_agent`] announcing `identifiers` instead of `host=127.0.0.1`.
+pub async fn start_agent_with_identifiers(
+    tls: &TlsFiles,
+    servers: &[SocketAddr],
+    identifiers: &str,
+) -> TestAgent {
+    let (mut cfg, tx) = agent_config(tls, servers);
+    cfg.identifiers = identifiers.to_string();
     let token = CancellationToken::new();
     let handle = Agent::start(cfg, token.clone())
         .await

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::backend::{Backend, Identifiers};
+use super::identity::{self, AgentIdentity};
 use super::tunnels::DialOutcome;
 use super::{
     Delivery, Shared, BACKEND_CTRL_QUEUE, CONN_WINDOW, MAX_DECODE, MAX_FRAME, STREAM_WINDOW,
@@ -131,6 +132,56 @@ fn one_header(
     }
 }
 
+/// [`AgentIdentity::Certificate`]: the agent's id is its certificate's, and
+/// identifiers beyond what the certificate covers are refused (logged and
+/// counted). Returns the id to register the agent under.
+fn bind_to_certificate(
+    shared: &Shared,
+    req: &Request<PacketStreaming>,
+    header_id: String,
+    identifiers: &Identifiers,
+) -> Result<String, Status> {
+    let peer = req
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let certs = req.peer_certs();
+    let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+    match identity::bind(leaf, &header_id, identifiers) {
+        Ok(bound) => {
+            if let Some(claimed) = &bound.ignored_header {
+                shared
+                    .metrics
+                    .agent_id_header_ignored
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    component = COMPONENT,
+                    %peer,
+                    agent_id = %bound.agent_id,
+                    claimed_agent_id = %claimed,
+                    "agent's agentid header differs from its certificate; registered under the certificate's id"
+                );
+            }
+            Ok(bound.agent_id)
+        }
+        Err(refusal) => {
+            shared
+                .metrics
+                .agent_identity_refused
+                .inc(&[refusal.reason()]);
+            tracing::warn!(
+                component = COMPONENT,
+                %peer,
+                claimed_agent_id = %header_id,
+                reason = refusal.reason(),
+                error = %refusal,
+                "agent refused: identity not backed by its certificate"
+            );
+            Err(Status::permission_denied(refusal.to_string()))
+        }
+    }
+}
+
 impl AgentSvc {
     async fn connect(
         &self,
@@ -138,7 +189,7 @@ impl AgentSvc {
     ) -> Result<Response<PacketStream>, Status> {
         let shared = &self.shared;
         let md = req.metadata();
-        let agent_id = one_header(md, "agentid", true)?.unwrap_or_default();
+        let mut agent_id = one_header(md, "agentid", true)?.unwrap_or_default();
         if agent_id.is_empty() {
             return Err(Status::invalid_argument("agentid header is empty"));
         }
@@ -146,6 +197,9 @@ impl AgentSvc {
             Some(s) => Identifiers::parse(&s).map_err(Status::invalid_argument)?,
             None => Identifiers::default(),
         };
+        if shared.agent_identity == AgentIdentity::Certificate {
+            agent_id = bind_to_certificate(shared, &req, agent_id, &identifiers)?;
+        }
         let mut resp_md = tonic::metadata::MetadataMap::new();
         resp_md.insert(
             "serverid",

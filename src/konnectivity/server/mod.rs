@@ -13,6 +13,7 @@ pub mod authority;
 pub mod backend;
 mod grpc_frontend;
 mod http_connect;
+pub mod identity;
 pub mod tunnels;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use backend::BackendManager;
 pub use backend::ProxyStrategy;
+pub use identity::AgentIdentity;
 use tunnels::{FrontendLink, Tunnels};
 
 use super::metrics::ServerMetrics;
@@ -78,6 +80,8 @@ pub struct ServerConfig {
     pub agent_listen: SocketAddr,
     /// Agent listener identity and the CA agents' certificates must chain to.
     pub tls: TlsFiles,
+    /// Where an agent's id and identifiers come from (see [`identity`]).
+    pub agent_identity: AgentIdentity,
     /// Admin HTTP (`/healthz`, `/readyz`, `/metrics`); None = off.
     pub admin_listen: Option<SocketAddr>,
     /// Backend choice, tried in order.
@@ -99,6 +103,7 @@ impl ServerConfig {
             http_connect_tcp: None,
             agent_listen,
             tls,
+            agent_identity: AgentIdentity::default(),
             admin_listen: None,
             proxy_strategies: vec![ProxyStrategy::Default],
             stall_timeout: DEFAULT_STALL_TIMEOUT,
@@ -173,6 +178,7 @@ pub(crate) struct Shared {
     pub dial_timeout: Duration,
     pub frontend_queue: usize,
     pub backend_queue: usize,
+    pub agent_identity: AgentIdentity,
     next_id: AtomicU64,
     tasks: AtomicI64,
     grpc_streams: AtomicI64,
@@ -439,6 +445,7 @@ impl Server {
             dial_timeout: cfg.dial_timeout,
             frontend_queue: cfg.frontend_queue,
             backend_queue: cfg.backend_queue,
+            agent_identity: cfg.agent_identity,
             next_id: AtomicU64::new(1),
             tasks: AtomicI64::new(0),
             grpc_streams: AtomicI64::new(0),
@@ -537,6 +544,7 @@ impl Server {
             grpc_uds = ?cfg.grpc_uds,
             http_connect_uds = ?cfg.http_connect_uds,
             admin = ?admin_addr,
+            agent_identity = %cfg.agent_identity,
             "konnectivity server listening"
         );
         Ok(ServerHandle {
