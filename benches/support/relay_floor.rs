@@ -12,7 +12,9 @@ use std::io::{IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, NONCE_LEN};
 
@@ -199,11 +201,33 @@ impl Direction for Open {
     }
 }
 
+/// CPU time (ns) of every relay thread that has finished: the floor's own
+/// cost, apart from the client and target in the same process.
+static RELAY_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+/// CPU time used by relay threads that have finished so far.
+pub fn relay_cpu() -> Duration {
+    Duration::from_nanos(RELAY_CPU_NS.load(Ordering::Relaxed))
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Relays `from` → `to` through `dir` on a thread; at EOF closes `to`'s
 /// write side so the end of the stream travels on.
 fn spawn_pair<A: Half, B: Half>(mut from: A, mut to: B, dir: impl Direction) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let _ = dir.run(&mut from, &mut to);
         to.close_write();
+        RELAY_CPU_NS.fetch_add(thread_cpu_ns(), Ordering::Relaxed);
     })
 }
