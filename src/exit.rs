@@ -30,6 +30,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
             return USAGE;
         }
         if cause.is::<UnavailableError>()
+            || cause.is::<crate::hostcheck::HostCheckError>()
             || cause.is::<crate::components::binary::BinaryNotFound>()
             || cause.is::<crate::components::binary::UnusableBinary>()
             // `transparent` hides the wrapped error from the chain.

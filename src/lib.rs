@@ -12,6 +12,7 @@ pub mod components;
 pub mod config;
 pub mod exit;
 pub mod fsutil;
+pub mod hostcheck;
 pub mod images;
 pub mod join;
 pub mod konnectivity;

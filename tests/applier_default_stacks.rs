@@ -224,6 +224,8 @@ fn calico_cluster_carries_dns_ip_cidrs_and_images() {
                 "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient".into(),
                 "system:nodes".into()
             ),
+            // kube-proxy runs with the node's credentials.
+            ("system:node-proxier".into(), "system:nodes".into()),
         ]
     );
 }

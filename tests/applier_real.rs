@@ -327,7 +327,7 @@ fn default_and_user_stacks_apply_prune_and_never_prune_on_errors() {
         "-o",
         "name",
     ]);
-    assert_eq!(bindings.lines().count(), 3, "{bindings}");
+    assert_eq!(bindings.lines().count(), 4, "{bindings}");
     let default_passes = t_start.elapsed();
 
     // --- 2. A user stack: custom resources before their CRD, a ConfigMap

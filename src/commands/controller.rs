@@ -37,7 +37,13 @@ pub const COMPONENTS: &[&str] = &[
 
 /// Upstream binaries that only exist with the bundle: checked before anything
 /// starts rather than in `init`, so `--init-only` works without them.
-const KUBE_BINARIES: &[&str] = &[kas::NAME, kcm::NAME, ksch::NAME, kubelet::NAME];
+const KUBE_BINARIES: &[&str] = &[
+    kas::NAME,
+    kcm::NAME,
+    ksch::NAME,
+    kubelet::NAME,
+    crate::components::kube_proxy::NAME,
+];
 
 /// The taint a controller running the worker side registers its node with
 /// (unless `--no-taints`), so only pods that tolerate it land there.
@@ -165,6 +171,12 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
                 let path = binary::find(name, &paths)?;
                 let found = binary::check_kube_version(name, &path, KUBERNETES_VERSION).await?;
                 info!(binary = name, path = %path.display(), version = %found, "upstream binary checked");
+            }
+        }
+
+        if let Some(w) = &ctx.worker {
+            if manager.names().contains(&kubelet::NAME) {
+                crate::hostcheck::enforce(&crate::hostcheck::RealHost, w.spec.host_checks)?;
             }
         }
 
@@ -431,6 +443,7 @@ fn add_worker_side(
             servers: ServerSource::Registry { local, controllers },
             cluster_dns: ctx.cfg.cluster_dns_ip(),
             cluster_domain: ctx.cfg.spec.network.cluster_domain.clone(),
+            pod_cidr: ctx.cfg.spec.network.pod_cidr.clone(),
             kubelet_kubeconfig: Some(ctx.pki.kubelet_kubeconfig.clone()),
             disabled: &w.disabled,
         },

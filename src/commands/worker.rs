@@ -25,6 +25,7 @@ use crate::components::image_import::ImageImport;
 use crate::components::konnectivity_agent::{
     KonnectivityAgent, KonnectivityAgentSettings, ServerSource,
 };
+use crate::components::kube_proxy::{self, KubeProxy, KubeProxySettings};
 use crate::components::kubelet::{self, Kubelet, KubeletSettings, WorkerSpec};
 use crate::components::Manager;
 use crate::config::{ClusterConfig, NodePaths};
@@ -117,17 +118,7 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
         };
         let mut manager = build_components(&ctx)?;
         manager.init_all().await?;
-        // kubelet is an upstream binary that only comes with the bundle:
-        // missing, it is exit 69 before anything starts.
-        if manager.names().contains(&kubelet::NAME) {
-            let path = crate::components::binary::find(kubelet::NAME, &paths)?;
-            crate::components::binary::check_kube_version(
-                kubelet::NAME,
-                &path,
-                kubelet::KUBERNETES_VERSION,
-            )
-            .await?;
-        }
+        check_node_side(&manager, &paths, &worker_spec).await?;
 
         stop_stale_children(&paths, &manager).await?;
 
@@ -150,6 +141,34 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
     }
     .instrument(span)
     .await
+}
+
+/// Before a node side that runs pods starts: the host prerequisites
+/// (`crate::hostcheck`) and the upstream binaries (kubelet, kube-proxy),
+/// which only come with the bundle: missing or of another release, it is
+/// exit 69 before anything starts.
+pub async fn check_node_side(
+    manager: &Manager,
+    paths: &NodePaths,
+    spec: &WorkerSpec,
+) -> anyhow::Result<()> {
+    let names = manager.names();
+    if names.contains(&kubelet::NAME) {
+        crate::hostcheck::enforce(&crate::hostcheck::RealHost, spec.host_checks)?;
+    }
+    for name in [kubelet::NAME, kube_proxy::NAME] {
+        if names.contains(&name) {
+            let path = crate::components::binary::find(name, paths)?;
+            let found = crate::components::binary::check_kube_version(
+                name,
+                &path,
+                kubelet::KUBERNETES_VERSION,
+            )
+            .await?;
+            info!(binary = name, path = %path.display(), version = %found, "upstream binary checked");
+        }
+    }
+    Ok(())
 }
 
 /// The first start: join with the token, write the credentials.
@@ -234,6 +253,7 @@ pub fn build_components(ctx: &WorkerContext) -> anyhow::Result<Manager> {
             },
             cluster_dns,
             cluster_domain: defaults.cluster_domain.clone(),
+            pod_cidr: defaults.pod_cidr.clone(),
             // The join wrote the bootstrap kubeconfig (with the worker token,
             // which the join API mirrors as a bootstrap-token Secret).
             kubelet_kubeconfig: None,
@@ -258,6 +278,8 @@ pub struct NodeSide<'a> {
     pub servers: ServerSource,
     pub cluster_dns: IpAddr,
     pub cluster_domain: String,
+    /// The cluster's pod CIDR (kube-proxy's `clusterCIDR`).
+    pub pod_cidr: String,
     /// A kubeconfig the kubelet uses from its first start (a controller's
     /// own, issued from the local CA); None = TLS bootstrap with the
     /// bootstrap kubeconfig the join wrote.
@@ -273,8 +295,10 @@ pub struct NodeSide<'a> {
 pub fn add_node_components(manager: &mut Manager, n: NodeSide<'_>) -> anyhow::Result<()> {
     let enabled = |name: &str| !n.disabled.iter().any(|d| d == name);
     let driver = n.worker_spec.cgroup_driver.resolve();
-    let containerd_settings =
+    let mut containerd_settings =
         ContainerdSettings::new(n.paths, &n.worker_spec.sandbox_image, driver);
+    containerd_settings.cni_bin_dir = n.worker_spec.cni_bin_dir.clone();
+    containerd_settings.cni_conf_dir = n.worker_spec.cni_conf_dir.clone();
     if enabled(containerd::NAME) {
         manager.add(Box::new(Containerd::new(
             containerd_settings.clone(),
@@ -313,13 +337,25 @@ pub fn add_node_components(manager: &mut Manager, n: NodeSide<'_>) -> anyhow::Re
         }
         k.apply_spec(n.worker_spec)?;
         k.extra_args = n.cfg.spec.extra_args.kubelet.clone();
+        let kubelet_kubeconfig = k.kubeconfig.clone();
         manager.add(Box::new(Kubelet::new(k, n.paths.clone())));
+
+        // kube-proxy runs with the kubelet's credentials (see
+        // `components::kube_proxy`), so only where a kubelet runs, after it.
+        if enabled(kube_proxy::NAME) {
+            let mut p =
+                KubeProxySettings::for_node(n.paths, n.node_name, n.node_address, &n.pod_cidr);
+            p.kubeconfig = kubelet_kubeconfig;
+            p.healthz_port = n.worker_spec.kube_proxy_healthz_port;
+            p.metrics_port = n.worker_spec.kube_proxy_metrics_port;
+            manager.add(Box::new(KubeProxy::new(p, n.paths.clone())));
+        }
     }
     Ok(())
 }
 
 /// Worker components that `--disable-components` may leave out.
-pub const WORKER_OPTIONAL: &[&str] = &[containerd::NAME, kubelet::NAME];
+pub const WORKER_OPTIONAL: &[&str] = &[containerd::NAME, kubelet::NAME, kube_proxy::NAME];
 
 /// `spec.worker` with `--labels` and `--taints` merged in, validated.
 pub fn worker_spec(
@@ -382,6 +418,7 @@ mod tests {
                 },
                 cluster_dns: IpAddr::from([10, 96, 0, 10]),
                 cluster_domain: "cluster.local".into(),
+                pod_cidr: "10.244.0.0/16".into(),
                 kubelet_kubeconfig: None,
                 disabled,
             },
@@ -398,13 +435,19 @@ mod tests {
                 containerd::NAME,
                 "konnectivity-agent",
                 image_import::NAME,
-                kubelet::NAME
+                kubelet::NAME,
+                kube_proxy::NAME
             ]
         );
         // No containerd of ours, nothing to import into.
         assert_eq!(
             plan(&[containerd::NAME.to_string()]),
-            ["konnectivity-agent", kubelet::NAME]
+            ["konnectivity-agent", kubelet::NAME, kube_proxy::NAME]
+        );
+        // kube-proxy uses the kubelet's credentials: not without it.
+        assert_eq!(
+            plan(&[kubelet::NAME.to_string()]),
+            [containerd::NAME, "konnectivity-agent", image_import::NAME]
         );
     }
 }

@@ -30,7 +30,7 @@
 //! Readiness is kubelet's own `/healthz` on `127.0.0.1:<healthzPort>`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -153,6 +153,28 @@ pub struct WorkerSpec {
     pub kubelet_port: u16,
     /// kubelet healthz port (on 127.0.0.1).
     pub kubelet_healthz_port: u16,
+    /// kube-proxy healthz port (on the node address).
+    pub kube_proxy_healthz_port: u16,
+    /// kube-proxy metrics port (on 127.0.0.1).
+    pub kube_proxy_metrics_port: u16,
+    /// Where containerd looks for CNI plugins (Debian's
+    /// containernetworking-plugins install them in `/usr/lib/cni`).
+    pub cni_bin_dir: PathBuf,
+    /// Where containerd looks for the CNI network config (`provider: custom`
+    /// puts its conflist here).
+    pub cni_conf_dir: PathBuf,
+    /// What a failed host prerequisite does at start (see `crate::hostcheck`).
+    pub host_checks: crate::hostcheck::Enforcement,
+    /// Where kubelet keeps container logs; unset = kubelet's
+    /// `/var/log/pods`. Several kubelets on one host need one each: a
+    /// kubelet removes log directories of pods it does not know.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_logs_dir: Option<PathBuf>,
+    /// kubelet's `cgroupRoot` (must exist in every cgroup hierarchy); unset
+    /// = `/`. Several kubelets on one host need one each: a kubelet removes
+    /// pod cgroups it does not know.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_root: Option<String>,
 }
 
 impl Default for WorkerSpec {
@@ -164,6 +186,13 @@ impl Default for WorkerSpec {
             taints: Vec::new(),
             kubelet_port: DEFAULT_PORT,
             kubelet_healthz_port: DEFAULT_HEALTHZ_PORT,
+            kube_proxy_healthz_port: super::kube_proxy::DEFAULT_HEALTHZ_PORT,
+            kube_proxy_metrics_port: super::kube_proxy::DEFAULT_METRICS_PORT,
+            cni_bin_dir: super::containerd::DEFAULT_CNI_BIN_DIR.into(),
+            cni_conf_dir: super::containerd::DEFAULT_CNI_CONF_DIR.into(),
+            host_checks: crate::hostcheck::Enforcement::default(),
+            pod_logs_dir: None,
+            cgroup_root: None,
         }
     }
 }
@@ -186,22 +215,42 @@ impl WorkerSpec {
         for (k, v) in &self.labels {
             validate_node_label(k, v).map_err(|m| err(format!("labels.{k}"), m))?;
         }
+        if let Some(root) = &self.cgroup_root {
+            if !root.starts_with('/') || root.contains(char::is_whitespace) {
+                return Err(err(
+                    "cgroupRoot".into(),
+                    "must be an absolute cgroup path".into(),
+                ));
+            }
+        }
         for (i, t) in self.taints.iter().enumerate() {
             Taint::parse(t).map_err(|m| err(format!("taints[{i}]"), m))?;
         }
-        for (field, port) in [
+        let ports = [
             ("kubeletPort", self.kubelet_port),
             ("kubeletHealthzPort", self.kubelet_healthz_port),
-        ] {
-            if port == 0 {
-                return Err(err(field.into(), "must be 1-65535".into()));
+            ("kubeProxyHealthzPort", self.kube_proxy_healthz_port),
+            ("kubeProxyMetricsPort", self.kube_proxy_metrics_port),
+        ];
+        for (i, (field, port)) in ports.iter().enumerate() {
+            if *port == 0 {
+                return Err(err((*field).into(), "must be 1-65535".into()));
+            }
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                return Err(err((*field).into(), format!("must differ from {other}")));
             }
         }
-        if self.kubelet_port == self.kubelet_healthz_port {
-            return Err(err(
-                "kubeletHealthzPort".into(),
-                "must differ from kubeletPort".into(),
-            ));
+        let logs = self.pod_logs_dir.iter().map(|d| ("podLogsDir", d));
+        for (field, dir) in [
+            ("cniBinDir", &self.cni_bin_dir),
+            ("cniConfDir", &self.cni_conf_dir),
+        ]
+        .into_iter()
+        .chain(logs)
+        {
+            if !dir.is_absolute() {
+                return Err(err(field.into(), "must be an absolute path".into()));
+            }
         }
         Ok(())
     }
@@ -358,6 +407,10 @@ pub struct KubeletSettings {
     pub healthz_port: u16,
     /// `spec.extraArgs.kubelet`: flags without dashes; they override ours.
     pub extra_args: BTreeMap<String, String>,
+    /// `podLogsDir`; None = kubelet's default.
+    pub pod_logs_dir: Option<PathBuf>,
+    /// `cgroupRoot`; None = kubelet's default.
+    pub cgroup_root: Option<String>,
 }
 
 impl KubeletSettings {
@@ -388,6 +441,8 @@ impl KubeletSettings {
             port: DEFAULT_PORT,
             healthz_port: DEFAULT_HEALTHZ_PORT,
             extra_args: BTreeMap::new(),
+            pod_logs_dir: None,
+            cgroup_root: None,
         }
     }
 
@@ -403,6 +458,8 @@ impl KubeletSettings {
         self.healthz_port = spec.kubelet_healthz_port;
         self.cgroup_driver = spec.cgroup_driver.resolve();
         self.sandbox_image = spec.sandbox_image.clone();
+        self.pod_logs_dir = spec.pod_logs_dir.clone();
+        self.cgroup_root = spec.cgroup_root.clone();
         Ok(())
     }
 
@@ -477,6 +534,8 @@ impl KubeletSettings {
             container_runtime_endpoint: format!("unix://{}", self.containerd_socket.display()),
             register_node: true,
             register_with_taints: self.taints.clone(),
+            pod_logs_dir: self.pod_logs_dir.as_ref().map(|d| d.display().to_string()),
+            cgroup_root: self.cgroup_root.clone(),
         }
     }
 
@@ -604,6 +663,10 @@ pub struct KubeletConfiguration {
     pub register_node: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub register_with_taints: Vec<Taint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_logs_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_root: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -641,18 +704,25 @@ pub struct KubeletAuthorization {
 
 /// GET `http://127.0.0.1:<port>/healthz`; Ok when it answers 200.
 pub async fn probe_healthz(port: u16) -> Result<(), String> {
+    // HEALTHZ_BIND_ADDRESS.
+    probe_http_healthz(SocketAddr::from(([127, 0, 0, 1], port)), PROBE_TIMEOUT).await
+}
+
+/// GET `http://<addr>/healthz` (plain HTTP, as kubelet and kube-proxy serve
+/// it); Ok when it answers 200 within `timeout`.
+pub async fn probe_http_healthz(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     use http_body_util::{BodyExt, Empty};
     let probe = async {
-        let stream = tokio::net::TcpStream::connect((HEALTHZ_BIND_ADDRESS, port))
+        let stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+            .map_err(|e| format!("connect {addr}: {e}"))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
         let conn = tokio::spawn(conn);
         let req = http::Request::get("/healthz")
-            .header(http::header::HOST, format!("127.0.0.1:{port}"))
+            .header(http::header::HOST, addr.to_string())
             .body(Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
         let resp = sender
@@ -676,7 +746,7 @@ pub async fn probe_healthz(port: u16) -> Result<(), String> {
             ))
         }
     };
-    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+    match tokio::time::timeout(timeout, probe).await {
         Ok(r) => r,
         Err(_) => Err("healthz probe timed out".into()),
     }

@@ -54,6 +54,7 @@ pub mod konnectivity_server;
 pub mod kube_apiserver;
 pub mod kube_common;
 pub mod kube_controller_manager;
+pub mod kube_proxy;
 pub mod kube_scheduler;
 pub mod kubelet;
 pub mod manager;

@@ -1,0 +1,875 @@
+//! A real cluster in network namespaces: one controller (the whole upstream
+//! control plane under `mkectl controller`) and two workers (`mkectl worker
+//! --token-file`: containerd, kubelet, kube-proxy, the konnectivity agent)
+//! behind a NAT router, as DESIGN.md promises the product works:
+//!
+//! ```text
+//!   controller ns            router ns                      worker ns (x2)
+//!   192.0.2.10/24 ---- 192.0.2.1/24  (MASQUERADE out)
+//!                      198.51.100.1/25   ---------------- 198.51.100.11/25   pods 10.244.a.0/24
+//!                      198.51.100.129/25 ---------------- 198.51.100.140/25  pods 10.244.b.0/24
+//! ```
+//!
+//! The controller has a route to its own /24 only: no route to the workers'
+//! addresses nor to the pod CIDR (asserted: a direct TCP connect to a
+//! kubelet fails). Everything the apiserver sends to a node goes through the
+//! konnectivity tunnel the worker's agent opened outward. No namespace has a
+//! default route; pods route only 10.0.0.0/8 (pods and Services).
+//!
+//! Pod networking is `network.provider: custom`: Debian's bridge,
+//! host-local, loopback and portmap plugins with a conflist this test drops
+//! into each worker's CNI config dir once the node has its pod CIDR, and the
+//! routes between the pod subnets set on the router and workers (what an
+//! operator's network does for a host-gateway setup).
+//!
+//! Needs root, the upstream binaries (`MKECTL_UPSTREAM_BIN_DIR`), etcd,
+//! containerd, runc, kubectl, iptables, busybox-static and the CNI plugins.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::netns::{veth, Netns};
+use common::upstream::wait_ready;
+use common::*;
+
+const CONTROLLER_IP: &str = "192.0.2.10";
+const ROUTER_CTL_IP: &str = "192.0.2.1";
+/// Debian's containernetworking-plugins.
+const CNI_BIN_DIR: &str = "/usr/lib/cni";
+const BUSYBOX: &str = "/bin/busybox";
+const BUSYBOX_IMAGE: &str = "docker.io/mkectl/busybox:e2e";
+/// A resolver address no namespace routes: CoreDNS's upstream forwarding
+/// fails at once instead of looping back to itself or leaving the test.
+const UPSTREAM_DNS: &str = "203.0.113.53";
+/// Bound for a node to turn Ready after its worker starts.
+const NODE_READY: Duration = Duration::from_secs(120);
+/// Bound for pods to run (image import is done before kubelet starts).
+const PODS_RUNNING: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(500);
+
+/// Polls `f` every 500 ms; on timeout panics with `diag()`.
+fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    diag: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {timeout:?} waiting for {what}\n{}", diag());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A worker host: its namespace, its files, its `mkectl worker`, and its
+/// own cgroup root (two kubelets on one machine must not share one: each
+/// removes pod cgroups it does not know).
+struct Worker {
+    name: String,
+    ip: String,
+
+    dir: PathBuf,
+    data: PathBuf,
+    run: PathBuf,
+    config: PathBuf,
+    cni_conf_dir: PathBuf,
+    cgroup_root: String,
+    cgroup_dirs: Vec<PathBuf>,
+    process: Option<Controller>,
+    log: PathBuf,
+    ns: Netns,
+}
+
+impl Worker {
+    fn new(name: &str, ip: &str, tmp: &Path) -> Worker {
+        let ns = Netns::new(name);
+        let dir = tmp.join(name);
+        let data = dir.join("data");
+        let run = dir.join("run");
+        let cni_conf_dir = dir.join("cni");
+        fs::create_dir_all(data.join("images")).unwrap();
+        fs::create_dir_all(&cni_conf_dir).unwrap();
+        let cgroup_root = format!("/mketest-{}-{name}", std::process::id());
+        let resolv = dir.join("resolv.conf");
+        fs::write(&resolv, format!("nameserver {UPSTREAM_DNS}\n")).unwrap();
+        let config = dir.join("mkectl.yaml");
+        fs::write(
+            &config,
+            format!(
+                "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  worker:\n    cniBinDir: {CNI_BIN_DIR}\n    cniConfDir: {}\n    podLogsDir: {}\n    cgroupRoot: {cgroup_root}\n  extraArgs:\n    kubelet:\n      resolv-conf: {}\n",
+                cni_conf_dir.display(),
+                dir.join("pod-logs").display(),
+                resolv.display()
+            ),
+        )
+        .unwrap();
+        let mut w = Worker {
+            name: name.into(),
+            ip: ip.into(),
+
+            log: dir.join("worker.log"),
+            dir,
+            data,
+            run,
+            config,
+            cni_conf_dir,
+            cgroup_root,
+            cgroup_dirs: Vec::new(),
+            process: None,
+            ns,
+        };
+        w.make_cgroup_root();
+        w
+    }
+
+    /// `<hierarchy>/<cgroup_root>` in every cgroup hierarchy (kubelet checks
+    /// that its root exists in each); cpuset gets its parent's cpus and mems.
+    fn make_cgroup_root(&mut self) {
+        let rel = self.cgroup_root.trim_start_matches('/');
+        let base = Path::new("/sys/fs/cgroup");
+        let mut hierarchies = vec![];
+        if base.join("cgroup.procs").exists() {
+            hierarchies.push(base.to_path_buf());
+        } else {
+            for e in fs::read_dir(base).unwrap().flatten() {
+                if e.path().join("cgroup.procs").exists() {
+                    hierarchies.push(e.path());
+                }
+            }
+        }
+        for h in hierarchies {
+            let d = h.join(rel);
+            fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = fs::read_to_string(h.join(f)) {
+                    let _ = fs::write(d.join(f), v.trim());
+                }
+            }
+            self.cgroup_dirs.push(d);
+        }
+    }
+
+    /// `mkectl <args>` inside this worker's network namespace only
+    /// (`nsenter --net`): unlike `ip netns exec` it keeps the host's /sys,
+    /// where kubelet finds the cgroup hierarchies.
+    fn mkectl(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns.name))
+            .arg("--")
+            .arg(MKECTL)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--run-dir")
+            .arg(&self.run)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--bin-dir")
+            .arg(bin)
+            .args(args);
+        c
+    }
+
+    fn start(&mut self, bin: &Path, token_file: &Path) {
+        let log = fs::File::create(&self.log).unwrap();
+        let child = self
+            .mkectl(
+                bin,
+                &[
+                    "worker",
+                    "--token-file",
+                    token_file.to_str().unwrap(),
+                    "--node-name",
+                    &self.name,
+                    "--address",
+                    &self.ip,
+                ],
+            )
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.process = Some(Controller {
+            child,
+            log: self.log.clone(),
+        });
+    }
+
+    fn log_tail(&self) -> String {
+        let t = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Every pid in this worker's cgroup root (pods' processes live in
+    /// their own namespaces, so killing the network namespace's processes
+    /// does not reach them).
+    fn cgroup_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for d in &self.cgroup_dirs {
+            let mut stack = vec![d.clone()];
+            while let Some(d) = stack.pop() {
+                if let Ok(t) = fs::read_to_string(d.join("cgroup.procs")) {
+                    pids.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+                }
+                if let Ok(rd) = fs::read_dir(&d) {
+                    stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+                }
+            }
+        }
+        pids.sort();
+        pids.dedup();
+        pids
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // mkectl and its children (containerd, shims, kubelet, kube-proxy)
+        // first, then the pods' processes, then their mounts, then the
+        // cgroups; the namespace and the files go with the fields.
+        drop(self.process.take());
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut pids = self.ns.pids();
+            pids.extend(self.cgroup_pids());
+            if pids.is_empty() || Instant::now() > end {
+                break;
+            }
+            for p in pids {
+                signal(p, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left = mkectl::mounts::unmount_below(&[self.dir.as_path()]);
+        if !left.is_empty() {
+            eprintln!(
+                "warning: still mounted under {}: {left:?}",
+                self.dir.display()
+            );
+        }
+        for d in &self.cgroup_dirs {
+            // Deepest first.
+            let mut all = vec![];
+            let mut stack = vec![d.clone()];
+            while let Some(d) = stack.pop() {
+                if let Ok(rd) = fs::read_dir(&d) {
+                    stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+                }
+                all.push(d);
+            }
+            for d in all.iter().rev() {
+                let _ = fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+/// The whole cluster; dropped in field order: workers (with their pods),
+/// then the controller, then the router.
+struct Cluster {
+    workers: Vec<Worker>,
+    ctl: Option<Controller>,
+    node: Node,
+    _ctl_ns: Netns,
+    router: Netns,
+    bin: PathBuf,
+    last_exec: std::cell::RefCell<String>,
+}
+
+impl Cluster {
+    fn diag(&self) -> String {
+        let mut s = format!("--- last exec\n{}\n", self.last_exec.borrow());
+        for args in [
+            &["get", "nodes", "-o", "wide"][..],
+            &["get", "pods", "-A", "-o", "wide"],
+            &["get", "events", "-A", "--sort-by=.lastTimestamp"],
+        ] {
+            let o = self.node.kubectl(args);
+            s += &format!(
+                "--- kubectl {}\n{}{}\n",
+                args.join(" "),
+                text(&o.stdout),
+                text(&o.stderr)
+            );
+        }
+        for w in &self.workers {
+            s += &format!("--- {} log (tail)\n{}\n", w.name, w.log_tail());
+        }
+        s
+    }
+
+    fn kubectl_ok(&self, args: &[&str]) -> String {
+        let o = self.node.kubectl(args);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?}: {}\n{}",
+            text(&o.stderr),
+            self.diag()
+        );
+        text(&o.stdout)
+    }
+
+    fn until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        args: &[&str],
+        ok: impl Fn(&str) -> bool,
+    ) -> String {
+        poll(
+            what,
+            timeout,
+            || self.diag(),
+            || {
+                let o = self.node.kubectl(args);
+                let out = text(&o.stdout);
+                (o.status.success() && ok(&out)).then_some(out)
+            },
+        )
+    }
+
+    /// `kubectl exec <pod> -- <cmd>`: (success, stdout + stderr).
+    fn exec(&self, pod: &str, cmd: &[&str]) -> (bool, String) {
+        let mut args = vec!["exec", pod, "--"];
+        args.extend_from_slice(cmd);
+        let o = self.node.kubectl(&args);
+        let out = text(&o.stdout) + &text(&o.stderr);
+        *self.last_exec.borrow_mut() =
+            format!("kubectl exec {pod} -- {cmd:?}: {}\n{out}", o.status);
+        (o.status.success(), out)
+    }
+
+    fn jsonpath(&self, args: &[&str], path: &str) -> String {
+        let mut a = args.to_vec();
+        let p = format!("jsonpath={path}");
+        a.extend_from_slice(&["-o", &p]);
+        self.kubectl_ok(&a)
+    }
+}
+
+/// Dial requests the apiserver sent into the konnectivity server.
+fn dials_served(node: &Node) -> u64 {
+    let url = format!("http://127.0.0.1:{}/metrics", node.konnectivity_admin_port);
+    let page = output_ok(node.program("curl").args(["-sf", &url]));
+    page.lines()
+        .filter(|l| {
+            l.starts_with("konnectivity_network_proxy_server_stream_packets_total{")
+                && l.contains("segment=\"from_client\"")
+                && l.contains("packet_type=\"DIAL_REQ\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+fn conflist(subnet: &str) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "mke-e2e",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    // Pods and Services only: no default route anywhere.
+                    "routes": [{"dst": "10.0.0.0/8"}]
+                }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    })
+    .to_string()
+}
+
+const ECHO: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - labelSelector: {matchLabels: {app: echo}}
+              topologyKey: kubernetes.io/hostname
+      containers:
+        - name: echo
+          image: IMAGE
+          imagePullPolicy: Never
+          command:
+            - /bin/busybox
+            - sh
+            - -c
+            - /bin/busybox mkdir -p /www && /bin/busybox hostname > /www/index.html && echo serving && exec /bin/busybox httpd -f -v -p 8080 -h /www
+          ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+#[test]
+fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
+    let Some(bin) = common::upstream::upstream_bins(&[
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+        "coredns",
+    ]) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let tmp = tempfile::Builder::new()
+        .prefix("mke2e-")
+        .tempdir_in("/tmp")
+        .unwrap();
+
+    // --- Network: controller, router, two workers.
+    let router = Netns::new("rtr");
+    let ctl_ns = Netns::new("ctl");
+    veth(
+        &ctl_ns,
+        "eth0",
+        &format!("{CONTROLLER_IP}/24"),
+        &router,
+        "r0",
+        &format!("{ROUTER_CTL_IP}/24"),
+    );
+    let w_specs = [
+        ("e2e-w1", "198.51.100.11", "198.51.100.1"),
+        ("e2e-w2", "198.51.100.140", "198.51.100.129"),
+    ];
+    let mut workers = Vec::new();
+    for (i, (name, ip, rip)) in w_specs.iter().enumerate() {
+        let w = Worker::new(name, ip, tmp.path());
+        veth(
+            &w.ns,
+            "eth0",
+            &format!("{ip}/25"),
+            &router,
+            &format!("r{}", i + 1),
+            &format!("{rip}/25"),
+        );
+        w.ns.ip(&["route", "add", "192.0.2.0/24", "via", rip]);
+        w.ns.ip(&["route", "add", "10.244.0.0/16", "via", rip]);
+        // The host preparation `mkectl worker` checks for (hostcheck).
+        output_ok(w.ns.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
+        workers.push(w);
+    }
+    output_ok(router.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
+    output_ok(router.cmd("iptables").args([
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        "r0",
+        "-j",
+        "MASQUERADE",
+    ]));
+
+    // Images every worker imports at start: busybox (packed here) and
+    // CoreDNS (packed by the packaging step).
+    let packed = tmp.path().join("packed");
+    output_ok(
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/images/build-images.sh"))
+            .arg("--mkectl")
+            .arg(MKECTL)
+            .arg("--bin-dir")
+            .arg(&bin)
+            .arg("--output")
+            .arg(&packed),
+    );
+    let busybox_tar = packed.join("busybox.oci.tar");
+    output_ok(Command::new(MKECTL).args([
+        "images",
+        "pack",
+        "--name",
+        BUSYBOX_IMAGE,
+        "--file",
+        &format!("{BUSYBOX}:{BUSYBOX}"),
+        "--entrypoint",
+        BUSYBOX,
+        "--output",
+        busybox_tar.to_str().unwrap(),
+    ]));
+    for w in &workers {
+        fs::copy(&busybox_tar, w.data.join("images/busybox.tar")).unwrap();
+        fs::copy(
+            packed.join("coredns-v1.11.3.oci.tar"),
+            w.data.join("images/coredns.tar"),
+        )
+        .unwrap();
+    }
+
+    // --- Controller.
+    let node = Node::in_netns(
+        "e2e-ctl",
+        &ctl_ns,
+        CONTROLLER_IP,
+        "  network:\n    provider: custom\n  addons:\n    kubeProxy:\n      enabled: false\n",
+    );
+    let mut ctl = node.start_controller(&["--bin-dir", bin.to_str().unwrap()]);
+    wait_ready(&mut ctl, "controller ready");
+    let controller_ready = t0.elapsed();
+    eprintln!("controller ready after {controller_ready:?}");
+    let mut c = Cluster {
+        workers,
+        ctl: Some(ctl),
+        node,
+        _ctl_ns: ctl_ns,
+        router,
+        bin: bin.clone(),
+        last_exec: Default::default(),
+    };
+
+    // The isolation the product promises: no route from the controller to a
+    // worker's kubelet.
+    let direct = c
+        .node
+        .program("curl")
+        .args([
+            "-sk",
+            "--connect-timeout",
+            "3",
+            "https://198.51.100.11:10250/healthz",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !direct.status.success(),
+        "the controller reached a kubelet directly"
+    );
+    eprintln!(
+        "direct connect from the controller to a kubelet: curl exit {:?}",
+        direct.status.code()
+    );
+
+    // --- Workers join with a token file.
+    let token = common::join::token_create(&c.node, "worker", &[]);
+    let token_file = common::join::token_file(&c.node, "worker.token", &token);
+    let workers_started = Instant::now();
+    for w in c.workers.iter_mut() {
+        w.start(&bin, &token_file);
+    }
+    // Each node gets its pod CIDR from kube-controller-manager; the
+    // operator's part: the CNI conflist and the routes between pod subnets.
+    let mut subnets = Vec::new();
+    for i in 0..c.workers.len() {
+        let name = c.workers[i].name.clone();
+        let cidr = c.until(
+            &format!("{name} registered with a pod CIDR"),
+            NODE_READY,
+            &["get", "node", &name, "-o", "jsonpath={.spec.podCIDR}"],
+            |s| !s.trim().is_empty(),
+        );
+        let cidr = cidr.trim().to_string();
+        let w = &c.workers[i];
+        fs::write(w.cni_conf_dir.join("10-mke-e2e.conflist"), conflist(&cidr)).unwrap();
+        c.router.ip(&["route", "add", &cidr, "via", &w.ip]);
+        subnets.push(cidr);
+    }
+    let mut ready_at = Vec::new();
+    for w in &c.workers {
+        c.until(
+            &format!("{} Ready", w.name),
+            NODE_READY,
+            &[
+                "get",
+                "node",
+                &w.name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            |s| s.trim() == "True",
+        );
+        ready_at.push(workers_started.elapsed());
+    }
+    eprintln!("nodes Ready {ready_at:?} after the workers started; pod CIDRs {subnets:?}");
+    let wide = c.kubectl_ok(&["get", "nodes", "-o", "wide"]);
+    eprintln!("{wide}");
+    for (name, ip, _) in w_specs {
+        let line = wide
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{wide}"));
+        assert!(line.contains(" Ready ") && line.contains(ip), "{line}");
+    }
+    // Serving certificates: issued by the cluster CA after mkectl's
+    // approver approved the kubelets' CSRs.
+    let csrs = c.until(
+        "kubelet serving CSRs approved and issued",
+        NODE_READY,
+        &["get", "csr", "-o", "jsonpath={range .items[?(@.spec.signerName==\"kubernetes.io/kubelet-serving\")]}{.spec.username} {.status.conditions[0].type} {.status.certificate}{\"\\n\"}{end}"],
+        |s| {
+            w_specs.iter().all(|(n, _, _)| {
+                s.lines().any(|l| {
+                    let f: Vec<&str> = l.split(' ').collect();
+                    f.len() == 3 && f[0] == format!("system:node:{n}") && f[1] == "Approved" && !f[2].is_empty()
+                })
+            })
+        },
+    );
+    assert!(!csrs.contains("Denied"), "{csrs}");
+    // kube-proxy runs on both, supervised by mkectl, and turns ready.
+    for w in &c.workers {
+        poll(
+            &format!("kube-proxy ready on {}", w.name),
+            NODE_READY,
+            || c.diag(),
+            || {
+                let o = w.mkectl(&bin, &["status", "-o", "json"]).output().ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+                (component(&v, "kube-proxy")["ready"] == true).then_some(())
+            },
+        );
+    }
+    eprintln!(
+        "kube-proxy ready on both after {:?}",
+        workers_started.elapsed()
+    );
+
+    // --- Workload: two busybox replicas, one per node.
+    let manifest = tmp.path().join("echo.yaml");
+    fs::write(&manifest, ECHO.replace("IMAGE", BUSYBOX_IMAGE)).unwrap();
+    c.kubectl_ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    let pods_started = Instant::now();
+    let pods = c.until(
+        "2 echo pods running on two nodes",
+        PODS_RUNNING,
+        &["get", "pods", "-l", "app=echo", "-o", "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP} {.status.phase}{\"\\n\"}{end}"],
+        |s| {
+            let running: Vec<&str> = s.lines().filter(|l| l.ends_with(" Running")).collect();
+            running.len() == 2 && running[0].split(' ').nth(1) != running[1].split(' ').nth(1)
+        },
+    );
+    eprintln!(
+        "echo pods running after {:?}:\n{pods}",
+        pods_started.elapsed()
+    );
+    let pods: Vec<Vec<String>> = pods
+        .lines()
+        .map(|l| l.split(' ').map(String::from).collect())
+        .collect();
+    let (p1, p2) = (&pods[0], &pods[1]);
+    // httpd answers locally first (the container is up).
+    poll(
+        "echo serving",
+        PODS_RUNNING,
+        || c.diag(),
+        || {
+            let (ok, out) = c.exec(
+                &p1[0],
+                &[
+                    BUSYBOX,
+                    "wget",
+                    "-q",
+                    "-T",
+                    "3",
+                    "-O",
+                    "-",
+                    "http://127.0.0.1:8080/",
+                ],
+            );
+            (ok && out.contains(&p1[0])).then_some(())
+        },
+    );
+
+    // Pod to pod across nodes (no NAT between pod subnets).
+    for (from, to) in [(p1, p2), (p2, p1)] {
+        let url = format!("http://{}:8080/", to[2]);
+        let out = poll(
+            &format!("{} -> {}", from[0], to[0]),
+            Duration::from_secs(30),
+            || c.diag(),
+            || {
+                let (ok, out) = c.exec(
+                    &from[0],
+                    &[BUSYBOX, "wget", "-q", "-T", "3", "-O", "-", &url],
+                );
+                ok.then_some(out)
+            },
+        );
+        assert_eq!(out.trim(), to[0], "pod {} from pod {}", to[0], from[0]);
+    }
+
+    // The ClusterIP Service reaches both pods (kube-proxy's iptables rules).
+    let svc_ip = c.jsonpath(&["get", "svc", "echo"], "{.spec.clusterIP}");
+    let mut seen = std::collections::BTreeSet::new();
+    poll(
+        "the echo Service answering from both pods",
+        Duration::from_secs(60),
+        || c.diag(),
+        || {
+            let (ok, out) = c.exec(
+                &p1[0],
+                &[
+                    BUSYBOX,
+                    "wget",
+                    "-q",
+                    "-T",
+                    "3",
+                    "-O",
+                    "-",
+                    &format!("http://{svc_ip}/"),
+                ],
+            );
+            if ok {
+                seen.insert(out.trim().to_string());
+            }
+            (seen.contains(&p1[0]) && seen.contains(&p2[0])).then_some(())
+        },
+    );
+
+    // The `kubernetes` Service from a pod, by name (CoreDNS) and with the
+    // pod's service account token: the apiserver answers through kube-proxy.
+    let api = poll(
+        "https://kubernetes.default.svc from a pod",
+        Duration::from_secs(90),
+        || c.diag(),
+        || {
+            let (ok, out) = c.exec(&p2[0], &[
+            BUSYBOX,
+            "sh",
+            "-c",
+            "/bin/busybox wget -q -T 5 --no-check-certificate -O - --header \"Authorization: Bearer $(/bin/busybox cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" https://kubernetes.default.svc/api",
+        ]);
+            (ok && out.contains("\"kind\": \"APIVersions\"")
+                || out.contains("\"kind\":\"APIVersions\""))
+            .then_some(out)
+        },
+    );
+    assert!(
+        api.contains(CONTROLLER_IP),
+        "the apiserver's address: {api}"
+    );
+
+    // --- Through the tunnels only: logs, exec, port-forward, node proxy.
+    let dials_before = dials_served(&c.node);
+    let logs = c.kubectl_ok(&["logs", &p1[0]]);
+    assert!(logs.contains("serving"), "{logs}");
+    let (ok, out) = c.exec(&p2[0], &["/bin/busybox", "echo", "through-the-tunnel"]);
+    assert!(ok && out.trim() == "through-the-tunnel", "{out}");
+
+    let mut pf = c
+        .node
+        .program("kubectl")
+        .env_remove("KUBECONFIG")
+        .arg("--kubeconfig")
+        .arg(c.node.pki("admin.conf"))
+        .args(["port-forward", &format!("pod/{}", p2[0]), ":8080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(pf.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // "Forwarding from 127.0.0.1:NNNNN -> 8080"
+        line.split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_else(|| panic!("port-forward said {line:?}"))
+            .to_string()
+    };
+    let via_pf = output_ok(c.node.program("curl").args([
+        "-sf",
+        "--max-time",
+        "10",
+        &format!("http://127.0.0.1:{port}/"),
+    ]));
+    let _ = pf.kill();
+    let _ = pf.wait();
+    assert_eq!(via_pf.trim(), p2[0], "port-forward reached the pod");
+
+    for w in &c.workers {
+        let h = c.kubectl_ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{}/proxy/healthz", w.name),
+        ]);
+        assert_eq!(h.trim(), "ok", "{}", w.name);
+    }
+    let dials_after = dials_served(&c.node);
+    assert!(
+        dials_after >= dials_before + 5,
+        "logs, exec, port-forward and two node proxies dialled through konnectivity: {dials_before} -> {dials_after}"
+    );
+    eprintln!("konnectivity dials {dials_before} -> {dials_after}");
+
+    // --- A worker's agent killed: kubectl logs fails fast and clearly, then
+    // works again once the worker's mkectl (and its agent) is back.
+    let w1 = &c.workers[0];
+    let pod_on_w1 = if p1[1] == w1.name { &p1[0] } else { &p2[0] };
+    let mkectl_pid = c.workers[0].process.as_ref().unwrap().pid();
+    signal(mkectl_pid, libc::SIGKILL);
+    let t_fail = Instant::now();
+    let o = c.node.kubectl(&["logs", pod_on_w1]);
+    let fail_took = t_fail.elapsed();
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "logs worked without the agent");
+    eprintln!(
+        "kubectl logs without the agent failed in {fail_took:?}: {}",
+        err.trim()
+    );
+    assert!(fail_took < Duration::from_secs(15), "{fail_took:?}");
+    c.workers[0]
+        .process
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(10));
+    // The kill left kubelet, containerd and kube-proxy behind? PDEATHSIG
+    // takes them down with mkectl; the restart finds no stale children.
+    let token_file2 = token_file.clone();
+    c.workers[0].start(&bin, &token_file2);
+    let back = Instant::now();
+    let logs = c.until(
+        "kubectl logs after the worker restarted",
+        Duration::from_secs(90),
+        &["logs", pod_on_w1],
+        |s| s.contains("serving"),
+    );
+    eprintln!(
+        "kubectl logs worked again {:?} after the worker restarted",
+        back.elapsed()
+    );
+    assert!(logs.contains("serving"));
+
+    eprintln!("cluster e2e total {:?}", t0.elapsed());
+    let _ = c.ctl.take();
+    let _ = &c.bin;
+}
