@@ -35,6 +35,8 @@ fn inputs(provider: Provider) -> RenderInputs {
 /// Every image pointed at a private registry, as an air-gapped site would.
 fn airgapped() -> AddonsSettings {
     let mut s = AddonsSettings::default();
+    // The DaemonSet alternative to the host-process kube-proxy, opted in.
+    s.kube_proxy.enabled = true;
     s.coredns.image = "registry.internal:5000/coredns/coredns:v1.11.3".into();
     s.coredns.replicas = 3;
     s.kube_proxy.image = "registry.internal:5000/kube-proxy:v1.32.4".into();
@@ -279,7 +281,8 @@ fn kube_router_custom_and_disabled_addons() {
     let files =
         render_default_stacks(&AddonsSettings::default(), &inputs(Provider::Custom)).unwrap();
     let stacks: Vec<&str> = files.iter().map(|f| f.stack.as_str()).collect();
-    assert_eq!(stacks, ["bootstrap-rbac", "coredns", "kube-proxy"]);
+    // (kube-proxy runs as a host process by default: no DaemonSet.)
+    assert_eq!(stacks, ["bootstrap-rbac", "coredns"]);
 
     // Each add-on can be switched off.
     let mut s = AddonsSettings::default();
@@ -314,7 +317,7 @@ fn invalid_inputs_name_the_field() {
 
     let mut i = inputs(Provider::Kuberouter);
     i.api_server_host = "fd00::1".into();
-    let files = render_default_stacks(&AddonsSettings::default(), &i).unwrap();
+    let files = render_default_stacks(&airgapped(), &i).unwrap();
     let kp = parsed(&files, "kube-proxy");
     let kp_cm = find(&kp, "ConfigMap", "kube-proxy");
     let kc: Value =
@@ -331,12 +334,9 @@ fn writing_is_idempotent_and_removes_disabled_stacks() {
     let dir = t.path().join("manifests");
     let r =
         write_default_stacks(&dir, &AddonsSettings::default(), &inputs(Provider::Calico)).unwrap();
-    assert_eq!(
-        r.enabled,
-        ["bootstrap-rbac", "coredns", "kube-proxy", "calico"]
-    );
-    assert_eq!(r.disabled, ["kube-router"]);
-    assert_eq!(r.changed.len(), 4);
+    assert_eq!(r.enabled, ["bootstrap-rbac", "coredns", "calico"]);
+    assert_eq!(r.disabled, ["kube-proxy", "kube-router"]);
+    assert_eq!(r.changed.len(), 3);
     assert!(dir.join("calico/calico.yaml").is_file());
     let r =
         write_default_stacks(&dir, &AddonsSettings::default(), &inputs(Provider::Calico)).unwrap();
@@ -350,7 +350,7 @@ fn writing_is_idempotent_and_removes_disabled_stacks() {
         &inputs(Provider::Kuberouter),
     )
     .unwrap();
-    assert_eq!(r.disabled, ["calico"]);
+    assert_eq!(r.disabled, ["kube-proxy", "calico"]);
     assert!(!dir.join("calico").exists());
     assert!(dir.join("kube-router/kube-router.yaml").is_file());
 }

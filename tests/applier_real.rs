@@ -3,7 +3,7 @@
 //! plane and its own applier; the test drops stacks into the controller's
 //! `<data-dir>/manifests` and checks the result with kubectl.
 //!
-//! - the default stacks (bootstrap RBAC, CoreDNS, kube-proxy, Calico with its
+//! - the default stacks (bootstrap RBAC, CoreDNS, the opt-in kube-proxy DaemonSet, Calico with its
 //!   CRDs) apply by server-side apply and carry the stack label;
 //! - a user stack: its CRD is Established before its custom resources (which
 //!   come first in the file); field updates follow the file (a dropped key
@@ -265,7 +265,17 @@ fn default_and_user_stacks_apply_prune_and_never_prune_on_errors() {
         return;
     };
     let t_start = Instant::now();
-    let node = Node::control_plane_node("ar-one", "127.0.0.1");
+    // The kube-proxy DaemonSet is opt-in (the host process is the default):
+    // opted in here so every default stack is exercised.
+    let [kcm, scheduler] = common::free_ports();
+    let node = Node::with_address(
+        "ar-one",
+        "127.0.0.1",
+        &format!(
+            "{}  addons:\n    kubeProxy:\n      enabled: true\n",
+            common::upstream::kube_ports_spec(kcm, scheduler)
+        ),
+    );
     let manifests = node.data.join("manifests");
     let mut ctl = node.start_full_controller(&bin, &[]);
 

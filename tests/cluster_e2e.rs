@@ -182,21 +182,20 @@ impl Worker {
         c
     }
 
-    fn start(&mut self, bin: &Path, token_file: &Path) {
-        let log = fs::File::create(&self.log).unwrap();
+    /// `mkectl worker`; without a token file once the node has joined (its
+    /// credentials are on disk).
+    fn start(&mut self, bin: &Path, token_file: Option<&Path>) {
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut args = vec!["worker", "--node-name", &self.name, "--address", &self.ip];
+        if let Some(f) = token_file {
+            args.extend(["--token-file", f.to_str().unwrap()]);
+        }
         let child = self
-            .mkectl(
-                bin,
-                &[
-                    "worker",
-                    "--token-file",
-                    token_file.to_str().unwrap(),
-                    "--node-name",
-                    &self.name,
-                    "--address",
-                    &self.ip,
-                ],
-            )
+            .mkectl(bin, &args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -344,15 +343,24 @@ impl Cluster {
         )
     }
 
-    /// `kubectl exec <pod> -- <cmd>`: (success, stdout + stderr).
+    /// `kubectl exec <pod> -- <cmd>`: (success, stdout), or stdout +
+    /// stderr on failure. (kubectl's websocket client may print notices such
+    /// as "Unknown stream id 1, discarding message" on stderr of a
+    /// successful exec; they are kept for the diagnostics only.)
     fn exec(&self, pod: &str, cmd: &[&str]) -> (bool, String) {
         let mut args = vec!["exec", pod, "--"];
         args.extend_from_slice(cmd);
         let o = self.node.kubectl(&args);
-        let out = text(&o.stdout) + &text(&o.stderr);
-        *self.last_exec.borrow_mut() =
-            format!("kubectl exec {pod} -- {cmd:?}: {}\n{out}", o.status);
-        (o.status.success(), out)
+        let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
+        *self.last_exec.borrow_mut() = format!(
+            "kubectl exec {pod} -- {cmd:?}: {}\n{stdout}{stderr}",
+            o.status
+        );
+        if o.status.success() {
+            (true, stdout)
+        } else {
+            (false, stdout + &stderr)
+        }
     }
 
     /// An HTTP GET from inside `pod`. Debian's busybox-static 1.35 wget
@@ -550,7 +558,7 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
         "e2e-ctl",
         &ctl_ns,
         CONTROLLER_IP,
-        "  network:\n    provider: custom\n  addons:\n    kubeProxy:\n      enabled: false\n",
+        "  network:\n    provider: custom\n",
     );
     let mut ctl = node.start_controller(&["--bin-dir", bin.to_str().unwrap()]);
     wait_ready(&mut ctl, "controller ready");
@@ -593,7 +601,7 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
     let token_file = common::join::token_file(&c.node, "worker.token", &token);
     let workers_started = Instant::now();
     for w in c.workers.iter_mut() {
-        w.start(&bin, &token_file);
+        w.start(&bin, Some(&token_file));
     }
     // Each node gets its pod CIDR from kube-controller-manager; the
     // operator's part: the CNI conflist and the routes between pod subnets.
@@ -759,6 +767,23 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
         api.contains(CONTROLLER_IP),
         "the apiserver's address: {api}"
     );
+    // CoreDNS answers for the `kubernetes` Service. (The fully qualified
+    // name: Debian's busybox 1.35 nslookup ignores resolv.conf's search
+    // list; wget above resolved the short name through it.)
+    let api_ip = c.jsonpath(&["get", "svc", "kubernetes"], "{.spec.clusterIP}");
+    let dns = poll(
+        "nslookup kubernetes.default from a pod",
+        Duration::from_secs(60),
+        || c.diag(),
+        || {
+            let (ok, out) = c.exec(
+                &p1[0],
+                &[BUSYBOX, "nslookup", "kubernetes.default.svc.cluster.local"],
+            );
+            (ok && out.contains(api_ip.trim())).then_some(out)
+        },
+    );
+    eprintln!("nslookup from a pod:\n{}", dns.trim());
 
     // --- Through the tunnels only: logs, exec, port-forward, node proxy.
     let dials_before = dials_served(&c.node);
@@ -842,8 +867,7 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
         .wait_exit(Duration::from_secs(10));
     // The kill left kubelet, containerd and kube-proxy behind? PDEATHSIG
     // takes them down with mkectl; the restart finds no stale children.
-    let token_file2 = token_file.clone();
-    c.workers[0].start(&bin, &token_file2);
+    c.workers[0].start(&bin, None);
     let back = Instant::now();
     let logs = c.until(
         "kubectl logs after the worker restarted",
@@ -856,6 +880,147 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
         back.elapsed()
     );
     assert!(logs.contains("serving"));
+
+    // --- kubelet and containerd killed -9 on the second worker: mkectl
+    // restarts both; the pod there serves again.
+    let (w2_pod, w2_name) = if p1[1] == c.workers[1].name {
+        (p1[0].clone(), p1[1].clone())
+    } else {
+        (p2[0].clone(), p2[1].clone())
+    };
+    let pid_of = |w: &Worker, comp: &str| -> Option<i32> {
+        fs::read_to_string(w.run.join(format!("{comp}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let killed: Vec<(&str, i32)> = ["kubelet", "containerd"]
+        .into_iter()
+        .map(|comp| (comp, pid_of(&c.workers[1], comp).expect(comp)))
+        .collect();
+    for (_, pid) in &killed {
+        signal(*pid, libc::SIGKILL);
+    }
+    let restarted = Instant::now();
+    poll(
+        "kubelet and containerd restarted by mkectl",
+        Duration::from_secs(90),
+        || c.diag() + &c.workers[1].log_tail(),
+        || {
+            let w = &c.workers[1];
+            let o = w.mkectl(&bin, &["status", "-o", "json"]).output().ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+            killed
+                .iter()
+                .all(|(comp, old)| {
+                    component(&v, comp)["ready"] == true
+                        && pid_of(w, comp).is_some_and(|p| p != *old)
+                })
+                .then_some(())
+        },
+    );
+    poll(
+        &format!("{w2_pod} serving after kubelet and containerd restarted"),
+        Duration::from_secs(90),
+        || c.diag(),
+        || {
+            let (ok, out) = c.wget(&w2_pod, "http://127.0.0.1:8080/");
+            (ok && out.trim() == w2_pod).then_some(())
+        },
+    );
+    eprintln!(
+        "kubelet and containerd killed on {w2_name}: back, pod serving after {:?}",
+        restarted.elapsed()
+    );
+
+    // --- The second worker stopped (SIGTERM): its node turns NotReady;
+    // started again without a token: Ready, its pod runs again.
+    let pid = c.workers[1].process.as_ref().unwrap().pid();
+    signal(pid, libc::SIGTERM);
+    let stopped = Instant::now();
+    let st = c.workers[1]
+        .process
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(60));
+    eprintln!("worker stopped in {:?}: {st}", stopped.elapsed());
+    let ready_cond = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+    c.until(
+        &format!("{w2_name} NotReady"),
+        Duration::from_secs(120),
+        &["get", "node", &w2_name, "-o", ready_cond],
+        |s| s.trim() != "True",
+    );
+    eprintln!("{w2_name} NotReady {:?} after the stop", stopped.elapsed());
+    let started = Instant::now();
+    c.workers[1].start(&bin, None);
+    c.until(
+        &format!("{w2_name} Ready again"),
+        NODE_READY,
+        &["get", "node", &w2_name, "-o", ready_cond],
+        |s| s.trim() == "True",
+    );
+    poll(
+        &format!("{w2_pod} serving after its worker restarted"),
+        PODS_RUNNING,
+        || c.diag(),
+        || {
+            let (ok, out) = c.wget(&w2_pod, "http://127.0.0.1:8080/");
+            (ok && out.trim() == w2_pod).then_some(())
+        },
+    );
+    eprintln!(
+        "{w2_name} Ready and its pod serving {:?} after restart without a token",
+        started.elapsed()
+    );
+
+    // --- `mkectl reset` after a crash (kill -9: kubelet and containerd go
+    // with mkectl, shims and containers do not) leaves nothing behind.
+    let w1 = &mut c.workers[0];
+    let shim_needle = w1.run.join("containerd").display().to_string();
+    let shims = || -> Vec<i32> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("containerd-shim") && c.contains(&shim_needle)
+                })
+            })
+            .collect()
+    };
+    assert!(
+        !shims().is_empty(),
+        "pods run on {} before the crash",
+        w1.name
+    );
+    signal(w1.process.as_ref().unwrap().pid(), libc::SIGKILL);
+    w1.process
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(10));
+    let reset = w1.mkectl(&bin, &["reset"]).output().unwrap();
+    assert!(
+        reset.status.success(),
+        "reset: {}{}",
+        text(&reset.stdout),
+        text(&reset.stderr)
+    );
+    assert!(shims().is_empty(), "shims left after reset: {:?}", shims());
+    let left_pids = w1.cgroup_pids();
+    assert!(
+        left_pids.is_empty(),
+        "containers left after reset: {left_pids:?}"
+    );
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = w1.dir.display().to_string();
+    let left: Vec<&str> = mountinfo.lines().filter(|l| l.contains(&dir)).collect();
+    assert!(left.is_empty(), "mounts left after reset: {left:#?}");
+    assert!(!w1.data.exists() && !w1.run.join("containerd").exists());
+    eprintln!("reset after a crash left no shim, container or mount");
 
     eprintln!("cluster e2e total {:?}", t0.elapsed());
     let _ = c.ctl.take();

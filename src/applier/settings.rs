@@ -59,11 +59,21 @@ impl Default for CoreDnsSettings {
     }
 }
 
-/// kube-proxy runs in iptables mode (the mode every kernel supports).
+/// Whether the kube-proxy DaemonSet stack is installed by default: no.
+/// mkectl runs kube-proxy on every node as a host process it supervises
+/// (`components::kube_proxy`), with the kubelet's credentials and no image
+/// to pull; running both would have two kube-proxies rewrite the same
+/// iptables chains.
+pub const DEFAULT_KUBE_PROXY_DAEMONSET: bool = false;
+
+/// The kube-proxy DaemonSet, in iptables mode (the mode every kernel
+/// supports): the alternative to the host process for operators who prefer
+/// it. Enabling it means starting every node with `--disable-components
+/// kube-proxy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KubeProxySettings {
-    #[serde(default = "default_true")]
+    #[serde(default = "default_kube_proxy_daemonset")]
     pub enabled: bool,
     #[serde(default = "default_kube_proxy_image")]
     pub image: String,
@@ -72,7 +82,7 @@ pub struct KubeProxySettings {
 impl Default for KubeProxySettings {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: DEFAULT_KUBE_PROXY_DAEMONSET,
             image: DEFAULT_KUBE_PROXY_IMAGE.to_string(),
         }
     }
@@ -168,6 +178,9 @@ fn default_coredns_image() -> String {
 fn default_coredns_replicas() -> u32 {
     DEFAULT_COREDNS_REPLICAS
 }
+fn default_kube_proxy_daemonset() -> bool {
+    DEFAULT_KUBE_PROXY_DAEMONSET
+}
 fn default_kube_proxy_image() -> String {
     DEFAULT_KUBE_PROXY_IMAGE.to_string()
 }
@@ -195,7 +208,9 @@ mod tests {
     fn empty_document_gives_defaults() {
         let s: AddonsSettings = serde_saphyr::from_str("{}").unwrap();
         assert_eq!(s, AddonsSettings::default());
-        assert!(s.coredns.enabled && s.kube_proxy.enabled && s.cni.enabled);
+        assert!(s.coredns.enabled && s.cni.enabled);
+        // kube-proxy runs as a host process; its DaemonSet is opt-in.
+        assert!(!s.kube_proxy.enabled);
         assert_eq!(s.cni.calico.node_image, DEFAULT_CALICO_NODE_IMAGE);
         assert!(DEFAULT_CALICO_NODE_IMAGE.ends_with(DEFAULT_CALICO_VERSION));
     }
@@ -203,10 +218,10 @@ mod tests {
     #[test]
     fn camel_case_and_unknown_fields_rejected() {
         let s: AddonsSettings = serde_saphyr::from_str(
-            "kubeProxy: {enabled: false}\ncni: {calico: {nodeImage: reg.local/calico/node:v1}}\n",
+            "kubeProxy: {enabled: true}\ncni: {calico: {nodeImage: reg.local/calico/node:v1}}\n",
         )
         .unwrap();
-        assert!(!s.kube_proxy.enabled);
+        assert!(s.kube_proxy.enabled);
         assert_eq!(s.kube_proxy.image, DEFAULT_KUBE_PROXY_IMAGE);
         assert_eq!(s.cni.calico.node_image, "reg.local/calico/node:v1");
         assert_eq!(s.cni.calico.cni_image, DEFAULT_CALICO_CNI_IMAGE);

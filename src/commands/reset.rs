@@ -89,6 +89,7 @@ pub async fn run(global: &GlobalArgs, args: &ResetArgs) -> anyhow::Result<()> {
         None
     };
     stop_stale_children(&paths).await?;
+    sweep_workloads(&paths).await;
     match kind {
         Some(NodeKind::Controller) => leave_etcd(&paths, args.force).await?,
         Some(NodeKind::Worker) => info!("resetting a worker"),
@@ -98,7 +99,7 @@ pub async fn run(global: &GlobalArgs, args: &ResetArgs) -> anyhow::Result<()> {
         let own_mount = unmount_node_dirs(&paths)?;
         remove_data_dir(&paths.data_dir, own_mount)?;
     }
-    clean_run_dir(&paths.run_dir)?;
+    clean_run_dir(&paths)?;
     Ok(())
 }
 
@@ -170,12 +171,38 @@ async fn stop_stale_children(paths: &NodePaths) -> anyhow::Result<()> {
     .context("stale child cleanup task")?
 }
 
-/// Removes mkectl's files from the run dir (pid files, sockets, the lock),
-/// then the dir itself if nothing else is in it.
-fn clean_run_dir(run_dir: &Path) -> anyhow::Result<()> {
+/// Kills the containers a crashed mkectl left running: containerd's shims
+/// run in sessions of their own, so neither mkectl's death nor the stale
+/// child cleanup reaches them. Every shim serving *this* node's containerd
+/// socket goes, with its containers; their mounts are then detached by
+/// [`unmount_node_dirs`].
+async fn sweep_workloads(paths: &NodePaths) {
+    let socket = crate::components::containerd::absolute(&paths.containerd_socket());
+    let shims = crate::components::containerd::kill_shims(&socket).await;
+    if !shims.is_empty() {
+        warn!(
+            shims = shims.len(),
+            "killed leftover containerd shims and their containers"
+        );
+    }
+}
+
+/// Removes mkectl's files from the run dir (pid files, sockets, the lock,
+/// containerd's volatile state), then the dir itself if nothing else is in
+/// it.
+fn clean_run_dir(paths: &NodePaths) -> anyhow::Result<()> {
+    let run_dir = paths.run_dir.as_path();
     let Ok(entries) = std::fs::read_dir(run_dir) else {
         return Ok(());
     };
+    let containerd = paths.containerd_run_dir();
+    if containerd.exists() {
+        // Already done with the data dir's mounts; again in case there was
+        // no data dir.
+        mounts::unmount_below(&[containerd.as_path()]);
+        std::fs::remove_dir_all(&containerd)
+            .with_context(|| format!("removing {}", containerd.display()))?;
+    }
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".pid") || name.ends_with(".sock") || name == "mkectl.lock" {
