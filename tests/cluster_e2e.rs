@@ -94,7 +94,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(name: &str, ip: &str, tmp: &Path) -> Worker {
+    /// `extra_spec` is appended under `spec:` of its config.
+    fn new(name: &str, ip: &str, tmp: &Path, extra_spec: &str) -> Worker {
         let ns = Netns::new(name);
         let dir = tmp.join(name);
         let data = dir.join("data");
@@ -109,7 +110,7 @@ impl Worker {
         fs::write(
             &config,
             format!(
-                "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  worker:\n    cniBinDir: {CNI_BIN_DIR}\n    cniConfDir: {}\n    podLogsDir: {}\n    cgroupRoot: {cgroup_root}\n  extraArgs:\n    kubelet:\n      resolv-conf: {}\n",
+                "apiVersion: mkectl.io/v1beta1\nkind: ClusterConfig\nspec:\n  worker:\n    cniBinDir: {CNI_BIN_DIR}\n    cniConfDir: {}\n    podLogsDir: {}\n    cgroupRoot: {cgroup_root}\n  extraArgs:\n    kubelet:\n      resolv-conf: {}\n{extra_spec}",
                 cni_conf_dir.display(),
                 dir.join("pod-logs").display(),
                 resolv.display()
@@ -185,17 +186,23 @@ impl Worker {
     /// `mkectl worker`; without a token file once the node has joined (its
     /// credentials are on disk).
     fn start(&mut self, bin: &Path, token_file: Option<&Path>) {
+        let (name, ip) = (self.name.clone(), self.ip.clone());
+        let mut args = vec!["worker", "--node-name", &name, "--address", &ip];
+        if let Some(f) = token_file {
+            args.extend(["--token-file", f.to_str().unwrap()]);
+        }
+        self.spawn(bin, &args);
+    }
+
+    /// `mkectl <args>` in the background, logging to `worker.log`.
+    fn spawn(&mut self, bin: &Path, args: &[&str]) {
         let log = fs::File::options()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut args = vec!["worker", "--node-name", &self.name, "--address", &self.ip];
-        if let Some(f) = token_file {
-            args.extend(["--token-file", f.to_str().unwrap()]);
-        }
         let child = self
-            .mkectl(bin, &args)
+            .mkectl(bin, args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -383,9 +390,11 @@ impl Cluster {
 }
 
 /// Dial requests the apiserver sent into the konnectivity server.
-fn dials_served(node: &Node) -> u64 {
-    let url = format!("http://127.0.0.1:{}/metrics", node.konnectivity_admin_port);
-    let page = output_ok(node.program("curl").args(["-sf", &url]));
+/// `curl` is a command that runs curl where the server's admin port is on
+/// loopback.
+fn dials_served(mut curl: Command, admin_port: u16) -> u64 {
+    let url = format!("http://127.0.0.1:{admin_port}/metrics");
+    let page = output_ok(curl.args(["-sf", &url]));
     page.lines()
         .filter(|l| {
             l.starts_with("konnectivity_network_proxy_server_stream_packets_total{")
@@ -432,12 +441,7 @@ spec:
     metadata: {labels: {app: echo}}
     spec:
       terminationGracePeriodSeconds: 1
-      affinity:
-        podAntiAffinity:
-          requiredDuringSchedulingIgnoredDuringExecution:
-            - labelSelector: {matchLabels: {app: echo}}
-              topologyKey: kubernetes.io/hostname
-      containers:
+AFFINITY      containers:
         - name: echo
           image: IMAGE
           imagePullPolicy: Never
@@ -456,6 +460,62 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 "#;
 
+/// One replica per node.
+const SPREAD: &str = r#"      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - labelSelector: {matchLabels: {app: echo}}
+              topologyKey: kubernetes.io/hostname
+"#;
+
+/// The echo Deployment and Service, `spread` over nodes or not.
+fn echo_manifest(spread: bool) -> String {
+    ECHO.replace("IMAGE", BUSYBOX_IMAGE)
+        .replace("AFFINITY", if spread { SPREAD } else { "" })
+}
+
+/// Packs busybox (from the host's busybox-static) and, through the
+/// packaging step, CoreDNS into OCI archives; copies both into each data
+/// dir's `images/`, which `mkectl` imports at start.
+fn stage_images(bin: &Path, tmp: &Path, data_dirs: &[&Path]) {
+    let packed = tmp.join("packed");
+    output_ok(
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/images/build-images.sh"))
+            .arg("--mkectl")
+            .arg(MKECTL)
+            .arg("--bin-dir")
+            .arg(bin)
+            .arg("--output")
+            .arg(&packed),
+    );
+    let busybox_tar = packed.join("busybox.oci.tar");
+    output_ok(Command::new(MKECTL).args([
+        "images",
+        "pack",
+        "--name",
+        BUSYBOX_IMAGE,
+        "--file",
+        &format!("{BUSYBOX}:{BUSYBOX}"),
+        "--entrypoint",
+        BUSYBOX,
+        "--output",
+        busybox_tar.to_str().unwrap(),
+    ]));
+    for d in data_dirs {
+        fs::copy(&busybox_tar, d.join("images/busybox.tar")).unwrap();
+        fs::copy(
+            packed.join("coredns-v1.11.3.oci.tar"),
+            d.join("images/coredns.tar"),
+        )
+        .unwrap();
+    }
+}
+
+/// Both tests here run a whole control plane and kubelets: one at a time on
+/// a 2-core CI machine.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
     let Some(bin) = common::upstream::upstream_bins(&[
@@ -468,6 +528,9 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
     ]) else {
         return;
     };
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
     let tmp = tempfile::Builder::new()
         .prefix("mke2e-")
@@ -491,7 +554,7 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
     ];
     let mut workers = Vec::new();
     for (i, (name, ip, rip)) in w_specs.iter().enumerate() {
-        let w = Worker::new(name, ip, tmp.path());
+        let w = Worker::new(name, ip, tmp.path(), "");
         veth(
             &w.ns,
             "eth0",
@@ -518,40 +581,9 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
         "MASQUERADE",
     ]));
 
-    // Images every worker imports at start: busybox (packed here) and
-    // CoreDNS (packed by the packaging step).
-    let packed = tmp.path().join("packed");
-    output_ok(
-        Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/images/build-images.sh"))
-            .arg("--mkectl")
-            .arg(MKECTL)
-            .arg("--bin-dir")
-            .arg(&bin)
-            .arg("--output")
-            .arg(&packed),
-    );
-    let busybox_tar = packed.join("busybox.oci.tar");
-    output_ok(Command::new(MKECTL).args([
-        "images",
-        "pack",
-        "--name",
-        BUSYBOX_IMAGE,
-        "--file",
-        &format!("{BUSYBOX}:{BUSYBOX}"),
-        "--entrypoint",
-        BUSYBOX,
-        "--output",
-        busybox_tar.to_str().unwrap(),
-    ]));
-    for w in &workers {
-        fs::copy(&busybox_tar, w.data.join("images/busybox.tar")).unwrap();
-        fs::copy(
-            packed.join("coredns-v1.11.3.oci.tar"),
-            w.data.join("images/coredns.tar"),
-        )
-        .unwrap();
-    }
+    // Images every worker imports at start: busybox and CoreDNS.
+    let data_dirs: Vec<&Path> = workers.iter().map(|w| w.data.as_path()).collect();
+    stage_images(&bin, tmp.path(), &data_dirs);
 
     // --- Controller.
     let node = Node::in_netns(
@@ -682,7 +714,7 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
 
     // --- Workload: two busybox replicas, one per node.
     let manifest = tmp.path().join("echo.yaml");
-    fs::write(&manifest, ECHO.replace("IMAGE", BUSYBOX_IMAGE)).unwrap();
+    fs::write(&manifest, echo_manifest(true)).unwrap();
     c.kubectl_ok(&["apply", "-f", manifest.to_str().unwrap()]);
     let pods_started = Instant::now();
     let pods = c.until(
@@ -786,7 +818,7 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
     eprintln!("nslookup from a pod:\n{}", dns.trim());
 
     // --- Through the tunnels only: logs, exec, port-forward, node proxy.
-    let dials_before = dials_served(&c.node);
+    let dials_before = dials_served(c.node.program("curl"), c.node.konnectivity_admin_port);
     let logs = c.kubectl_ok(&["logs", &p1[0]]);
     assert!(logs.contains("serving"), "{logs}");
     let (ok, out) = c.exec(&p2[0], &["/bin/busybox", "echo", "through-the-tunnel"]);
@@ -837,7 +869,7 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
     // exec and port-forward each upgrade a connection of their own; each
     // node needs at least one more (logs and the node proxy may share a
     // kept-alive one): four dials at least, all through the tunnels.
-    let dials_after = dials_served(&c.node);
+    let dials_after = dials_served(c.node.program("curl"), c.node.konnectivity_admin_port);
     assert!(
         dials_after >= dials_before + 4,
         "logs, exec, port-forward and two node proxies dialled through konnectivity: {dials_before} -> {dials_after}"
@@ -1025,4 +1057,147 @@ fn two_workers_behind_nat_run_pods_reached_only_through_konnectivity() {
     eprintln!("cluster e2e total {:?}", t0.elapsed());
     let _ = c.ctl.take();
     let _ = &c.bin;
+}
+
+/// `mkectl controller --enable-worker --no-taints`: one node, the whole
+/// control plane and the worker side in one process, in a network namespace
+/// of its own; the echo Deployment runs there, `kubectl logs` and `exec`
+/// reach it through the node's own konnectivity tunnel.
+#[test]
+fn single_node_controller_with_worker_runs_pods() {
+    let Some(bin) = common::upstream::upstream_bins(&[
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+        "coredns",
+    ]) else {
+        return;
+    };
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let tmp = tempfile::Builder::new()
+        .prefix("mksn-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let ip = "198.51.100.50";
+    let mut w = Worker::new(
+        "sn-1",
+        ip,
+        tmp.path(),
+        &format!("  api:\n    address: {ip}\n  network:\n    provider: custom\n"),
+    );
+    w.ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+    output_ok(w.ns.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
+    stage_images(&bin, tmp.path(), &[w.data.as_path()]);
+    w.spawn(
+        &bin,
+        &[
+            "controller",
+            "--node-name",
+            "sn-1",
+            "--enable-worker",
+            "--no-taints",
+        ],
+    );
+    let kubectl = |args: &[&str]| -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", w.ns.name))
+            .arg("--")
+            .arg("kubectl")
+            .arg("--kubeconfig")
+            .arg(w.data.join("pki/admin.conf"))
+            .arg("--request-timeout=20s")
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| -> Option<String> {
+        let o = kubectl(args);
+        o.status.success().then(|| text(&o.stdout))
+    };
+    let diag = || {
+        let mut d = String::new();
+        for args in [
+            &["get", "nodes", "-o", "wide"][..],
+            &["get", "pods", "-A", "-o", "wide"],
+        ] {
+            let o = kubectl(args);
+            d += &format!(
+                "--- kubectl {}\n{}{}\n",
+                args.join(" "),
+                text(&o.stdout),
+                text(&o.stderr)
+            );
+        }
+        d + &w.log_tail()
+    };
+    let cidr = poll("sn-1 registered with a pod CIDR", NODE_READY, diag, || {
+        ok(&["get", "node", "sn-1", "-o", "jsonpath={.spec.podCIDR}"])
+            .filter(|s| !s.trim().is_empty())
+    });
+    fs::write(
+        w.cni_conf_dir.join("10-mke-e2e.conflist"),
+        conflist(cidr.trim()),
+    )
+    .unwrap();
+    poll("sn-1 Ready", NODE_READY, diag, || {
+        ok(&[
+            "get",
+            "node",
+            "sn-1",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+        .filter(|s| s.trim() == "True")
+    });
+    let ready = t0.elapsed();
+    let taints = ok(&["get", "node", "sn-1", "-o", "jsonpath={.spec.taints}"]).unwrap();
+    assert!(taints.trim().is_empty(), "--no-taints: {taints}");
+
+    let manifest = tmp.path().join("echo.yaml");
+    fs::write(&manifest, echo_manifest(false)).unwrap();
+    ok(&["apply", "-f", manifest.to_str().unwrap()]).expect("apply");
+    let pods = poll("2 echo pods running", PODS_RUNNING, diag, || {
+        ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=echo",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.phase}{\"\\n\"}{end}",
+        ])
+        .filter(|s| s.lines().filter(|l| l.ends_with(" Running")).count() == 2)
+    });
+    let running = t0.elapsed();
+    let curl = || {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", w.ns.name))
+            .args(["--", "curl"]);
+        c
+    };
+    let admin = mkectl::config::defaults::KONNECTIVITY_ADMIN_PORT;
+    let dials_before = dials_served(curl(), admin);
+    for pod in pods.lines().map(|l| l.split(' ').next().unwrap()) {
+        let logs = poll(&format!("kubectl logs {pod}"), PODS_RUNNING, diag, || {
+            ok(&["logs", pod]).filter(|s| s.contains("serving"))
+        });
+        assert!(logs.contains("serving"));
+        let out = ok(&["exec", pod, "--", BUSYBOX, "echo", "single-node"]).unwrap_or_default();
+        assert_eq!(out.trim(), "single-node", "exec in {pod}");
+    }
+    // Two logs and two execs: at least one dial each for the execs (an
+    // upgraded connection of its own), one for the logs.
+    let dials_after = dials_served(curl(), admin);
+    assert!(
+        dials_after >= dials_before + 3,
+        "logs and exec through the node's own tunnel: {dials_before} -> {dials_after}"
+    );
+    eprintln!(
+        "single node: Ready after {ready:?}, 2 pods running after {running:?}, logs and exec through its own tunnel ({dials_before} -> {dials_after} dials)"
+    );
 }
