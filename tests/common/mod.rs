@@ -2,6 +2,7 @@
 //! directories, the mkectl binary as a real process, bounded waits.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod join;
 pub mod konnectivity;
 pub mod netns;
