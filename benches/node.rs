@@ -155,6 +155,17 @@ fn main() {
 
     let mut c = ctl.start_controller(&["--bin-dir", bin.to_str().unwrap()]);
     wait_ready(&mut c, "controller ready");
+    // Pods need the namespace's default service account first.
+    until(
+        Instant::now(),
+        NODE_READY,
+        "default service account",
+        || {
+            ctl.kubectl(&["get", "serviceaccount", "default"])
+                .status
+                .success()
+        },
+    );
     let token = common::join::token_create(&ctl, "worker", &[]);
     let token_file = common::join::token_file(&ctl, "worker.token", &token);
 
