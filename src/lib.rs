@@ -4,6 +4,7 @@
 //! definitions, `commands` one file per subcommand, and every long-lived part
 //! of a node is a `components::Component` supervised by the manager.
 
+pub mod apilb;
 pub mod applier;
 pub mod bundle;
 pub mod cli;
