@@ -117,8 +117,9 @@ pub(crate) fn spawn_checker(
                 };
                 if let Some(health) = backend.record(outcome) {
                     log_transition(backend.addr, health, error.as_deref(), "health check");
-                    shared.notify();
                 }
+                // Every check changes the status (its time, maybe its error).
+                shared.notify();
             }
         }
         .instrument(span),

@@ -275,8 +275,8 @@ impl ApiLb {
         metrics::render(&self.shared, &self.shared.status())
     }
 
-    /// Waits until `pred` holds for the status (checked now and at every
-    /// health transition or backend set change).
+    /// Waits until `pred` holds for the status (checked now and after every
+    /// health check, connection failure and backend set change).
     pub async fn wait_until(&self, mut pred: impl FnMut(&[BackendStatus]) -> bool) {
         let mut rx = self.shared.subscribe();
         loop {
