@@ -159,6 +159,45 @@ pub fn backends_from_records(records: &[ControllerRecord]) -> Vec<SocketAddr> {
     out
 }
 
+/// A backend list that follows a controller list: the current
+/// [`backends_from_records`] of `records` at once, then after every change,
+/// until `cancel` or until `records`' sender is gone. An empty or entirely
+/// unparsable controller list is not passed on (the last usable set stays):
+/// forgetting every apiserver would only turn a refresh glitch into an
+/// outage of the node.
+pub fn follow_records(
+    mut records: watch::Receiver<Vec<ControllerRecord>>,
+    cancel: CancellationToken,
+) -> watch::Receiver<Vec<SocketAddr>> {
+    let (tx, rx) = watch::channel(backends_from_records(&records.borrow_and_update()));
+    let span = tracing::info_span!("apilb_follow_records", component = COMPONENT);
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = records.changed() => if r.is_err() { return },
+                }
+                let next = backends_from_records(&records.borrow_and_update());
+                if next.is_empty() {
+                    warn!(
+                        component = COMPONENT,
+                        "controller list has no usable apiserver; keeping the last set"
+                    );
+                    continue;
+                }
+                tx.send_if_modified(|cur| {
+                    let changed = *cur != next;
+                    *cur = next;
+                    changed
+                });
+            }
+        }
+        .instrument(span),
+    );
+    rx
+}
+
 /// A running balancer. Dropping it does not stop it: cancel the token given
 /// to [`ApiLb::start`], then [`ApiLb::join`].
 pub struct ApiLb {
@@ -290,6 +329,12 @@ impl ApiLb {
         }
     }
 
+    /// A cheap, cloneable reader of the status and metrics, for status and
+    /// metrics pages that live apart from the balancer.
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle(self.shared.clone())
+    }
+
     /// Waits for the accept loop and the drain to finish (after cancellation).
     pub async fn join(self) {
         if let Err(e) = self.task.await {
@@ -300,6 +345,33 @@ impl ApiLb {
     /// Whether the accept loop has ended.
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
+    }
+}
+
+/// Reads a balancer's status and metrics ([`ApiLb::status_handle`]).
+#[derive(Clone)]
+pub struct StatusHandle(Arc<Shared>);
+
+impl std::fmt::Debug for StatusHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusHandle").finish_non_exhaustive()
+    }
+}
+
+impl StatusHandle {
+    /// Same as [`ApiLb::status`].
+    pub fn status(&self) -> Vec<BackendStatus> {
+        self.0.status()
+    }
+
+    /// Same as [`ApiLb::metrics`].
+    pub fn metrics(&self) -> String {
+        metrics::render(&self.0, &self.0.status())
+    }
+
+    /// Same as [`ApiLb::listening`].
+    pub fn listening(&self) -> bool {
+        self.0.listening.load(Ordering::Relaxed)
     }
 }
 
@@ -516,6 +588,34 @@ mod tests {
                 "192.0.2.12:443".parse().unwrap(),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn followed_records_map_and_keep_the_last_usable_set() {
+        let (tx, rx) = watch::channel(vec![record("a", "https://127.0.0.1:6443")]);
+        let cancel = CancellationToken::new();
+        let mut out = follow_records(rx, cancel.clone());
+        assert_eq!(
+            *out.borrow_and_update(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 6443))]
+        );
+        tx.send(vec![
+            record("a", "https://127.0.0.1:6443"),
+            record("b", "https://127.0.0.2:6443"),
+        ])
+        .unwrap();
+        out.changed().await.unwrap();
+        assert_eq!(out.borrow_and_update().len(), 2);
+        tx.send(vec![]).unwrap();
+        tx.send(vec![record("c", "https://127.0.0.3:6443")])
+            .unwrap();
+        out.changed().await.unwrap();
+        assert_eq!(
+            *out.borrow_and_update(),
+            vec![SocketAddr::from(([127, 0, 0, 3], 6443))]
+        );
+        cancel.cancel();
+        assert!(out.changed().await.is_err());
     }
 
     #[test]

@@ -11,13 +11,14 @@
 //! that accepts, and counts as ready so the kubelet after it can start.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Component, ComponentError, Peers};
-use crate::apilb::{ApiLb, ApiLbConfig, Health};
+use crate::apilb::{ApiLb, ApiLbConfig, BackendStatus, Health, StatusHandle};
 
 pub const NAME: &str = "api-lb";
 /// Bound on the drain when the component stops: the balancer's own drain
@@ -37,6 +38,33 @@ pub struct ApiLoadBalancer {
     settings: ApiLbSettings,
     cancel: CancellationToken,
     lb: Option<ApiLb>,
+    monitor: ApiLbMonitor,
+}
+
+/// Status and metrics of the component's balancer, readable from anywhere
+/// (the status and metrics pages) while the component itself sits in the
+/// manager: empty while it is not running.
+#[derive(Debug, Clone, Default)]
+pub struct ApiLbMonitor(Arc<RwLock<Option<StatusHandle>>>);
+
+impl ApiLbMonitor {
+    fn set(&self, h: Option<StatusHandle>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+
+    fn get(&self) -> Option<StatusHandle> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every backend with its health and connections (empty when stopped).
+    pub fn status(&self) -> Vec<BackendStatus> {
+        self.get().map(|h| h.status()).unwrap_or_default()
+    }
+
+    /// The `mkectl_apilb_*` families (empty when stopped).
+    pub fn metrics(&self) -> String {
+        self.get().map(|h| h.metrics()).unwrap_or_default()
+    }
 }
 
 impl ApiLoadBalancer {
@@ -45,7 +73,14 @@ impl ApiLoadBalancer {
             settings,
             cancel: CancellationToken::new(),
             lb: None,
+            monitor: ApiLbMonitor::default(),
         }
+    }
+
+    /// A reader of the status and metrics; take it before handing the
+    /// component to the manager.
+    pub fn monitor(&self) -> ApiLbMonitor {
+        self.monitor.clone()
     }
 
     /// The running balancer (status, metrics).
@@ -116,6 +151,7 @@ impl Component for ApiLoadBalancer {
             component: NAME,
             message: e.to_string(),
         })?;
+        self.monitor.set(Some(lb.status_handle()));
         self.lb = Some(lb);
         Ok(())
     }
@@ -133,6 +169,7 @@ impl Component for ApiLoadBalancer {
 
     async fn stop(&mut self) -> Result<(), ComponentError> {
         self.cancel.cancel();
+        self.monitor.set(None);
         if let Some(lb) = self.lb.take() {
             let bound = self.settings.config.drain_timeout + STOP_MARGIN;
             if tokio::time::timeout(bound, lb.join()).await.is_err() {
