@@ -7,6 +7,14 @@ use std::sync::atomic::Ordering;
 use super::balancer::{BackendStatus, Shared};
 use crate::konnectivity::metrics::{escape, header};
 
+/// A per-backend family: name, help, type and how its value is read.
+type BackendFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&BackendStatus) -> u64,
+);
+
 fn sample(out: &mut String, name: &str, backend: Option<&str>, value: u64) {
     out.push_str(name);
     if let Some(b) = backend {
@@ -18,7 +26,7 @@ fn sample(out: &mut String, name: &str, backend: Option<&str>, value: u64) {
 /// Renders every family for `backends` (a snapshot) and the shared counters.
 pub(crate) fn render(shared: &Shared, backends: &[BackendStatus]) -> String {
     let mut out = String::new();
-    let per_backend: [(&str, &str, &str, fn(&BackendStatus) -> u64); 4] = [
+    let per_backend: [BackendFamily; 4] = [
         (
             "mkectl_apilb_backend_healthy",
             "1 when the apiserver backend passes its /readyz check and is in rotation.",
