@@ -50,6 +50,7 @@
 
 pub mod balancer;
 pub mod health;
+pub mod kubeconfig;
 mod metrics;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -198,6 +198,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             pki_spec: Some(spec),
             etcd: enabled(etcd::NAME),
             metrics: ctx.metrics.clone(),
+            api_lb: None,
         };
         let _ops = ops::start(ops, manager.handle(), &cancel).await?;
         let started_with = controller_join::controller_count(&ctx) as u32;
@@ -440,7 +441,13 @@ fn add_worker_side(
                 ca: ctx.pki.konnectivity_ca.cert.clone(),
             },
             agent_admin: w.agent_admin,
-            servers: ServerSource::Registry { local, controllers },
+            servers: ServerSource {
+                controllers,
+                local: Some(local),
+            },
+            // The kubelet of a controller talks to this controller's own
+            // apiserver, which goes away only with the node itself.
+            api_lb: None,
             cluster_dns: ctx.cfg.cluster_dns_ip(),
             cluster_domain: ctx.cfg.spec.network.cluster_domain.clone(),
             pod_cidr: ctx.cfg.spec.network.pod_cidr.clone(),
@@ -448,6 +455,7 @@ fn add_worker_side(
             disabled: &w.disabled,
         },
     )
+    .map(|_no_balancer| ())
 }
 
 /// Maps the cluster config onto the PKI's inputs; `worker` adds the

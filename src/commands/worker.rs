@@ -5,13 +5,19 @@
 //!
 //! Order (DESIGN.md "Process model"): join/bootstrap → containerd →
 //! konnectivity agent → image import (`<data-dir>/images/` and the sandbox
-//! image, see `crate::images`) → kubelet.
+//! image, see `crate::images`) → node-local apiserver balancer
+//! (`crate::apilb`) → kubelet → kube-proxy.
+//!
+//! One task refreshes the controller list from the join API; the agent (one
+//! tunnel per controller) and the balancer (one backend per apiserver)
+//! follow it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, Instrument};
 
@@ -19,8 +25,12 @@ use super::controller::{
     hostname, lock_run_dir, run_until_signal, spawn_signal_handler, stop_stale_children,
 };
 use super::controller_join::{join_failure, read_token_file};
+use crate::apilb::{ApiLbConfig, HttpsHealthCheck};
 use crate::cli::{GlobalArgs, WorkerArgs};
+use crate::components::api_lb::{ApiLbMonitor, ApiLbSettings, ApiLoadBalancer};
+use crate::components::containerd::absolute;
 use crate::components::containerd::{self, Containerd, ContainerdSettings};
+use crate::components::https_probe::ClientIdentity;
 use crate::components::image_import::ImageImport;
 use crate::components::konnectivity_agent::{
     KonnectivityAgent, KonnectivityAgentSettings, ServerSource,
@@ -31,7 +41,8 @@ use crate::components::Manager;
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
 use crate::fsutil;
-use crate::join::client::join_worker;
+use crate::join::client::{join_worker, refresh_controllers};
+use crate::join::registry::ControllerRecord;
 use crate::join::state::{self, WorkerPaths, WorkerState};
 use crate::join::wire::KubeletDefaults;
 use crate::join::{JoinToken, Role};
@@ -50,6 +61,10 @@ pub struct WorkerContext {
     pub state: WorkerState,
     pub node_address: IpAddr,
     pub args: WorkerArgs,
+    /// The live controller list (see [`refresh_controllers`]).
+    pub controllers: watch::Receiver<Vec<ControllerRecord>>,
+    /// Ends the tasks that follow `controllers`.
+    pub cancel: CancellationToken,
 }
 
 pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
@@ -107,6 +122,9 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
             join_ms = started.elapsed().as_millis() as u64,
             "worker joined; starting components"
         );
+        point_kubeconfigs(&paths, &worker, &st, worker_spec.api_load_balancer_port)?;
+        let cancel = CancellationToken::new();
+        let (controllers_tx, controllers) = watch::channel(st.controllers.clone());
         let ctx = WorkerContext {
             cfg: cfg.clone(),
             worker_spec: worker_spec.clone(),
@@ -115,14 +133,28 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
             state: st,
             node_address,
             args: args.clone(),
+            controllers,
+            cancel: cancel.clone(),
         };
-        let mut manager = build_components(&ctx)?;
+        let (mut manager, api_lb) = build_components(&ctx)?;
         manager.init_all().await?;
         check_node_side(&manager, &paths, &worker_spec).await?;
 
         stop_stale_children(&paths, &manager).await?;
 
-        let cancel = CancellationToken::new();
+        let refresh_every = args.refresh_interval.max(Duration::from_millis(100));
+        info!(
+            controllers = ?ctx.state.controllers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            refresh_every = ?refresh_every,
+            "following the controller list"
+        );
+        tokio::spawn(refresh_controllers(
+            worker.clone(),
+            ctx.state.clone(),
+            refresh_every,
+            controllers_tx,
+            cancel.clone(),
+        ));
         spawn_signal_handler(cancel.clone())?;
         // Status socket and /metrics; no rotation here: the agent
         // certificate comes from the join and kubelet rotates its own.
@@ -135,6 +167,7 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
             pki_spec: None,
             etcd: false,
             metrics: Default::default(),
+            api_lb,
         };
         let _ops = crate::ops::start(ops, manager.handle(), &cancel).await?;
         run_until_signal(&mut manager, &cancel, started, "worker", |_| {}).await
@@ -209,8 +242,9 @@ async fn first_join(args: &WorkerArgs, worker: &WorkerPaths) -> anyhow::Result<W
         .context("worker join")
 }
 
-/// The worker's components in start order.
-pub fn build_components(ctx: &WorkerContext) -> anyhow::Result<Manager> {
+/// The worker's components in start order, and the reader of its
+/// apiserver balancer (when one runs) for the status and metrics pages.
+pub fn build_components(ctx: &WorkerContext) -> anyhow::Result<(Manager, Option<ApiLbMonitor>)> {
     // Cluster DNS and domain come from the join.
     let defaults: KubeletDefaults = serde_json::from_slice(&fsutil::read(
         &ctx.worker.kubelet_defaults,
@@ -231,7 +265,7 @@ pub fn build_components(ctx: &WorkerContext) -> anyhow::Result<Manager> {
         None => ClusterConfig::default().cluster_dns_ip(),
     };
     let mut manager = Manager::new();
-    add_node_components(
+    let api_lb = add_node_components(
         &mut manager,
         NodeSide {
             cfg: &ctx.cfg,
@@ -246,11 +280,15 @@ pub fn build_components(ctx: &WorkerContext) -> anyhow::Result<Manager> {
             },
             agent_admin: (ctx.args.agent_admin_port != 0)
                 .then(|| SocketAddr::new(ctx.args.agent_admin_address, ctx.args.agent_admin_port)),
-            servers: ServerSource::JoinApi {
-                refresh_interval: ctx.args.refresh_interval.max(Duration::from_millis(100)),
-                paths: Box::new(ctx.worker.clone()),
-                state: Box::new(ctx.state.clone()),
+            servers: ServerSource {
+                controllers: ctx.controllers.clone(),
+                local: None,
             },
+            api_lb: (ctx.worker_spec.api_load_balancer_port != 0).then(|| NodeApiLb {
+                port: ctx.worker_spec.api_load_balancer_port,
+                ca: ctx.worker.ca_cert.clone(),
+                cancel: ctx.cancel.clone(),
+            }),
             cluster_dns,
             cluster_domain: defaults.cluster_domain.clone(),
             pod_cidr: defaults.pod_cidr.clone(),
@@ -260,7 +298,7 @@ pub fn build_components(ctx: &WorkerContext) -> anyhow::Result<Manager> {
             disabled: &ctx.args.disable_components,
         },
     )?;
-    Ok(manager)
+    Ok((manager, api_lb))
 }
 
 /// What the node side (containerd, konnectivity agent, kubelet) is built
@@ -286,14 +324,61 @@ pub struct NodeSide<'a> {
     pub kubelet_kubeconfig: Option<PathBuf>,
     /// `--disable-components` (only names in [`WORKER_OPTIONAL`] matter).
     pub disabled: &'a [String],
+    /// The node-local apiserver balancer, before the kubelet; None = off.
+    pub api_lb: Option<NodeApiLb>,
+}
+
+/// What the node-local apiserver balancer needs besides the controller list.
+pub struct NodeApiLb {
+    /// `spec.worker.apiLoadBalancerPort` on 127.0.0.1.
+    pub port: u16,
+    /// The cluster CA the apiservers' serving certificates chain to.
+    pub ca: PathBuf,
+    /// Ends the task that maps the controller list to backends.
+    pub cancel: CancellationToken,
+}
+
+/// Points the kubelet's bootstrap kubeconfig and its kubeconfig (which
+/// kube-proxy shares) at the node-local balancer, or, with it off, back at
+/// the first controller's apiserver, so that turning the balancer on or off
+/// in the config takes effect at the next start.
+fn point_kubeconfigs(
+    paths: &NodePaths,
+    worker: &WorkerPaths,
+    st: &WorkerState,
+    lb_port: u16,
+) -> anyhow::Result<()> {
+    let server = if lb_port != 0 {
+        crate::apilb::kubeconfig::local_server(lb_port)
+    } else {
+        match st.controllers.first() {
+            Some(c) => c.api_server.clone(),
+            None => return Ok(()),
+        }
+    };
+    for file in [
+        &worker.kubelet_bootstrap_kubeconfig,
+        &paths.kubelet_kubeconfig(),
+    ] {
+        if crate::apilb::kubeconfig::point_at(file, &server)? {
+            info!(file = %file.display(), %server, "kubeconfig points at the apiserver through {}", if lb_port != 0 { "the node-local balancer" } else { "the first controller (balancer off)" });
+        }
+    }
+    Ok(())
 }
 
 /// Adds the node side in start order (DESIGN.md "Process model"):
 /// containerd (the kubelet needs its socket), the konnectivity agent, the
 /// image import (with containerd ready, before kubelet can ask for an
-/// image: the sandbox image above all), the kubelet last.
-pub fn add_node_components(manager: &mut Manager, n: NodeSide<'_>) -> anyhow::Result<()> {
+/// image: the sandbox image above all), the apiserver balancer, the kubelet
+/// and kube-proxy last. Returns the balancer's reader, when one runs.
+pub fn add_node_components(
+    manager: &mut Manager,
+    n: NodeSide<'_>,
+) -> anyhow::Result<Option<ApiLbMonitor>> {
     let enabled = |name: &str| !n.disabled.iter().any(|d| d == name);
+    let mut monitor = None;
+    let controllers = n.servers.controllers.clone();
     let driver = n.worker_spec.cgroup_driver.resolve();
     let mut containerd_settings =
         ContainerdSettings::new(n.paths, &n.worker_spec.sandbox_image, driver);
@@ -327,6 +412,11 @@ pub fn add_node_components(manager: &mut Manager, n: NodeSide<'_>) -> anyhow::Re
     }
 
     if enabled(kubelet::NAME) {
+        if let Some(lb) = &n.api_lb {
+            let component = api_lb_component(n.paths, controllers.clone(), lb);
+            monitor = Some(component.monitor());
+            manager.add(Box::new(component));
+        }
         let mut k = KubeletSettings::for_node(n.paths, n.node_name, n.node_address);
         k.cluster_dns_ip = n.cluster_dns;
         k.cluster_domain = n.cluster_domain;
@@ -351,7 +441,30 @@ pub fn add_node_components(manager: &mut Manager, n: NodeSide<'_>) -> anyhow::Re
             manager.add(Box::new(KubeProxy::new(p, n.paths.clone())));
         }
     }
-    Ok(())
+    Ok(monitor)
+}
+
+/// The balancer probes each apiserver's `/readyz` with the kubelet's own
+/// client certificate (rotated by kubelet; re-read at every probe) and
+/// verifies the serving certificate against the cluster CA.
+fn api_lb_component(
+    paths: &NodePaths,
+    controllers: watch::Receiver<Vec<ControllerRecord>>,
+    lb: &NodeApiLb,
+) -> ApiLoadBalancer {
+    let client = absolute(&paths.kubelet_cert_dir().join(kubelet::CLIENT_CERT_FILE));
+    let health = HttpsHealthCheck::new(
+        lb.ca.clone(),
+        Some(ClientIdentity {
+            cert: client.clone(),
+            key: client,
+        }),
+    );
+    let listen = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), lb.port);
+    ApiLoadBalancer::new(ApiLbSettings {
+        config: ApiLbConfig::new(listen, health),
+        backends: crate::apilb::follow_records(controllers, lb.cancel.clone()),
+    })
 }
 
 /// Worker components that `--disable-components` may leave out.
@@ -409,13 +522,18 @@ mod tests {
                     ca: "ca".into(),
                 },
                 agent_admin: None,
-                servers: ServerSource::Registry {
-                    local: ServerAddr {
+                servers: ServerSource {
+                    local: Some(ServerAddr {
                         host: "127.0.0.1".into(),
                         port: 8132,
-                    },
-                    controllers,
+                    }),
+                    controllers: controllers.clone(),
                 },
+                api_lb: Some(NodeApiLb {
+                    port: 7443,
+                    ca: "ca".into(),
+                    cancel: CancellationToken::new(),
+                }),
                 cluster_dns: IpAddr::from([10, 96, 0, 10]),
                 cluster_domain: "cluster.local".into(),
                 pod_cidr: "10.244.0.0/16".into(),
@@ -427,14 +545,15 @@ mod tests {
         manager.names()
     }
 
-    #[test]
-    fn images_are_imported_after_containerd_and_before_kubelet() {
+    #[tokio::test]
+    async fn images_are_imported_after_containerd_and_before_kubelet() {
         assert_eq!(
             plan(&[]),
             [
                 containerd::NAME,
                 "konnectivity-agent",
                 image_import::NAME,
+                crate::components::api_lb::NAME,
                 kubelet::NAME,
                 kube_proxy::NAME
             ]
@@ -442,7 +561,12 @@ mod tests {
         // No containerd of ours, nothing to import into.
         assert_eq!(
             plan(&[containerd::NAME.to_string()]),
-            ["konnectivity-agent", kubelet::NAME, kube_proxy::NAME]
+            [
+                "konnectivity-agent",
+                crate::components::api_lb::NAME,
+                kubelet::NAME,
+                kube_proxy::NAME
+            ]
         );
         // kube-proxy uses the kubelet's credentials: not without it.
         assert_eq!(

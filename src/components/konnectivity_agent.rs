@@ -16,9 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{Component, ComponentError};
-use crate::join::client::{refresh_controllers, server_addrs};
+use crate::join::client::server_addrs;
 use crate::join::registry::ControllerRecord;
-use crate::join::state::{WorkerPaths, WorkerState};
 use crate::konnectivity::{Agent, AgentConfig, AgentHandle, ServerAddr, TlsFiles};
 
 pub const NAME: &str = "konnectivity-agent";
@@ -44,23 +43,16 @@ pub struct KonnectivityAgentSettings {
     pub servers: ServerSource,
 }
 
-/// Where the agent learns which konnectivity servers exist.
+/// Where the agent's server list comes from: the live controller list (on
+/// a controller running the worker side, the controller registry's; on a
+/// worker, the join API's, refreshed by
+/// [`crate::join::client::refresh_controllers`]). `local` (a controller's
+/// own agent listener) stands in while the list is empty, so the node is
+/// reachable from its own apiserver first.
 #[derive(Debug, Clone)]
-pub enum ServerSource {
-    /// A joined worker: the controllers saved by the join, refreshed from
-    /// the join API every `refresh_interval`.
-    JoinApi {
-        refresh_interval: Duration,
-        paths: Box<WorkerPaths>,
-        state: Box<WorkerState>,
-    },
-    /// A controller running the worker side: the controller registry's live
-    /// list; `local` (this controller's own agent listener) while the list
-    /// is empty, so the node is reachable from its own apiserver first.
-    Registry {
-        local: ServerAddr,
-        controllers: watch::Receiver<Vec<ControllerRecord>>,
-    },
+pub struct ServerSource {
+    pub controllers: watch::Receiver<Vec<ControllerRecord>>,
+    pub local: Option<ServerAddr>,
 }
 
 pub struct KonnectivityAgent {
@@ -109,12 +101,7 @@ impl Component for KonnectivityAgent {
         }
         let s = &self.settings;
         self.cancel = CancellationToken::new();
-        let initial = match &s.servers {
-            ServerSource::JoinApi { state, .. } => server_addrs(&state.controllers),
-            ServerSource::Registry { local, controllers } => {
-                registry_addrs(local, &controllers.borrow())
-            }
-        };
+        let initial = registry_addrs(s.servers.local.as_ref(), &s.servers.controllers.borrow());
         let (tx, rx) = watch::channel(initial);
         let mut cfg = AgentConfig::new(rx, s.tls.clone(), s.agent_id.clone());
         cfg.identifiers = s.identifiers.clone();
@@ -127,36 +114,14 @@ impl Component for KonnectivityAgent {
                     component: NAME,
                     message: e.to_string(),
                 })?;
-        match &s.servers {
-            ServerSource::JoinApi {
-                refresh_interval,
-                paths,
-                state,
-            } => {
-                info!(
-                    controllers = ?state.controllers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-                    refresh_every = ?refresh_interval,
-                    "konnectivity agent connecting to every controller"
-                );
-                tokio::spawn(refresh_controllers(
-                    (**paths).clone(),
-                    (**state).clone(),
-                    *refresh_interval,
-                    tx,
-                    self.cancel.clone(),
-                ));
-            }
-            ServerSource::Registry { local, controllers } => {
-                info!(servers = ?tx.borrow().iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "konnectivity agent connecting to every controller (from the controller registry)");
-                tokio::spawn(follow_registry(
-                    local.clone(),
-                    controllers.clone(),
-                    tx,
-                    self.cancel.clone(),
-                ));
-            }
-        }
+        info!(servers = ?tx.borrow().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "konnectivity agent connecting to every controller");
+        tokio::spawn(follow_registry(
+            s.servers.local.clone(),
+            s.servers.controllers.clone(),
+            tx,
+            self.cancel.clone(),
+        ));
         self.handle = Some(handle);
         Ok(())
     }
@@ -213,19 +178,18 @@ impl Component for KonnectivityAgent {
 }
 
 /// The servers of `controllers`, or `local` alone while the list is empty.
-fn registry_addrs(local: &ServerAddr, controllers: &[ControllerRecord]) -> Vec<ServerAddr> {
+fn registry_addrs(local: Option<&ServerAddr>, controllers: &[ControllerRecord]) -> Vec<ServerAddr> {
     let addrs = server_addrs(controllers);
-    if addrs.is_empty() {
-        vec![local.clone()]
-    } else {
-        addrs
+    match local {
+        Some(local) if addrs.is_empty() => vec![local.clone()],
+        _ => addrs,
     }
 }
 
 /// Hands every change of the registry's list to the agent until `cancel`
 /// (or until the registry is gone: the last list stays).
 async fn follow_registry(
-    local: ServerAddr,
+    local: Option<ServerAddr>,
     mut controllers: watch::Receiver<Vec<ControllerRecord>>,
     servers: watch::Sender<Vec<ServerAddr>>,
     cancel: CancellationToken,
@@ -235,7 +199,7 @@ async fn follow_registry(
             _ = cancel.cancelled() => return,
             changed = controllers.changed() => if changed.is_err() { return },
         }
-        let addrs = registry_addrs(&local, &controllers.borrow_and_update());
+        let addrs = registry_addrs(local.as_ref(), &controllers.borrow_and_update());
         servers.send_if_modified(|cur| {
             let changed = *cur != addrs;
             if changed {
@@ -265,10 +229,15 @@ mod tests {
     async fn registry_changes_reach_the_agent_and_an_empty_list_keeps_the_local_server() {
         let local: ServerAddr = "10.0.0.1:8132".parse().unwrap();
         let (reg_tx, reg_rx) = watch::channel(Vec::new());
-        let (tx, mut rx) = watch::channel(registry_addrs(&local, &reg_rx.borrow()));
+        let (tx, mut rx) = watch::channel(registry_addrs(Some(&local), &reg_rx.borrow()));
         assert_eq!(*rx.borrow(), std::slice::from_ref(&local));
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(follow_registry(local.clone(), reg_rx, tx, cancel.clone()));
+        let task = tokio::spawn(follow_registry(
+            Some(local.clone()),
+            reg_rx,
+            tx,
+            cancel.clone(),
+        ));
 
         reg_tx.send_replace(vec![
             record("c2", "10.0.0.2:8132"),

@@ -48,6 +48,9 @@ pub use super::kube_common::KUBERNETES_VERSION;
 pub const DEFAULT_PORT: u16 = 10250;
 /// kubelet's healthz port (plain HTTP, loopback only).
 pub const DEFAULT_HEALTHZ_PORT: u16 = 10248;
+/// What kubelet keeps its current client certificate and key in (one PEM,
+/// in `--cert-dir`), replaced on every rotation.
+pub const CLIENT_CERT_FILE: &str = "kubelet-client-current.pem";
 /// healthz never leaves the node.
 pub const HEALTHZ_BIND_ADDRESS: &str = "127.0.0.1";
 pub const CONFIG_API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
@@ -157,6 +160,10 @@ pub struct WorkerSpec {
     pub kube_proxy_healthz_port: u16,
     /// kube-proxy metrics port (on 127.0.0.1).
     pub kube_proxy_metrics_port: u16,
+    /// The node-local apiserver load balancer on `127.0.0.1` (see
+    /// `crate::apilb`); 0 turns it off and the node's kubelet and kube-proxy
+    /// talk to the controller the node joined through.
+    pub api_load_balancer_port: u16,
     /// Where containerd looks for CNI plugins (Debian's
     /// containernetworking-plugins install them in `/usr/lib/cni`).
     pub cni_bin_dir: PathBuf,
@@ -188,6 +195,7 @@ impl Default for WorkerSpec {
             kubelet_healthz_port: DEFAULT_HEALTHZ_PORT,
             kube_proxy_healthz_port: super::kube_proxy::DEFAULT_HEALTHZ_PORT,
             kube_proxy_metrics_port: super::kube_proxy::DEFAULT_METRICS_PORT,
+            api_load_balancer_port: crate::apilb::DEFAULT_PORT,
             cni_bin_dir: super::containerd::DEFAULT_CNI_BIN_DIR.into(),
             cni_conf_dir: super::containerd::DEFAULT_CNI_CONF_DIR.into(),
             host_checks: crate::hostcheck::Enforcement::default(),
@@ -226,12 +234,16 @@ impl WorkerSpec {
         for (i, t) in self.taints.iter().enumerate() {
             Taint::parse(t).map_err(|m| err(format!("taints[{i}]"), m))?;
         }
-        let ports = [
+        let mut ports = vec![
             ("kubeletPort", self.kubelet_port),
             ("kubeletHealthzPort", self.kubelet_healthz_port),
             ("kubeProxyHealthzPort", self.kube_proxy_healthz_port),
             ("kubeProxyMetricsPort", self.kube_proxy_metrics_port),
         ];
+        // 0 = no balancer; any other value must be free like the rest.
+        if self.api_load_balancer_port != 0 {
+            ports.push(("apiLoadBalancerPort", self.api_load_balancer_port));
+        }
         for (i, (field, port)) in ports.iter().enumerate() {
             if *port == 0 {
                 return Err(err((*field).into(), "must be 1-65535".into()));

@@ -635,12 +635,13 @@ pub fn server_addrs(controllers: &[ControllerRecord]) -> Vec<ServerAddr> {
 
 /// Keeps a worker's controller list fresh: every `interval` asks the join
 /// API (mTLS with the agent certificate) for the live controllers and, on a
-/// change, updates `worker.json` and the agent's server list.
+/// change, updates `worker.json` and publishes the list (the konnectivity
+/// agent and the node-local apiserver balancer follow it).
 pub async fn refresh_controllers(
     paths: WorkerPaths,
     mut st: WorkerState,
     interval: Duration,
-    servers: watch::Sender<Vec<ServerAddr>>,
+    controllers: watch::Sender<Vec<ControllerRecord>>,
     cancel: CancellationToken,
 ) {
     let identity = ClientIdentity {
@@ -682,12 +683,7 @@ pub async fn refresh_controllers(
                 if let Err(e) = state::write(&paths.state, &st) {
                     warn!(component = COMPONENT, error = %e, "cannot save the controller list");
                 }
-                let addrs = server_addrs(&st.controllers);
-                servers.send_if_modified(|cur| {
-                    let changed = *cur != addrs;
-                    *cur = addrs;
-                    changed
-                });
+                controllers.send_replace(st.controllers.clone());
             }
             Ok(_) => {}
             Err(e) => {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::etcd_info::EtcdInfo;
 use super::model::{CertExpiry, CertSummary, NodeStatus};
+use crate::components::api_lb::ApiLbMonitor;
 use crate::components::ManagerHandle;
 use crate::pki::{self, CertInfo};
 
@@ -25,6 +26,8 @@ pub struct Collector {
     /// `None` when the node runs no etcd.
     pub etcd: Option<EtcdInfo>,
     pub started: Instant,
+    /// The node-local apiserver balancer, where one runs.
+    pub api_lb: Option<ApiLbMonitor>,
 }
 
 impl Collector {
@@ -66,6 +69,7 @@ impl Collector {
             konnectivity,
             etcd,
             certificates,
+            api_load_balancer: self.api_lb.as_ref().map(|m| m.status()),
         }
     }
 

@@ -221,6 +221,7 @@ mod tests {
             }],
             konnectivity: None,
             etcd: None,
+            api_load_balancer: None,
             certificates: CertSummary::default(),
         }
     }

@@ -76,6 +76,9 @@ pub struct OpsSettings {
     /// Whether this node runs etcd (its membership shows in the status).
     pub etcd: bool,
     pub metrics: Arc<Metrics>,
+    /// The node-local apiserver balancer (workers): its backends show in
+    /// the status and its families on the metrics page.
+    pub api_lb: Option<crate::components::api_lb::ApiLbMonitor>,
 }
 
 /// The running services; dropping it removes the status socket.
@@ -111,6 +114,7 @@ pub async fn start(
         manager: manager.clone(),
         etcd,
         started: Instant::now(),
+        api_lb: s.api_lb.clone(),
     });
     let rotator = s
         .pki_spec

@@ -31,6 +31,10 @@ pub struct NodeStatus {
     /// Cluster view from etcd; `null` when this node runs no etcd.
     pub etcd: Option<EtcdStatus>,
     pub certificates: CertSummary,
+    /// The node-local apiserver balancer's backends with their health;
+    /// absent where none runs (controllers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_load_balancer: Option<Vec<crate::apilb::BackendStatus>>,
 }
 
 /// etcd membership as the local member sees it.
@@ -169,6 +173,28 @@ pub fn render_text(s: &NodeStatus) -> String {
             );
         }
     }
+    if let Some(backends) = &s.api_load_balancer {
+        let up = backends.iter().filter(|b| b.healthy).count();
+        let _ = writeln!(
+            out,
+            "API balancer: {} apiserver(s), {up} up",
+            backends.len()
+        );
+        for b in backends {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:<7} {} open, {} total{}",
+                b.addr,
+                format!("{:?}", b.health).to_lowercase(),
+                b.active_connections,
+                b.total_connections,
+                b.last_check_error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     match &s.etcd {
         None => {
             let _ = writeln!(out, "etcd:         not running on this node");
@@ -276,6 +302,7 @@ mod tests {
                 db_size_bytes: Some(20480),
                 error: None,
             }),
+            api_load_balancer: None,
             certificates: CertSummary {
                 soonest: Some(CertExpiry {
                     name: "etcd-server".into(),

@@ -86,7 +86,10 @@ async fn renew(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     let status = s.collector.collect().await;
     let certs = s.collector.certificates().await.unwrap_or_default();
-    let page = s.metrics.render(&status, &certs, SystemTime::now());
+    let mut page = s.metrics.render(&status, &certs, SystemTime::now());
+    if let Some(lb) = &s.collector.api_lb {
+        page.push_str(&lb.metrics());
+    }
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], page).into_response()
 }
 

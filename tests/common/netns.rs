@@ -191,6 +191,39 @@ pub fn veth(a: &Netns, a_if: &str, a_cidr: &str, b: &Netns, b_if: &str, b_cidr: 
     b.ip(&["link", "set", b_if, "up"]);
 }
 
+/// Plugs `node` into the bridge `bridge` of `switch` (a namespace acting
+/// as an Ethernet switch) with a veth pair: `node_if` gets `node_cidr`, the
+/// switch's end (`port`) no address.
+pub fn bridge_port(
+    switch: &Netns,
+    bridge: &str,
+    port: &str,
+    node: &Netns,
+    node_if: &str,
+    node_cidr: &str,
+) {
+    let out = run_ip(&[
+        "link",
+        "add",
+        "name",
+        port,
+        "netns",
+        &switch.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        node_if,
+        "netns",
+        &node.name,
+    ]);
+    check("ip link add veth", &out);
+    switch.ip(&["link", "set", port, "master", bridge]);
+    switch.ip(&["link", "set", port, "up"]);
+    node.ip(&["addr", "add", node_cidr, "dev", node_if]);
+    node.ip(&["link", "set", node_if, "up"]);
+}
+
 /// A process started inside a namespace; killed and reaped on drop.
 pub struct NsChild {
     pub child: Child,
