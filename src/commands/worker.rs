@@ -122,7 +122,13 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
             join_ms = started.elapsed().as_millis() as u64,
             "worker joined; starting components"
         );
-        point_kubeconfigs(&paths, &worker, &st, worker_spec.api_load_balancer_port)?;
+        // The balancer runs only beside the kubelet it serves.
+        let lb_port = if args.disable_components.iter().any(|d| d == kubelet::NAME) {
+            0
+        } else {
+            worker_spec.api_load_balancer_port
+        };
+        point_kubeconfigs(&paths, &worker, &st, lb_port)?;
         let cancel = CancellationToken::new();
         let (controllers_tx, controllers) = watch::channel(st.controllers.clone());
         let ctx = WorkerContext {
