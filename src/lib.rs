@@ -12,6 +12,7 @@ pub mod commands;
 pub mod components;
 pub mod config;
 pub mod exit;
+pub mod expose;
 pub mod fsutil;
 pub mod hostcheck;
 pub mod images;

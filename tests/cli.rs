@@ -135,6 +135,26 @@ fn invalid_configs_exit_64_naming_field_and_file() {
 }
 
 #[test]
+fn single_port_on_a_loopback_node_address_is_bad_usage_and_writes_nothing() {
+    let node = Node::with_spec("cli-sp", "");
+    let cfg = std::fs::read_to_string(&node.config)
+        .unwrap()
+        .replace("  api:\n", "  api:\n    exposeStrategy: single-port\n");
+    std::fs::write(&node.config, cfg).unwrap();
+    let out = node.cmd(&["controller", "--init-only"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("spec.api.exposeStrategy") && err.contains("spec.api.address"),
+        "{err}"
+    );
+    assert!(
+        !node.data.join("pki").exists(),
+        "PKI written for a refused config"
+    );
+}
+
+#[test]
 fn unknown_component_is_bad_usage() {
     let node = Node::new("cli-x");
     let out = node

@@ -14,8 +14,9 @@ use crate::components::konnectivity_agent::ServerSource;
 use crate::components::kube_common::{LocalKubeComponent, LocalKubeSettings, KUBERNETES_VERSION};
 use crate::components::kubelet::{self, WorkerSpec};
 use crate::components::{
-    applier, binary, controller_registry, csr_approver, etcd, join_api, konnectivity_server,
-    kube_apiserver as kas, kube_controller_manager as kcm, kube_scheduler as ksch, Manager,
+    api_front, applier, binary, controller_registry, csr_approver, etcd, join_api,
+    konnectivity_server, kube_apiserver as kas, kube_controller_manager as kcm,
+    kube_scheduler as ksch, Manager,
 };
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
@@ -117,6 +118,14 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
     let span = info_span!("controller", component = "controller", node = %node_name);
     async move {
         info!(%node_address, data_dir = %paths.data_dir.display(), "starting controller");
+        if cfg.single_port() && node_address.is_loopback() {
+            // The front takes <node address>:<port> and kube-apiserver
+            // moves to loopback: both cannot have the same address.
+            return Err(UsageError(format!(
+                "spec.api.exposeStrategy single-port needs a node address other than loopback ({node_address}): set spec.api.address"
+            ))
+            .into());
+        }
         if node_address.is_loopback() {
             // kube-apiserver refuses loopback endpoints: the `kubernetes`
             // Service then has no EndpointSlice and pods cannot reach it.
@@ -157,7 +166,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             metrics: Default::default(),
             worker,
         };
-        let (mut manager, live_count) = build_components(&ctx, &enabled)?;
+        let (mut manager, live_count, front) = build_components(&ctx, &enabled)?;
         manager.init_all().await?;
         if args.init_only {
             info!("--init-only: PKI and configuration written, exiting");
@@ -199,6 +208,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             etcd: enabled(etcd::NAME),
             metrics: ctx.metrics.clone(),
             api_lb: None,
+            front,
         };
         let _ops = ops::start(ops, manager.handle(), &cancel).await?;
         let started_with = controller_join::controller_count(&ctx) as u32;
@@ -252,8 +262,9 @@ type LiveCount = tokio::sync::watch::Receiver<u32>;
 fn build_components(
     ctx: &ControllerContext,
     enabled: &dyn Fn(&str) -> bool,
-) -> anyhow::Result<(Manager, Option<LiveCount>)> {
+) -> anyhow::Result<(Manager, Option<LiveCount>, Option<api_front::FrontMonitor>)> {
     let mut manager = Manager::new();
+    let mut front_monitor = None;
     // The live controller list, for an embedded agent.
     let mut controllers = None;
     // Controllers in the cluster as known at start: drives leader election,
@@ -271,6 +282,32 @@ fn build_components(
         }
         manager.add(Box::new(etcd::Etcd::new(settings, ctx.paths.clone())));
     }
+    // Single port: the front hands the konnectivity and join connections
+    // to their listeners, which then bind nothing themselves.
+    let front = ctx.cfg.single_port().then(|| {
+        let listen = std::net::SocketAddr::new(ctx.node_address, ctx.cfg.spec.api.port);
+        let apiserver = std::net::SocketAddr::new(
+            kas::KubeApiserverSettings::from_config(
+                &ctx.cfg,
+                &ctx.paths,
+                &ctx.pki,
+                ctx.node_address,
+                n,
+            )
+            .bind_address,
+            ctx.cfg.spec.api.port,
+        );
+        let mut front = crate::expose::FrontConfig::new(listen, apiserver);
+        let (ktx, konnectivity) = crate::expose::RoutedIncoming::channel(listen);
+        let (jtx, join) = crate::expose::RoutedIncoming::channel(listen);
+        if enabled(konnectivity_server::NAME) {
+            front.konnectivity = Some(ktx);
+        }
+        if enabled(join_api::NAME) {
+            front.join = Some(jtx);
+        }
+        (front, konnectivity, join)
+    });
     if enabled(konnectivity_server::NAME) {
         let k = &ctx.cfg.spec.konnectivity;
         let admin_ip = k
@@ -289,11 +326,17 @@ fn build_components(
             },
             server_count_updates: live_count.clone(),
             agent_identity: k.agent_identity,
+            agent_routed: front.as_ref().map(|(_, k, _)| k.clone()),
         };
         manager.add(Box::new(konnectivity_server::KonnectivityServer::new(
             settings,
             ctx.paths.clone(),
         )));
+    }
+    if let Some((config, _, _)) = &front {
+        let component = api_front::ApiFront::new(config.clone());
+        front_monitor = Some(component.monitor());
+        manager.add(Box::new(component));
     }
     let (cfg, paths, pki) = (&ctx.cfg, &ctx.paths, &ctx.pki);
     if enabled(kas::NAME) {
@@ -301,7 +344,8 @@ fn build_components(
         manager.add(Box::new(kas::KubeApiserver::new(s, paths.clone())));
     }
     if enabled(join_api::NAME) {
-        let settings = controller_join::join_api_settings(ctx, enabled(kas::NAME));
+        let mut settings = controller_join::join_api_settings(ctx, enabled(kas::NAME));
+        settings.routed = front.as_ref().map(|(_, _, j)| j.clone());
         manager.add(Box::new(join_api::JoinApi::new(settings)));
     }
     if enabled(controller_registry::NAME) {
@@ -361,7 +405,7 @@ fn build_components(
     if let Some(w) = &ctx.worker {
         add_worker_side(&mut manager, ctx, w, controllers)?;
     }
-    Ok((manager, live_count))
+    Ok((manager, live_count, front_monitor))
 }
 
 fn follow_count<S: LocalKubeSettings>(
@@ -423,7 +467,7 @@ fn add_worker_side(
 ) -> anyhow::Result<()> {
     let local = crate::konnectivity::ServerAddr {
         host: ctx.node_address.to_string(),
-        port: ctx.cfg.spec.konnectivity.agent_port,
+        port: ctx.cfg.exposed_konnectivity_port(),
     };
     // Without the registry the list stays empty: the local server only.
     let controllers = controllers.unwrap_or_else(|| tokio::sync::watch::channel(Vec::new()).1);

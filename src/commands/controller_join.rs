@@ -138,7 +138,8 @@ pub fn learner_promotion(ctx: &ControllerContext) -> Option<LearnerPromotion> {
     })
 }
 
-/// This controller as the registry lists it.
+/// This controller as the registry lists it: the ports workers dial, which
+/// under `exposeStrategy: single-port` are all `spec.api.port`.
 pub fn controller_record(ctx: &ControllerContext) -> ControllerRecord {
     let cfg = &ctx.cfg;
     ControllerRecord {
@@ -146,10 +147,10 @@ pub fn controller_record(ctx: &ControllerContext) -> ControllerRecord {
         api_server: url_for(ctx.node_address, cfg.spec.api.port),
         konnectivity: ServerAddr {
             host: ctx.node_address.to_string(),
-            port: cfg.spec.konnectivity.agent_port,
+            port: cfg.exposed_konnectivity_port(),
         }
         .to_string(),
-        join_api: url_for(ctx.node_address, cfg.spec.join_api.port),
+        join_api: url_for(ctx.node_address, cfg.exposed_join_port()),
         etcd_peer_url: etcd_peer_url(cfg),
     }
 }
@@ -186,6 +187,7 @@ pub fn join_api_settings(ctx: &ControllerContext, mirror: bool) -> ApiSettings {
     let pki = &cfg.spec.pki;
     ApiSettings {
         listen: SocketAddr::new(ctx.node_address, cfg.spec.join_api.port),
+        routed: None,
         pki: ctx.pki.clone(),
         serving: ServingSpec {
             pki_dir: ctx.pki.dir.clone(),

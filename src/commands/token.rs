@@ -48,7 +48,7 @@ pub async fn run(global: &GlobalArgs, cmd: &TokenCommand) -> anyhow::Result<()> 
                 .map(|r| r.join_api)
                 .collect();
             if endpoints.is_empty() {
-                endpoints.push(url_for(cfg.node_address(), cfg.spec.join_api.port));
+                endpoints.push(url_for(cfg.node_address(), cfg.exposed_join_port()));
             }
             let ca_pin = pki::spki_sha256(&crate::fsutil::read(&pki.ca.cert)?)?;
             let (bootstrap, stored) =

@@ -174,6 +174,7 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
             etcd: false,
             metrics: Default::default(),
             api_lb,
+            front: None,
         };
         let _ops = crate::ops::start(ops, manager.handle(), &cancel).await?;
         run_until_signal(&mut manager, &cancel, started, "worker", |_| {}).await

@@ -42,6 +42,8 @@ pub struct KonnectivityServerSettings {
     /// Live updates of `server_count` (the controller registry counts the
     /// registered controllers); None keeps `server_count`.
     pub server_count_updates: Option<watch::Receiver<u32>>,
+    /// Agents come through the single-port front instead of `agent_listen`.
+    pub agent_routed: Option<crate::expose::RoutedIncoming>,
 }
 
 pub struct KonnectivityServer {
@@ -113,6 +115,7 @@ impl Component for KonnectivityServer {
         let mut cfg = ServerConfig::new(s.server_id.clone(), s.agent_listen, s.tls.clone());
         cfg.server_count = s.server_count;
         cfg.agent_identity = s.agent_identity;
+        cfg.agent_routed = s.agent_routed.clone();
         cfg.grpc_uds = Some(self.paths.konnectivity_uds());
         cfg.http_connect_uds = Some(self.paths.konnectivity_http_uds());
         cfg.admin_listen = Some(s.admin_listen);

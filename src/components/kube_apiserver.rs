@@ -129,8 +129,11 @@ impl EgressSelectorConfiguration {
 /// Everything the apiserver's flags are built from.
 #[derive(Debug, Clone)]
 pub struct KubeApiserverSettings {
-    /// `--bind-address` and `--advertise-address`.
+    /// `--advertise-address` (and `--bind-address` unless `bind_address`).
     pub node_address: IpAddr,
+    /// `--bind-address`: the node address, or loopback when a single-port
+    /// front owns the node address's port ([`crate::expose`]).
+    pub bind_address: IpAddr,
     pub secure_port: u16,
     pub etcd_servers: Vec<String>,
     pub service_cidr: String,
@@ -152,8 +155,14 @@ impl KubeApiserverSettings {
         node_address: IpAddr,
         controller_count: usize,
     ) -> Self {
+        let bind_address = match (cfg.single_port(), node_address) {
+            (false, a) => a,
+            (true, IpAddr::V4(_)) => IpAddr::from([127, 0, 0, 1]),
+            (true, IpAddr::V6(_)) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        };
         Self {
             node_address,
+            bind_address,
             secure_port: cfg.spec.api.port,
             etcd_servers: vec![format!("https://127.0.0.1:{}", cfg.spec.etcd.client_port)],
             service_cidr: cfg.spec.network.service_cidr.clone(),
@@ -184,9 +193,8 @@ impl KubeApiserverSettings {
     pub fn flags(&self) -> Flags {
         let pki = &self.pki;
         let mut f = Flags::new();
-        let addr = self.node_address.to_string();
-        f.set("advertise-address", addr.clone());
-        f.set("bind-address", addr);
+        f.set("advertise-address", self.node_address.to_string());
+        f.set("bind-address", self.bind_address.to_string());
         f.set("secure-port", self.secure_port.to_string());
         f.set_path("tls-cert-file", &pki.apiserver.cert);
         f.set_path("tls-private-key-file", &pki.apiserver.key);
@@ -388,6 +396,22 @@ mod tests {
         let paths = NodePaths::new(Path::new("/d"), Path::new("/r"), None);
         let pki = PkiPaths::new(&paths.pki_dir());
         KubeApiserverSettings::from_config(&cfg, &paths, &pki, "192.0.2.10".parse().unwrap(), 1)
+    }
+
+    #[test]
+    fn single_port_binds_loopback_and_advertises_the_node() {
+        let mut cfg = ClusterConfig::default();
+        cfg.spec.api.expose_strategy = crate::config::ExposeStrategy::SinglePort;
+        let paths = NodePaths::new(Path::new("/d"), Path::new("/r"), None);
+        let pki = PkiPaths::new(&paths.pki_dir());
+        for (node, bind) in [("192.0.2.10", "127.0.0.1"), ("2001:db8::10", "::1")] {
+            let s =
+                KubeApiserverSettings::from_config(&cfg, &paths, &pki, node.parse().unwrap(), 1);
+            let f = s.flags();
+            assert_eq!(f.get("bind-address").unwrap(), bind);
+            assert_eq!(f.get("advertise-address").unwrap(), node);
+            assert_eq!(f.get("secure-port").unwrap(), "6443");
+        }
     }
 
     #[test]

@@ -40,6 +40,7 @@
 //! and `peers` may be called concurrently with each other (status readers)
 //! while `init`/`start`/`stop`/`restart` run exclusively.
 
+pub mod api_front;
 pub mod api_lb;
 pub mod applier;
 pub mod binary;

@@ -117,6 +117,22 @@ pub struct ApiSpec {
     pub external_address: Option<String>,
     /// Extra subject alternative names (IPs or DNS names) for the apiserver.
     pub sans: Vec<String>,
+    /// How the apiserver, the konnectivity agent listener and the join API
+    /// are exposed to workers (see [`ExposeStrategy`]).
+    pub expose_strategy: ExposeStrategy,
+}
+
+/// `spec.api.exposeStrategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExposeStrategy {
+    /// Each on its own port: `spec.api.port`, `spec.konnectivity.agentPort`,
+    /// `spec.joinApi.port`.
+    #[default]
+    Ports,
+    /// All three on `spec.api.port`, routed by TLS SNI ([`crate::expose`]);
+    /// kube-apiserver itself then listens on loopback only.
+    SinglePort,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -232,6 +248,7 @@ impl Default for ApiSpec {
             port: defaults::API_PORT,
             external_address: None,
             sans: Vec::new(),
+            expose_strategy: ExposeStrategy::default(),
         }
     }
 }
@@ -366,6 +383,29 @@ impl ClusterConfig {
             return ip;
         }
         paths::detect_node_address().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// Whether one port carries the apiserver, konnectivity and the join API.
+    pub fn single_port(&self) -> bool {
+        self.spec.api.expose_strategy == ExposeStrategy::SinglePort
+    }
+
+    /// The port workers' konnectivity agents dial on this controller.
+    pub fn exposed_konnectivity_port(&self) -> u16 {
+        if self.single_port() {
+            self.spec.api.port
+        } else {
+            self.spec.konnectivity.agent_port
+        }
+    }
+
+    /// The port joining nodes dial the join API on.
+    pub fn exposed_join_port(&self) -> u16 {
+        if self.single_port() {
+            self.spec.api.port
+        } else {
+            self.spec.join_api.port
+        }
     }
 
     /// The etcd peer address: `spec.etcd.peerAddress`, else the node address.

@@ -88,6 +88,9 @@ pub const CERT_CHECK_EVERY: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
+    /// Connections from the single-port front instead of binding `listen`
+    /// ([`crate::expose`]).
+    pub routed: Option<crate::expose::RoutedIncoming>,
     pub pki: PkiPaths,
     pub serving: ServingSpec,
     /// Local etcd (tokens, registry, membership).
@@ -309,14 +312,18 @@ pub async fn start(
             "kube-apiserver does not run on this controller: worker tokens are not mirrored as bootstrap-token Secrets"
         );
     }
-    let listener = tokio::net::TcpListener::bind(state.settings.listen)
-        .await
-        .map_err(|e| JoinError::Tls {
-            what: format!("bind {}", state.settings.listen),
-            reason: e.to_string(),
-        })?;
-    let addr = listener.local_addr().map_err(|e| JoinError::Internal {
-        reason: e.to_string(),
+    let (listener, addr) = crate::expose::Incoming::open(
+        "join API",
+        state.settings.listen,
+        state.settings.routed.as_ref(),
+    )
+    .await
+    .map_err(|e| JoinError::Tls {
+        what: format!("listen on {}", state.settings.listen),
+        reason: match std::error::Error::source(&e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
     })?;
     let app = router(state.clone());
     let tracker = TaskTracker::new();
@@ -430,7 +437,7 @@ impl RefusalLog {
 }
 
 async fn accept_loop(
-    listener: tokio::net::TcpListener,
+    mut listener: crate::expose::Incoming,
     acceptor: tokio_rustls::TlsAcceptor,
     app: Router,
     peer_cas: PeerCas,

@@ -8,7 +8,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,7 +44,7 @@ pub const BUSY_RETRY_FOR: Duration = Duration::from_secs(60);
 pub struct JoinClient {
     endpoints: Vec<String>,
     trust: Trust,
-    tls: Arc<rustls::ClientConfig>,
+    tls: crate::expose::verify::RoutedClient,
     /// `id.secret`; never logged.
     bearer: Option<String>,
     local_address: Option<IpAddr>,
@@ -253,7 +252,14 @@ impl JoinClient {
         let (host, port) = tls::split_host_port(endpoint)?;
         let name = tls::server_name(endpoint)?;
         let tcp = self.connect(&host, port).await.map_err(unreachable)?;
-        let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
+        let (config, name) = self
+            .tls
+            .for_route(crate::expose::Route::Join, name)
+            .map_err(|e| JoinError::Protocol {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            })?;
+        let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| {

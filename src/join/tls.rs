@@ -205,26 +205,30 @@ pub struct ClientIdentity {
     pub key: PathBuf,
 }
 
-/// A client config for the join API (HTTP/1.1).
+/// A client config for the join API (HTTP/1.1), with its verifier at hand
+/// so that connections send the join route name as SNI
+/// ([`crate::expose`]).
 pub fn client_config(
     trust: &Trust,
     identity: Option<&ClientIdentity>,
-) -> Result<Arc<rustls::ClientConfig>, JoinError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err("client config", e))?;
-    let builder = match trust {
-        Trust::Pin(pin) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier::new(pin))),
+) -> Result<crate::expose::verify::RoutedClient, JoinError> {
+    let verifier: Arc<dyn ServerCertVerifier> = match trust {
+        Trust::Pin(pin) => Arc::new(PinnedCaVerifier::new(pin)),
         Trust::CaPem(pem) => {
             let mut roots = RootCertStore::empty();
             for c in certs_from_pem("cluster CA", pem)? {
                 roots.add(c).map_err(|e| tls_err("cluster CA", e))?;
             }
-            builder.with_root_certificates(roots)
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| tls_err("cluster CA", e))?
         }
     };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err("client config", e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone());
     let mut cfg = match identity {
         None => builder.with_no_client_auth(),
         Some(id) => {
@@ -237,7 +241,10 @@ pub fn client_config(
         }
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok(crate::expose::verify::RoutedClient {
+        config: Arc::new(cfg),
+        verifier,
+    })
 }
 
 /// What the join API's serving certificate is issued from.

@@ -98,15 +98,32 @@ pub fn client_config(
     files: &TlsFiles,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ClientConfig>, KonnectivityError> {
+    Ok(routed_client_config(files, alpn)?.config)
+}
+
+/// [`client_config`] with its verifier at hand, so that connections can
+/// send the konnectivity route name as SNI ([`crate::expose`]).
+pub fn routed_client_config(
+    files: &TlsFiles,
+    alpn: &[&[u8]],
+) -> Result<crate::expose::verify::RoutedClient, KonnectivityError> {
     let roots = load_roots(&files.ca)?;
     let certs = load_certs(&files.cert)?;
     let key = load_key(&files.key)?;
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| tls_err(&files.ca, e))?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err(&files.cert, e))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
         .with_client_auth_cert(certs, key)
         .map_err(|e| tls_err(&files.key, e))?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(cfg))
+    Ok(crate::expose::verify::RoutedClient {
+        config: Arc::new(cfg),
+        verifier,
+    })
 }

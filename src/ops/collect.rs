@@ -28,6 +28,8 @@ pub struct Collector {
     pub started: Instant,
     /// The node-local apiserver balancer, where one runs.
     pub api_lb: Option<ApiLbMonitor>,
+    /// The single-port front, where one runs.
+    pub front: Option<crate::components::api_front::FrontMonitor>,
 }
 
 impl Collector {

@@ -79,6 +79,9 @@ pub struct OpsSettings {
     /// The node-local apiserver balancer (workers): its backends show in
     /// the status and its families on the metrics page.
     pub api_lb: Option<crate::components::api_lb::ApiLbMonitor>,
+    /// The single-port front (controllers with `exposeStrategy: single-port`):
+    /// its families on the metrics page.
+    pub front: Option<crate::components::api_front::FrontMonitor>,
 }
 
 /// The running services; dropping it removes the status socket.
@@ -115,6 +118,7 @@ pub async fn start(
         etcd,
         started: Instant::now(),
         api_lb: s.api_lb.clone(),
+        front: s.front.clone(),
     });
     let rotator = s
         .pki_spec

@@ -90,6 +90,9 @@ async fn metrics(State(s): State<AppState>) -> Response {
     if let Some(lb) = &s.collector.api_lb {
         page.push_str(&lb.metrics());
     }
+    if let Some(front) = &s.collector.front {
+        page.push_str(&front.metrics());
+    }
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], page).into_response()
 }
 

@@ -168,7 +168,9 @@ pub(crate) struct ServerConn {
 pub(crate) struct Shared {
     pub agent_id: String,
     pub identifiers: String,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// Connections send the konnectivity route name as SNI and verify the
+    /// server as the address dialled ([`crate::expose`]).
+    pub tls: crate::expose::verify::RoutedClient,
     pub metrics: AgentMetrics,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
@@ -319,7 +321,7 @@ impl Agent {
         cancel: CancellationToken,
     ) -> Result<AgentHandle, KonnectivityError> {
         cfg.validate()?;
-        let tls = super::tls::client_config(&cfg.tls, &[b"h2"])?;
+        let tls = super::tls::routed_client_config(&cfg.tls, &[b"h2"])?;
         let admin =
             match cfg.admin_listen {
                 Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(

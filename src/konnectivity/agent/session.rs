@@ -58,7 +58,7 @@ pub(crate) enum ConnectError {
     Cancelled,
 }
 
-/// TCP + TLS (SNI = host, ALPN h2) + `Connect` + response headers.
+/// TCP + TLS (SNI = the konnectivity route name, verified as host; ALPN h2) + `Connect` + response headers.
 pub(crate) async fn connect(
     shared: &Arc<Shared>,
     addr: &ServerAddr,
@@ -76,9 +76,13 @@ async fn connect_inner(
     addr: &ServerAddr,
     cancel: &CancellationToken,
 ) -> Result<Session, ConnectError> {
-    let server_name = rustls_pki_types::ServerName::try_from(addr.host.clone())
+    let host = rustls_pki_types::ServerName::try_from(addr.host.clone())
         .map_err(|e| ConnectError::Transport(format!("bad server name {}: {e}", addr.host)))?;
-    let tls = tokio_rustls::TlsConnector::from(shared.tls.clone());
+    let (config, server_name) = shared
+        .tls
+        .for_route(crate::expose::Route::Konnectivity, host)
+        .map_err(|e| ConnectError::Transport(error_chain(&e)))?;
+    let tls = tokio_rustls::TlsConnector::from(config);
     let target = addr.to_string();
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let tls = tls.clone();

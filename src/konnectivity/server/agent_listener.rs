@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -33,7 +32,11 @@ const COMPONENT: &str = "konnectivity-server";
 /// One accepted agent connection: TLS over a read-buffered socket.
 type AgentStream = tokio_rustls::server::TlsStream<ReadBuffered<tokio::net::TcpStream>>;
 
-pub(crate) fn spawn(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    mut listener: crate::expose::Incoming,
+    tls: Arc<rustls::ServerConfig>,
+) {
     let (tx, rx) = mpsc::channel::<Result<AgentStream, std::io::Error>>(64);
     let acceptor = TlsAcceptor::from(tls);
     let s = shared.clone();

@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub http_connect_tcp: Option<(SocketAddr, TlsFiles)>,
     /// Agent listener address.
     pub agent_listen: SocketAddr,
+    /// Agents arrive from the single-port front instead ([`crate::expose`]).
+    pub agent_routed: Option<crate::expose::RoutedIncoming>,
     /// Agent listener identity and the CA agents' certificates must chain to.
     pub tls: TlsFiles,
     /// Where an agent's id and identifiers come from (see [`identity`]).
@@ -102,6 +104,7 @@ impl ServerConfig {
             http_connect_uds: None,
             http_connect_tcp: None,
             agent_listen,
+            agent_routed: None,
             tls,
             agent_identity: AgentIdentity::default(),
             admin_listen: None,
@@ -451,20 +454,20 @@ impl Server {
             grpc_streams: AtomicI64::new(0),
         });
 
-        let agent_listener = tokio::net::TcpListener::bind(cfg.agent_listen)
-            .await
-            .map_err(|source| KonnectivityError::Bind {
-                what: "agent listener",
-                addr: cfg.agent_listen.to_string(),
-                source,
-            })?;
-        let agent_addr = agent_listener
-            .local_addr()
-            .map_err(|source| KonnectivityError::Bind {
-                what: "agent listener",
-                addr: cfg.agent_listen.to_string(),
-                source,
-            })?;
+        let (agent_listener, agent_addr) = crate::expose::Incoming::open(
+            "agent listener",
+            cfg.agent_listen,
+            cfg.agent_routed.as_ref(),
+        )
+        .await
+        .map_err(|e| KonnectivityError::Bind {
+            what: "agent listener",
+            addr: cfg.agent_listen.to_string(),
+            source: match e {
+                crate::expose::ExposeError::Bind { source, .. } => source,
+                other => std::io::Error::other(other.to_string()),
+            },
+        })?;
         let mut uds_files = Vec::new();
         let grpc_uds = match &cfg.grpc_uds {
             Some(p) => {
