@@ -847,6 +847,17 @@ fn single_node_controller_with_worker_runs_pods() {
         .filter(|s| s.trim() == "True")
     });
     let ready = t0.elapsed();
+    // Its kubelet goes through the node-local balancer too, whose one
+    // backend (this controller) is up.
+    let kc = fs::read_to_string(w.data.join("pki/kubelet.conf")).unwrap();
+    assert!(kc.contains("server: https://127.0.0.1:7443"), "{kc}");
+    let status = poll("the balancer's backend up", NODE_READY, diag, || {
+        let o = w.mkectl(&bin, &["status"]).output().ok()?;
+        let t = text(&o.stdout);
+        t.contains("API balancer: 1 apiserver(s), 1 up")
+            .then_some(t)
+    });
+    assert!(status.contains(&format!("{ip}:6443")), "{status}");
     let taints = ok(&["get", "node", "sn-1", "-o", "jsonpath={.spec.taints}"]).unwrap();
     assert!(taints.trim().is_empty(), "--no-taints: {taints}");
 

@@ -8,8 +8,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::controller_join;
-use super::worker::{add_node_components, worker_spec, NodeSide, WORKER_OPTIONAL};
+use super::worker::{add_node_components, worker_spec, NodeApiLb, NodeSide, WORKER_OPTIONAL};
 use crate::cli::{ControllerArgs, GlobalArgs};
+use crate::components::https_probe::ClientIdentity;
 use crate::components::konnectivity_agent::ServerSource;
 use crate::components::kube_common::{LocalKubeComponent, LocalKubeSettings, KUBERNETES_VERSION};
 use crate::components::kubelet::{self, WorkerSpec};
@@ -166,7 +167,12 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             metrics: Default::default(),
             worker,
         };
-        let (mut manager, live_count, front) = build_components(&ctx, &enabled)?;
+        let Built {
+            mut manager,
+            live_count,
+            front,
+            api_lb,
+        } = build_components(&ctx, &enabled)?;
         manager.init_all().await?;
         if args.init_only {
             info!("--init-only: PKI and configuration written, exiting");
@@ -207,7 +213,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
             pki_spec: Some(spec),
             etcd: enabled(etcd::NAME),
             metrics: ctx.metrics.clone(),
-            api_lb: None,
+            api_lb,
             front,
         };
         let _ops = ops::start(ops, manager.handle(), &cancel).await?;
@@ -262,7 +268,7 @@ type LiveCount = tokio::sync::watch::Receiver<u32>;
 fn build_components(
     ctx: &ControllerContext,
     enabled: &dyn Fn(&str) -> bool,
-) -> anyhow::Result<(Manager, Option<LiveCount>, Option<api_front::FrontMonitor>)> {
+) -> anyhow::Result<Built> {
     let mut manager = Manager::new();
     let mut front_monitor = None;
     // The live controller list, for an embedded agent.
@@ -402,10 +408,26 @@ fn build_components(
             ))
         });
     }
+    let mut api_lb = None;
     if let Some(w) = &ctx.worker {
-        add_worker_side(&mut manager, ctx, w, controllers)?;
+        api_lb = add_worker_side(&mut manager, ctx, w, controllers)?;
     }
-    Ok((manager, live_count, front_monitor))
+    Ok(Built {
+        manager,
+        live_count,
+        front: front_monitor,
+        api_lb,
+    })
+}
+
+/// The components in start order and the readers the ops pages need.
+struct Built {
+    manager: Manager,
+    live_count: Option<LiveCount>,
+    /// The single-port front, when `exposeStrategy: single-port`.
+    front: Option<api_front::FrontMonitor>,
+    /// The node-local apiserver balancer of `--enable-worker`.
+    api_lb: Option<crate::components::api_lb::ApiLbMonitor>,
 }
 
 fn follow_count<S: LocalKubeSettings>(
@@ -455,22 +477,27 @@ async fn leader_election_on_growth(
     }
 }
 
-/// containerd, the konnectivity agent and the kubelet, with credentials
-/// issued from the local CAs (`PkiSpec::worker`) instead of a join: the
-/// agent dials this controller's own agent listener (and every other
-/// controller's, from the registry), the kubelet uses `pki/kubelet.conf`.
+/// containerd, the konnectivity agent, the node-local apiserver balancer and
+/// the kubelet, with credentials issued from the local CAs
+/// (`PkiSpec::worker`) instead of a join: the agent dials this controller's
+/// own agent listener (and every other controller's, from the registry),
+/// the kubelet uses `pki/kubelet.conf`, which points at the balancer (whose
+/// backends are every live apiserver, this one included), so the kubelet
+/// keeps an apiserver when this one fails while mkectl runs on.
 fn add_worker_side(
     manager: &mut Manager,
     ctx: &ControllerContext,
     w: &ControllerWorker,
     controllers: Option<tokio::sync::watch::Receiver<Vec<crate::join::registry::ControllerRecord>>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<crate::components::api_lb::ApiLbMonitor>> {
     let local = crate::konnectivity::ServerAddr {
         host: ctx.node_address.to_string(),
         port: ctx.cfg.exposed_konnectivity_port(),
     };
-    // Without the registry the list stays empty: the local server only.
-    let controllers = controllers.unwrap_or_else(|| tokio::sync::watch::channel(Vec::new()).1);
+    // Without the registry: this controller only.
+    let controllers = controllers.unwrap_or_else(|| {
+        tokio::sync::watch::channel(vec![controller_join::controller_record(ctx)]).1
+    });
     add_node_components(
         manager,
         NodeSide {
@@ -489,9 +516,16 @@ fn add_worker_side(
                 controllers,
                 local: Some(local),
             },
-            // The kubelet of a controller talks to this controller's own
-            // apiserver, which goes away only with the node itself.
-            api_lb: None,
+            api_lb: (w.spec.api_load_balancer_port != 0).then(|| NodeApiLb {
+                port: w.spec.api_load_balancer_port,
+                ca: ctx.pki.ca.cert.clone(),
+                identity: ClientIdentity {
+                    cert: ctx.pki.kubelet_client.cert.clone(),
+                    key: ctx.pki.kubelet_client.key.clone(),
+                },
+                // Follows the registry for the life of the process.
+                cancel: CancellationToken::new(),
+            }),
             cluster_dns: ctx.cfg.cluster_dns_ip(),
             cluster_domain: ctx.cfg.spec.network.cluster_domain.clone(),
             pod_cidr: ctx.cfg.spec.network.pod_cidr.clone(),
@@ -499,7 +533,6 @@ fn add_worker_side(
             disabled: &w.disabled,
         },
     )
-    .map(|_no_balancer| ())
 }
 
 /// Maps the cluster config onto the PKI's inputs; `worker` adds the
@@ -534,6 +567,11 @@ pub fn pki_spec(
         node_addresses,
         extra_sans,
         api_server_url: url_for(node, cfg.spec.api.port),
+        // The kubelet of `--enable-worker` goes through its node-local
+        // balancer like any worker's.
+        kubelet_server_url: (worker && cfg.spec.worker.api_load_balancer_port != 0).then(|| {
+            crate::apilb::kubeconfig::local_server(cfg.spec.worker.api_load_balancer_port)
+        }),
         worker,
     }
 }

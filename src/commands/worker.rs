@@ -291,10 +291,19 @@ pub fn build_components(ctx: &WorkerContext) -> anyhow::Result<(Manager, Option<
                 controllers: ctx.controllers.clone(),
                 local: None,
             },
-            api_lb: (ctx.worker_spec.api_load_balancer_port != 0).then(|| NodeApiLb {
-                port: ctx.worker_spec.api_load_balancer_port,
-                ca: ctx.worker.ca_cert.clone(),
-                cancel: ctx.cancel.clone(),
+            api_lb: (ctx.worker_spec.api_load_balancer_port != 0).then(|| {
+                // What kubelet's TLS bootstrap writes: cert and key in one file.
+                let client =
+                    absolute(&ctx.paths.kubelet_cert_dir().join(kubelet::CLIENT_CERT_FILE));
+                NodeApiLb {
+                    port: ctx.worker_spec.api_load_balancer_port,
+                    ca: ctx.worker.ca_cert.clone(),
+                    identity: ClientIdentity {
+                        cert: client.clone(),
+                        key: client,
+                    },
+                    cancel: ctx.cancel.clone(),
+                }
             }),
             cluster_dns,
             cluster_domain: defaults.cluster_domain.clone(),
@@ -341,6 +350,9 @@ pub struct NodeApiLb {
     pub port: u16,
     /// The cluster CA the apiservers' serving certificates chain to.
     pub ca: PathBuf,
+    /// Client certificate the `/readyz` checks present (the kubelet's own:
+    /// re-read at every check, so rotation is picked up).
+    pub identity: ClientIdentity,
     /// Ends the task that maps the controller list to backends.
     pub cancel: CancellationToken,
 }
@@ -420,7 +432,7 @@ pub fn add_node_components(
 
     if enabled(kubelet::NAME) {
         if let Some(lb) = &n.api_lb {
-            let component = api_lb_component(n.paths, controllers.clone(), lb);
+            let component = api_lb_component(controllers.clone(), lb);
             monitor = Some(component.monitor());
             manager.add(Box::new(component));
         }
@@ -452,21 +464,13 @@ pub fn add_node_components(
 }
 
 /// The balancer probes each apiserver's `/readyz` with the kubelet's own
-/// client certificate (rotated by kubelet; re-read at every probe) and
-/// verifies the serving certificate against the cluster CA.
+/// client certificate (re-read at every probe) and verifies the serving
+/// certificate against the cluster CA.
 fn api_lb_component(
-    paths: &NodePaths,
     controllers: watch::Receiver<Vec<ControllerRecord>>,
     lb: &NodeApiLb,
 ) -> ApiLoadBalancer {
-    let client = absolute(&paths.kubelet_cert_dir().join(kubelet::CLIENT_CERT_FILE));
-    let health = HttpsHealthCheck::new(
-        lb.ca.clone(),
-        Some(ClientIdentity {
-            cert: client.clone(),
-            key: client,
-        }),
-    );
+    let health = HttpsHealthCheck::new(lb.ca.clone(), Some(lb.identity.clone()));
     let listen = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), lb.port);
     ApiLoadBalancer::new(ApiLbSettings {
         config: ApiLbConfig::new(listen, health),
@@ -539,6 +543,10 @@ mod tests {
                 api_lb: Some(NodeApiLb {
                     port: 7443,
                     ca: "ca".into(),
+                    identity: ClientIdentity {
+                        cert: "kc".into(),
+                        key: "kc".into(),
+                    },
                     cancel: CancellationToken::new(),
                 }),
                 cluster_dns: IpAddr::from([10, 96, 0, 10]),

@@ -169,9 +169,13 @@ fn write_kubeconfig(
     let cert_pem = read(&files.cert)?;
     let key_pem = read(&files.key)?;
     let profile = leaf::profile(leaf, spec)?;
+    let server = match (&spec.kubelet_server_url, leaf) {
+        (Some(url), Leaf::KubeletClient) => url.trim(),
+        _ => spec.api_server_url.trim(),
+    };
     let yaml = render_kubeconfig(
         &spec.cluster_name,
-        spec.api_server_url.trim(),
+        server,
         ca_pem,
         &profile.common_name,
         KubeconfigUser::ClientCert {

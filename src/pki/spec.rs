@@ -80,6 +80,10 @@ pub struct PkiSpec {
     /// Server URL written into the admin, controller-manager and scheduler
     /// kubeconfigs.
     pub api_server_url: String,
+    /// Server URL of the kubelet's kubeconfig when it is not
+    /// `api_server_url`: the node-local apiserver balancer of
+    /// `controller --enable-worker`.
+    pub kubelet_server_url: Option<String>,
     /// Also maintain [`Leaf::WORKER`] (`controller --enable-worker`).
     pub worker: bool,
 }
@@ -101,6 +105,7 @@ impl PkiSpec {
             node_addresses: Vec::new(),
             extra_sans: Vec::new(),
             api_server_url: "https://127.0.0.1:6443".to_string(),
+            kubelet_server_url: None,
             worker: false,
         }
     }
