@@ -146,9 +146,10 @@ async fn controller_runs_containerd_and_an_agent_tunnelling_to_this_node() {
     );
     let view: serde_json::Value = serde_json::from_str(&view).unwrap();
     assert_eq!(view["users"][0]["name"], "system:node:ew-1");
+    // The kubelet goes through the node-local apiserver balancer.
     assert_eq!(
         view["clusters"][0]["cluster"]["server"],
-        format!("https://127.0.0.1:{}", node.api_port)
+        format!("https://127.0.0.1:{}", mkectl::apilb::DEFAULT_PORT)
     );
 
     // Renewing the agent's certificate restarts the agent alone; it comes
