@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mkectl::components::etcd::{connect, EtcdClientTls};
+use mkectl::etcd::{connect, EtcdClientTls};
 
 const RUNS: usize = 3;
 const BOUND: Duration = Duration::from_secs(30);

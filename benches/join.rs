@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mkectl::components::etcd::{connect, EtcdClientTls};
+use mkectl::etcd::{connect, EtcdClientTls};
 
 const MKECTL: &str = env!("CARGO_BIN_EXE_mkectl");
 const WORKER_RUNS: usize = 3;

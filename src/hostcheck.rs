@@ -19,8 +19,6 @@
 use std::io;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 pub const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 pub const MOUNTINFO: &str = "/proc/self/mountinfo";
@@ -31,16 +29,7 @@ pub const CGROUP2_REQUIRED: &[&str] = &["cpu", "cpuset", "memory", "pids"];
 /// Controllers kubelet needs on cgroup v1.
 pub const CGROUP1_REQUIRED: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "pids"];
 
-/// What a failed required check does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Enforcement {
-    /// Refuse to start (exit 69).
-    #[default]
-    Enforce,
-    /// Log a warning and start anyway.
-    Warn,
-}
+pub use crate::config::worker::Enforcement;
 
 /// The reads the checks make; the real host or a test's fixture.
 pub trait HostView {

@@ -1,6 +1,6 @@
 //! mkectl: one binary that turns Linux hosts into a Kubernetes cluster.
 //!
-//! The module tree mirrors the architecture in DESIGN.md: `cli` holds the clap
+//! The module tree mirrors the architecture in docs/design.md: `cli` holds the clap
 //! definitions, `commands` one file per subcommand, and every long-lived part
 //! of a node is a `components::Component` supervised by the manager.
 
@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod components;
 pub mod config;
+pub mod etcd;
 pub mod exit;
 pub mod expose;
 pub mod fsutil;
@@ -24,3 +25,4 @@ pub mod ops;
 pub mod pki;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tlspolicy;

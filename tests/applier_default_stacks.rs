@@ -12,8 +12,7 @@ use common_applier::FakeKube;
 use mkectl::applier::manifest::{parse_file, Manifest};
 use mkectl::applier::{
     render_default_stacks, write_default_stacks, AddonsSettings, Applier, ApplierConfig,
-    ApplierError, Provider, RenderInputs, RenderedFile, StackState, DEFAULT_CNI_BIN_DIR,
-    DEFAULT_CNI_CONF_DIR,
+    ApplierError, Provider, RenderInputs, RenderedFile, StackState,
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +26,8 @@ fn inputs(provider: Provider) -> RenderInputs {
         api_server_host: "192.0.2.10".into(),
         api_server_port: 6443,
         provider,
-        cni_bin_dir: PathBuf::from(DEFAULT_CNI_BIN_DIR),
-        cni_conf_dir: PathBuf::from(DEFAULT_CNI_CONF_DIR),
+        cni_bin_dir: PathBuf::from(mkectl::config::defaults::CNI_BIN_DIR),
+        cni_conf_dir: PathBuf::from(mkectl::config::defaults::CNI_CONF_DIR),
     }
 }
 
@@ -193,8 +192,8 @@ fn calico_cluster_carries_dns_ip_cidrs_and_images() {
         .as_array()
         .unwrap();
     let host = |n: &str| vols.iter().find(|v| v["name"] == n).unwrap()["hostPath"]["path"].clone();
-    assert_eq!(host("cni-bin-dir"), DEFAULT_CNI_BIN_DIR);
-    assert_eq!(host("cni-net-dir"), DEFAULT_CNI_CONF_DIR);
+    assert_eq!(host("cni-bin-dir"), mkectl::config::defaults::CNI_BIN_DIR);
+    assert_eq!(host("cni-net-dir"), mkectl::config::defaults::CNI_CONF_DIR);
 
     // Bootstrap RBAC: join with a bootstrap token, auto-approved CSRs for the
     // first client certificate and for renewals.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use mkectl::bundle::source_builds::SOURCE_BUILDS_FILE;
 use mkectl::bundle::{Bundle, Origin};
-use mkectl::components::etcd::{connect, EtcdClientTls};
+use mkectl::etcd::{connect, EtcdClientTls};
 
 const READY: Duration = Duration::from_secs(60);
 const PINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/versions.yaml");

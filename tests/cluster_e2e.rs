@@ -1,7 +1,7 @@
 //! A real cluster in network namespaces: one controller (the whole upstream
 //! control plane under `mkectl controller`) and two workers (`mkectl worker
 //! --token-file`: containerd, kubelet, kube-proxy, the konnectivity agent)
-//! behind a NAT router, as DESIGN.md promises the product works:
+//! behind a NAT router, as docs/design.md ("Isolation") promises the product works:
 //!
 //! ```text
 //!   controller ns            router ns                      worker ns (x2)

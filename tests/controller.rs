@@ -8,7 +8,7 @@ use std::fs;
 use std::time::Duration;
 
 use common::*;
-use mkectl::components::etcd::{connect, EtcdClientTls};
+use mkectl::etcd::{connect, EtcdClientTls};
 
 const READY: Duration = Duration::from_secs(30);
 

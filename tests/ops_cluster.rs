@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use mkectl::components::etcd::{connect, EtcdClientTls};
+use mkectl::etcd::{connect, EtcdClientTls};
 
 const READY: Duration = Duration::from_secs(60);
 

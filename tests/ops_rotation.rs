@@ -10,7 +10,7 @@ use std::fs;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use mkectl::components::etcd::{connect, EtcdClientTls};
+use mkectl::etcd::{connect, EtcdClientTls};
 
 fn client_tls(node: &Node) -> EtcdClientTls {
     EtcdClientTls {

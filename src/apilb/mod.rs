@@ -79,7 +79,7 @@ use crate::join::registry::ControllerRecord;
 /// `component` field of every span and event.
 pub const COMPONENT: &str = "api-lb";
 /// Port of the balancer on 127.0.0.1 (`spec.worker.apiLoadBalancerPort`).
-pub const DEFAULT_PORT: u16 = 7443;
+pub const DEFAULT_PORT: u16 = crate::config::defaults::API_LOAD_BALANCER_PORT;
 /// Address the balancer listens on by default: loopback only, it serves the
 /// node's own clients.
 pub const DEFAULT_LISTEN: SocketAddr =

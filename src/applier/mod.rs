@@ -25,18 +25,18 @@ pub mod leader;
 pub mod manifest;
 pub mod render;
 pub mod runner;
-pub mod settings;
+pub use crate::config::addons as settings;
 pub mod status;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::config::addons::AddonsSettings;
 pub use render::{
     render_default_stacks, write_default_stacks, DefaultStacksReport, Provider, RenderInputs,
-    RenderedFile, DEFAULT_CNI_BIN_DIR, DEFAULT_CNI_CONF_DIR, DEFAULT_STACKS,
+    RenderedFile, DEFAULT_STACKS,
 };
 pub use runner::{client_from_kubeconfig, Applier, ApplierConfig};
-pub use settings::AddonsSettings;
 pub use status::{ApplierStatus, StackState, StackStatus, StatusHandle};
 
 /// Field manager of every server-side apply (and the marker pruning checks).

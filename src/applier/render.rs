@@ -7,6 +7,7 @@
 //! cannot break out of a YAML scalar), and a template that names an unknown
 //! placeholder is an error, so a typo never ships a literal `{{ X }}`.
 
+use crate::config::{ClusterConfig, NetworkProvider};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -32,10 +33,6 @@ pub const DEFAULT_STACKS: [&str; 5] = [
     STACK_CALICO,
     STACK_KUBE_ROUTER,
 ];
-
-/// Where kubelet/containerd look for CNI binaries and configs by default.
-pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
-pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 
 const TPL_BOOTSTRAP_RBAC: &str = include_str!("../../manifests/bootstrap-rbac.yaml");
 const TPL_COREDNS: &str = include_str!("../../manifests/coredns.yaml");
@@ -337,6 +334,43 @@ fn check_path(field: &str, path: &Path) -> Result<String, ApplierError> {
         ));
     }
     Ok(s.into_owned())
+}
+
+/// The values the default stack templates are rendered with.
+impl RenderInputs {
+    /// The inputs of a cluster config, the apiserver reached at
+    /// `node_address` unless `spec.api.externalAddress` says otherwise.
+    pub fn from_config(cfg: &ClusterConfig, node_address: std::net::IpAddr) -> RenderInputs {
+        let api_host = cfg
+            .spec
+            .api
+            .external_address
+            .clone()
+            .unwrap_or_else(|| node_address.to_string());
+        RenderInputs {
+            cluster_dns_ip: cfg.cluster_dns_ip(),
+            cluster_domain: cfg.spec.network.cluster_domain.clone(),
+            // validate() refused CIDRs that do not parse.
+            pod_cidr: cfg
+                .spec
+                .network
+                .pod_cidr
+                .parse()
+                .unwrap_or_else(|_| ipnet::IpNet::from(ipnet::Ipv4Net::default())),
+            service_cidr: cfg.service_cidr(),
+            api_server_host: api_host,
+            api_server_port: cfg.spec.api.port,
+            provider: match cfg.spec.network.provider {
+                NetworkProvider::Calico => Provider::Calico,
+                NetworkProvider::Kuberouter => Provider::Kuberouter,
+                NetworkProvider::Custom => Provider::Custom,
+            },
+            // Where the workers' containerd looks: the CNI DaemonSets must
+            // install there.
+            cni_bin_dir: cfg.spec.worker.cni_bin_dir.clone(),
+            cni_conf_dir: cfg.spec.worker.cni_conf_dir.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -114,10 +114,6 @@ impl Artifact {
             None => self.extract.values().map(String::as_str).collect(),
         }
     }
-
-    pub fn is_archive(&self) -> bool {
-        self.file.is_none()
-    }
 }
 
 fn is_hex(s: &str, len: usize) -> bool {

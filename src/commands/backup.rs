@@ -5,8 +5,8 @@
 use anyhow::Context;
 
 use crate::cli::{BackupArgs, GlobalArgs};
-use crate::components::etcd::EtcdClientTls;
 use crate::config::{ClusterConfig, NodePaths};
+use crate::etcd::EtcdClientTls;
 use crate::exit::UnavailableError;
 use crate::ops::backup::{self, BackupError, BackupInput};
 use crate::pki::PkiPaths;
@@ -38,12 +38,8 @@ pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<()> {
     let input = BackupInput {
         config,
         cluster_name: cfg.metadata.name.clone(),
-        etcd_endpoint: format!("https://127.0.0.1:{}", cfg.spec.etcd.client_port),
-        etcd_tls: EtcdClientTls {
-            ca: pki.etcd_ca.cert.clone(),
-            cert: pki.apiserver_etcd_client.cert.clone(),
-            key: pki.apiserver_etcd_client.key.clone(),
-        },
+        etcd_endpoint: crate::etcd::local_url(cfg.spec.etcd.client_port),
+        etcd_tls: EtcdClientTls::apiserver(&pki),
         pki_dir: pki.dir.clone(),
     };
     let summary = backup::create(&input, &dest).await.map_err(|e| match e {

@@ -15,9 +15,9 @@ use crate::components::konnectivity_agent::ServerSource;
 use crate::components::kube_common::{LocalKubeComponent, LocalKubeSettings, KUBERNETES_VERSION};
 use crate::components::kubelet::{self, WorkerSpec};
 use crate::components::{
-    api_front, applier, binary, controller_registry, csr_approver, etcd, join_api,
-    konnectivity_server, kube_apiserver as kas, kube_controller_manager as kcm,
-    kube_scheduler as ksch, Manager,
+    api_front, binary, controller_registry, csr_approver, etcd, join_api, konnectivity_server,
+    kube_apiserver as kas, kube_controller_manager as kcm, kube_scheduler as ksch,
+    manifest_applier, Manager,
 };
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
@@ -33,7 +33,7 @@ pub const COMPONENTS: &[&str] = &[
     controller_registry::NAME,
     kcm::NAME,
     ksch::NAME,
-    applier::NAME,
+    manifest_applier::NAME,
     csr_approver::NAME,
 ];
 
@@ -262,7 +262,7 @@ pub struct ControllerWorker {
 /// Receives the number of live controllers (the registry's count).
 type LiveCount = tokio::sync::watch::Receiver<u32>;
 
-/// The controller's components in start order (DESIGN.md "Process model"),
+/// The controller's components in start order (docs/design.md "Process model"),
 /// minus the disabled ones; with `--enable-worker` the worker side last.
 /// Also the live controller count when the registry runs.
 fn build_components(
@@ -379,7 +379,7 @@ fn build_components(
     }
     // These talk to the local kube-apiserver with the admin identity.
     let apiserver_runs = manager.names().contains(&kas::NAME);
-    for name in [applier::NAME, csr_approver::NAME] {
+    for name in [manifest_applier::NAME, csr_approver::NAME] {
         if !enabled(name) {
             continue;
         }
@@ -391,8 +391,8 @@ fn build_components(
             continue;
         }
         let admin = ctx.pki.admin_kubeconfig.clone();
-        manager.add(if name == applier::NAME {
-            Box::new(applier::ApplierComponent::new(
+        manager.add(if name == manifest_applier::NAME {
+            Box::new(manifest_applier::ApplierComponent::new(
                 &ctx.cfg,
                 ctx.node_address,
                 ctx.paths.clone(),
@@ -603,11 +603,7 @@ fn etcd_settings(
         server_key: pki.etcd_server.key.clone(),
         peer_cert: pki.etcd_peer.cert.clone(),
         peer_key: pki.etcd_peer.key.clone(),
-        probe_client: etcd::EtcdClientTls {
-            ca: pki.etcd_ca.cert.clone(),
-            cert: pki.apiserver_etcd_client.cert.clone(),
-            key: pki.apiserver_etcd_client.key.clone(),
-        },
+        probe_client: crate::etcd::EtcdClientTls::apiserver(&pki),
         extra_args: cfg.spec.etcd.extra_args.clone(),
         learner: None,
     }

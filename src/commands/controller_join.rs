@@ -10,8 +10,8 @@ use anyhow::Context;
 use tracing::info;
 
 use super::controller::{url_for, ControllerContext};
-use crate::components::etcd::{EtcdClientTls, LearnerPromotion};
 use crate::config::{ClusterConfig, NodePaths};
+use crate::etcd::{EtcdClientTls, LearnerPromotion};
 use crate::exit::{UnavailableError, UsageError};
 use crate::join::api::ApiSettings;
 use crate::join::client::{join_controller, JoinPromoter};
@@ -158,12 +158,8 @@ pub fn controller_record(ctx: &ControllerContext) -> ControllerRecord {
 /// The apiserver's etcd client identity, used by the join API and registry.
 pub fn etcd_client(ctx: &ControllerContext) -> (String, EtcdClientTls) {
     (
-        format!("https://127.0.0.1:{}", ctx.cfg.spec.etcd.client_port),
-        EtcdClientTls {
-            ca: ctx.pki.etcd_ca.cert.clone(),
-            cert: ctx.pki.apiserver_etcd_client.cert.clone(),
-            key: ctx.pki.apiserver_etcd_client.key.clone(),
-        },
+        crate::etcd::local_url(ctx.cfg.spec.etcd.client_port),
+        EtcdClientTls::apiserver(&ctx.pki),
     )
 }
 

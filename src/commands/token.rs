@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::controller::url_for;
 use crate::cli::{GlobalArgs, OutputFormat, TokenCommand, TokenRole};
-use crate::components::etcd::{self, EtcdClientTls};
 use crate::config::{ClusterConfig, NodePaths};
+use crate::etcd::{self, EtcdClientTls};
 use crate::exit::{UnavailableError, UsageError};
 use crate::join::store::{self, TokenStore};
 use crate::join::token::unix_now;
@@ -101,12 +101,8 @@ pub async fn run(global: &GlobalArgs, cmd: &TokenCommand) -> anyhow::Result<()> 
 
 /// Connects to this node's etcd and checks it answers (exit 69 if not).
 async fn local_etcd(cfg: &ClusterConfig, pki: &PkiPaths) -> anyhow::Result<etcd_client::Client> {
-    let endpoint = format!("https://127.0.0.1:{}", cfg.spec.etcd.client_port);
-    let tls = EtcdClientTls {
-        ca: pki.etcd_ca.cert.clone(),
-        cert: pki.apiserver_etcd_client.cert.clone(),
-        key: pki.apiserver_etcd_client.key.clone(),
-    };
+    let endpoint = crate::etcd::local_url(cfg.spec.etcd.client_port);
+    let tls = EtcdClientTls::apiserver(&pki);
     if !tls.cert.exists() {
         return Err(UnavailableError(format!(
             "no controller PKI under {} ({} missing): run `mkectl token` on a controller, with its --data-dir",

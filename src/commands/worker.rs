@@ -3,7 +3,7 @@
 //! node), then runs the worker's components until SIGTERM/SIGINT (a second
 //! signal forces the exit). A restart reuses the saved credentials.
 //!
-//! Order (DESIGN.md "Process model"): join/bootstrap → containerd →
+//! Order (docs/design.md "Process model"): join/bootstrap → containerd →
 //! konnectivity agent → image import (`<data-dir>/images/` and the sandbox
 //! image, see `crate::images`) → node-local apiserver balancer
 //! (`crate::apilb`) → kubelet → kube-proxy.
@@ -386,7 +386,7 @@ fn point_kubeconfigs(
     Ok(())
 }
 
-/// Adds the node side in start order (DESIGN.md "Process model"):
+/// Adds the node side in start order (docs/design.md "Process model"):
 /// containerd (the kubelet needs its socket), the konnectivity agent, the
 /// image import (with containerd ready, before kubelet can ask for an
 /// image: the sandbox image above all), the apiserver balancer, the kubelet

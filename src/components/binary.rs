@@ -1,7 +1,7 @@
 //! Finding component binaries. A miss names the binary and every place
 //! looked, and exits 69.
 //!
-//! Lookup order (DESIGN.md), first executable match wins:
+//! Lookup order (docs/design.md "Lookup order"), first executable match wins:
 //!
 //! 1. `--bin-dir` (`MKECTL_BIN_DIR`): the operator's explicit override.
 //! 2. The bundle: `mkectl controller|worker` extracts the binaries appended

@@ -72,12 +72,7 @@ use crate::supervisor::{ChildSpec, Supervised};
 
 pub const NAME: &str = "containerd";
 /// The pause image CRI uses for pod sandboxes (what kubelet 1.32 expects).
-pub const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
-/// Where CNI plugins install themselves (the default stacks' DaemonSets
-/// write here through host-path mounts).
-pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
-/// Where CNI plugins drop their network configuration.
-pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+pub const DEFAULT_SANDBOX_IMAGE: &str = crate::config::defaults::SANDBOX_IMAGE;
 /// containerd's own log level.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// containerd exits within a second or two after SIGTERM.
@@ -199,8 +194,8 @@ impl ContainerdSettings {
             opt_dir: absolute(&paths.containerd_dir().join("opt")),
             sandbox_image: sandbox_image.to_string(),
             cgroup_driver,
-            cni_bin_dir: DEFAULT_CNI_BIN_DIR.into(),
-            cni_conf_dir: DEFAULT_CNI_CONF_DIR.into(),
+            cni_bin_dir: crate::config::defaults::CNI_BIN_DIR.into(),
+            cni_conf_dir: crate::config::defaults::CNI_CONF_DIR.into(),
             log_level: DEFAULT_LOG_LEVEL.into(),
             restrict_oom_score_adj: !has_effective_capability(CAP_SYS_RESOURCE),
         }

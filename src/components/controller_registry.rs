@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::etcd::{connect, EtcdClientTls};
 use super::{Component, ComponentError};
+use crate::etcd::{connect, EtcdClientTls};
 use crate::join::registry::{ControllerRecord, Registration};
 
 pub const NAME: &str = "controller-registry";

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -15,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{binary, Component, ComponentError};
 use crate::config::NodePaths;
+use crate::etcd::{connect, EtcdClientTls, LearnerPromotion, MKECTL_PREFIX};
 use crate::fsutil;
 use crate::pki::Leaf;
 use crate::supervisor::{ChildSpec, Supervised};
@@ -23,89 +23,9 @@ pub const NAME: &str = "etcd";
 /// etcd flushes and leaves the raft group quickly; beyond this it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(15);
 /// One readiness probe may take this long before it counts as a failure.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const PROBE_TIMEOUT: Duration = crate::etcd::REQUEST_TIMEOUT;
 /// A cold etcd on a slow disk can take a while to elect itself.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Key prefix reserved for mkectl's own data (never under `/registry`).
-pub const MKECTL_PREFIX: &str = "/mkectl/";
-/// TLS cipher suites etcd may negotiate (TLS 1.2 ECDHE + AEAD only).
-pub const CIPHER_SUITES: &str = "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305";
-
-/// Client-side TLS material for talking to etcd.
-#[derive(Debug, Clone)]
-pub struct EtcdClientTls {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EtcdClientError {
-    #[error(transparent)]
-    Fs(#[from] fsutil::FsError),
-    #[error("etcd at {endpoint}: {source}")]
-    Etcd {
-        endpoint: String,
-        source: etcd_client::Error,
-    },
-}
-
-/// Connects to etcd at `endpoint` (`https://127.0.0.1:2379`) with client
-/// certificate auth. The connection is lazy: errors show on the first call.
-pub async fn connect(
-    endpoint: &str,
-    tls: &EtcdClientTls,
-) -> Result<etcd_client::Client, EtcdClientError> {
-    connect_with_timeout(endpoint, tls, PROBE_TIMEOUT).await
-}
-
-/// [`connect`] with a per-request timeout other than the probe's (a
-/// snapshot for a backup takes longer than a probe).
-pub async fn connect_with_timeout(
-    endpoint: &str,
-    tls: &EtcdClientTls,
-    timeout: Duration,
-) -> Result<etcd_client::Client, EtcdClientError> {
-    let ca = fsutil::read(&tls.ca)?;
-    let cert = fsutil::read(&tls.cert)?;
-    let key = fsutil::read(&tls.key)?;
-    let tls_opts = etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(ca))
-        .identity(etcd_client::Identity::from_pem(cert, key))
-        .domain_name("localhost");
-    let opts = etcd_client::ConnectOptions::new()
-        .with_tls(tls_opts)
-        .with_connect_timeout(PROBE_TIMEOUT)
-        .with_timeout(timeout);
-    etcd_client::Client::connect([endpoint], Some(opts))
-        .await
-        .map_err(|source| EtcdClientError::Etcd {
-            endpoint: endpoint.into(),
-            source,
-        })
-}
-
-/// Asks the rest of the cluster to promote this node's learner member (the
-/// join API of another controller; a learner cannot promote itself).
-#[async_trait::async_trait]
-pub trait PromoteMember: Send + Sync {
-    /// `Ok(true)` once the member votes, `Ok(false)` while it catches up.
-    async fn promote(&self, member_id: u64) -> Result<bool, String>;
-}
-
-/// A member that joined as a learner and must be promoted after start.
-#[derive(Clone)]
-pub struct LearnerPromotion {
-    pub member_id: u64,
-    pub promoter: Arc<dyn PromoteMember>,
-}
-
-impl std::fmt::Debug for LearnerPromotion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LearnerPromotion({:x})", self.member_id)
-    }
-}
-
 /// Pause between promotion attempts while the learner catches up.
 pub const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 
@@ -137,7 +57,7 @@ pub struct EtcdSettings {
 
 impl EtcdSettings {
     pub fn client_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.client_port)
+        crate::etcd::local_url(self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
@@ -175,7 +95,7 @@ impl EtcdSettings {
         set("peer-trusted-ca-file", p(&self.trusted_ca));
         set("peer-cert-file", p(&self.peer_cert));
         set("peer-key-file", p(&self.peer_key));
-        set("cipher-suites", CIPHER_SUITES.into());
+        set("cipher-suites", crate::tlspolicy::etcd_cipher_suites_flag());
         set("auto-compaction-mode", "periodic".into());
         set("auto-compaction-retention", "5m".into());
         set("quota-backend-bytes", (4u64 << 30).to_string());

@@ -34,13 +34,6 @@ impl JoinApi {
     }
 }
 
-fn failed(message: impl Into<String>) -> ComponentError {
-    ComponentError::Failed {
-        component: NAME,
-        message: message.into(),
-    }
-}
-
 #[async_trait::async_trait]
 impl Component for JoinApi {
     fn name(&self) -> &'static str {
@@ -70,7 +63,7 @@ impl Component for JoinApi {
         }
         let handle = api::start(self.settings.clone(), CancellationToken::new())
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
         self.handle = Some(handle);
         Ok(())
     }
@@ -88,7 +81,10 @@ impl Component for JoinApi {
     async fn stop(&mut self) -> Result<(), ComponentError> {
         if let Some(h) = self.handle.take() {
             if !h.shutdown(STOP_TIMEOUT).await {
-                return Err(failed("connections did not close within the stop timeout"));
+                return Err(ComponentError::failed(
+                    NAME,
+                    "connections did not close within the stop timeout",
+                ));
             }
         }
         Ok(())

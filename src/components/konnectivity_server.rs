@@ -69,13 +69,6 @@ impl KonnectivityServer {
     }
 }
 
-fn failed(message: impl Into<String>) -> ComponentError {
-    ComponentError::Failed {
-        component: NAME,
-        message: message.into(),
-    }
-}
-
 #[async_trait::async_trait]
 impl Component for KonnectivityServer {
     fn name(&self) -> &'static str {
@@ -93,7 +86,7 @@ impl Component for KonnectivityServer {
             &self.paths.egress_selector_file(),
             &self.paths.konnectivity_uds(),
         )
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
         if written {
             info!(path = %self.paths.egress_selector_file().display(), "wrote egress selector configuration");
         }
@@ -124,7 +117,7 @@ impl Component for KonnectivityServer {
         self.cancel = CancellationToken::new();
         let handle = Server::start(cfg, self.cancel.clone())
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
         info!(
             agent_addr = %handle.agent_addr(),
             uds = %self.paths.konnectivity_uds().display(),
@@ -186,7 +179,10 @@ impl Component for KonnectivityServer {
                 .await
                 .is_err()
             {
-                return Err(failed("tunnels did not drain within the stop timeout"));
+                return Err(ComponentError::failed(
+                    NAME,
+                    "tunnels did not drain within the stop timeout",
+                ));
             }
         }
         Ok(())

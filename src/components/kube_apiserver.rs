@@ -42,7 +42,6 @@ use serde::Deserialize;
 use super::https_probe::{ClientIdentity, HttpsProbe, ServerTrust, PROBE_TIMEOUT};
 use super::kube_common::{
     fs_err, parse_go_duration, secure_endpoint, write_args_file, Flags, KubeProcess,
-    TLS_CIPHER_SUITES, TLS_MIN_VERSION,
 };
 use super::{Component, ComponentError};
 use crate::config::{ClusterConfig, NodePaths};
@@ -164,7 +163,7 @@ impl KubeApiserverSettings {
             node_address,
             bind_address,
             secure_port: cfg.spec.api.port,
-            etcd_servers: vec![format!("https://127.0.0.1:{}", cfg.spec.etcd.client_port)],
+            etcd_servers: vec![crate::etcd::local_url(cfg.spec.etcd.client_port)],
             service_cidr: cfg.spec.network.service_cidr.clone(),
             cluster_domain: cfg.spec.network.cluster_domain.clone(),
             pki: pki.clone(),
@@ -198,8 +197,8 @@ impl KubeApiserverSettings {
         f.set("secure-port", self.secure_port.to_string());
         f.set_path("tls-cert-file", &pki.apiserver.cert);
         f.set_path("tls-private-key-file", &pki.apiserver.key);
-        f.set("tls-min-version", TLS_MIN_VERSION);
-        f.set("tls-cipher-suites", TLS_CIPHER_SUITES.join(","));
+        f.set("tls-min-version", crate::tlspolicy::MIN_VERSION);
+        f.set("tls-cipher-suites", crate::tlspolicy::cipher_suites_flag());
         f.set_path("client-ca-file", &pki.ca.cert);
         f.set("anonymous-auth", "false");
         f.set("enable-bootstrap-token-auth", "true");

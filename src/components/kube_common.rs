@@ -21,20 +21,6 @@ use crate::supervisor::{ChildSpec, Supervised};
 /// under `tests/data/` are the ones of this minor version.
 pub const KUBERNETES_VERSION: &str = "v1.32.8";
 
-/// `--tls-min-version` of every kube serving port.
-pub const TLS_MIN_VERSION: &str = "VersionTLS12";
-
-/// `--tls-cipher-suites`: TLS 1.2 ECDHE key exchange with AEAD ciphers only
-/// (Go's names). TLS 1.3 suites are not configurable in Go and are all strong.
-pub const TLS_CIPHER_SUITES: &[&str] = &[
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-];
-
 /// A component's flags by name (without dashes). Later `set`s win, which is
 /// how `extraArgs` override mkectl's values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -20,10 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::https_probe::HttpsProbe;
-use super::kube_common::{
-    self_signed_probe, Flags, LocalKubeComponent, LocalKubeSettings, TLS_CIPHER_SUITES,
-    TLS_MIN_VERSION,
-};
+use super::kube_common::{self_signed_probe, Flags, LocalKubeComponent, LocalKubeSettings};
 use super::ComponentError;
 use crate::config::{ClusterConfig, NodePaths};
 use crate::pki::PkiPaths;
@@ -88,8 +85,8 @@ impl KubeControllerManagerSettings {
         f.set("bind-address", BIND_ADDRESS);
         f.set("secure-port", DEFAULT_SECURE_PORT.to_string());
         f.set_path("cert-dir", &self.cert_dir);
-        f.set("tls-min-version", TLS_MIN_VERSION);
-        f.set("tls-cipher-suites", TLS_CIPHER_SUITES.join(","));
+        f.set("tls-min-version", crate::tlspolicy::MIN_VERSION);
+        f.set("tls-cipher-suites", crate::tlspolicy::cipher_suites_flag());
         f.set("profiling", "false");
         f.set("cluster-name", self.cluster_name.clone());
         f.set_path("cluster-signing-cert-file", &pki.ca.cert);

@@ -48,9 +48,9 @@ pub const CONFIG_KIND: &str = "KubeProxyConfiguration";
 /// The one mode every kernel with netfilter supports.
 pub const MODE: &str = "iptables";
 /// Upstream's healthz port (load balancers probe it).
-pub const DEFAULT_HEALTHZ_PORT: u16 = 10256;
+pub const DEFAULT_HEALTHZ_PORT: u16 = crate::config::defaults::KUBE_PROXY_HEALTHZ_PORT;
 /// Upstream's metrics port.
-pub const DEFAULT_METRICS_PORT: u16 = 10249;
+pub const DEFAULT_METRICS_PORT: u16 = crate::config::defaults::KUBE_PROXY_METRICS_PORT;
 /// Metrics stay on the node.
 pub const METRICS_BIND_ADDRESS: &str = "127.0.0.1";
 /// 0 = leave `nf_conntrack_max` alone (see the module docs).
@@ -242,13 +242,6 @@ impl KubeProxy {
     }
 }
 
-fn failed(e: impl std::fmt::Display) -> ComponentError {
-    ComponentError::Failed {
-        component: NAME,
-        message: e.to_string(),
-    }
-}
-
 #[async_trait::async_trait]
 impl Component for KubeProxy {
     fn name(&self) -> &'static str {
@@ -260,7 +253,9 @@ impl Component for KubeProxy {
     }
 
     async fn init(&mut self) -> Result<(), ComponentError> {
-        self.settings.write_files().map_err(failed)
+        self.settings
+            .write_files()
+            .map_err(|e| ComponentError::failed(NAME, e))
     }
 
     /// Started after the kubelet is ready, which is after TLS bootstrap
@@ -270,7 +265,7 @@ impl Component for KubeProxy {
             return Ok(());
         }
         if !self.settings.kubeconfig.is_file() {
-            return Err(failed(format!(
+            return Err(ComponentError::failed(NAME, format!(
                 "{} does not exist: kube-proxy uses the kubelet's credentials, which kubelet writes after TLS bootstrap",
                 self.settings.kubeconfig.display()
             )));

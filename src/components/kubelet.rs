@@ -38,16 +38,20 @@ use serde::{Deserialize, Serialize};
 
 use super::containerd::{absolute, CgroupDriver, DEFAULT_SANDBOX_IMAGE};
 use super::{binary, Component, ComponentError};
-use crate::config::{ClusterConfig, ConfigError, NodePaths};
+pub use crate::config::worker::{
+    is_dns_subdomain, validate_node_label, CgroupDriverSetting, Taint, WorkerSpec,
+    ALLOWED_KUBERNETES_LABELS, ALLOWED_KUBERNETES_LABEL_NAMESPACES, TAINT_EFFECTS,
+};
+use crate::config::{ClusterConfig, NodePaths};
 use crate::fsutil;
 use crate::supervisor::{ChildSpec, Supervised};
 
 pub const NAME: &str = "kubelet";
 pub use super::kube_common::KUBERNETES_VERSION;
 /// kubelet's HTTPS API port.
-pub const DEFAULT_PORT: u16 = 10250;
+pub const DEFAULT_PORT: u16 = crate::config::defaults::KUBELET_PORT;
 /// kubelet's healthz port (plain HTTP, loopback only).
-pub const DEFAULT_HEALTHZ_PORT: u16 = 10248;
+pub const DEFAULT_HEALTHZ_PORT: u16 = crate::config::defaults::KUBELET_HEALTHZ_PORT;
 /// What kubelet keeps its current client certificate and key in (one PEM,
 /// in `--cert-dir`), replaced on every rotation.
 pub const CLIENT_CERT_FILE: &str = "kubelet-client-current.pem";
@@ -56,17 +60,6 @@ pub const HEALTHZ_BIND_ADDRESS: &str = "127.0.0.1";
 pub const CONFIG_API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
 pub const CONFIG_KIND: &str = "KubeletConfiguration";
 pub const AUTHORIZATION_MODE: &str = "Webhook";
-pub const TLS_MIN_VERSION: &str = "VersionTLS12";
-/// TLS 1.2 suites the kubelet API may negotiate: ECDHE + AEAD only (TLS 1.3
-/// suites are not configurable and all strong).
-pub const TLS_CIPHER_SUITES: &[&str] = &[
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-];
 /// On systemd-resolved hosts `/etc/resolv.conf` points at a stub resolver on
 /// 127.0.0.53 that pods cannot reach; this file lists the real upstreams.
 pub const SYSTEMD_RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
@@ -78,27 +71,6 @@ pub const STOP_GRACE: Duration = Duration::from_secs(15);
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// One healthz probe may take this long.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Taint effects kubelet accepts.
-pub const TAINT_EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute"];
-/// Labels in the `kubernetes.io`/`k8s.io` namespaces a kubelet may set on its
-/// own Node (the NodeRestriction rules kubelet enforces at start).
-pub const ALLOWED_KUBERNETES_LABELS: &[&str] = &[
-    "beta.kubernetes.io/arch",
-    "beta.kubernetes.io/instance-type",
-    "beta.kubernetes.io/os",
-    "failure-domain.beta.kubernetes.io/region",
-    "failure-domain.beta.kubernetes.io/zone",
-    "kubernetes.io/arch",
-    "kubernetes.io/hostname",
-    "kubernetes.io/os",
-    "node.kubernetes.io/instance-type",
-    "topology.kubernetes.io/region",
-    "topology.kubernetes.io/zone",
-];
-/// Label prefixes (namespaces) in `kubernetes.io` a kubelet may use freely.
-pub const ALLOWED_KUBERNETES_LABEL_NAMESPACES: &[&str] =
-    &["kubelet.kubernetes.io", "node.kubernetes.io"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
     #[error("kubelet setting `{field}`: {message}")]
@@ -118,17 +90,6 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> KubeletError
     }
 }
 
-/// How containerd and kubelet pick their cgroup driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CgroupDriverSetting {
-    /// `systemd` when systemd is init, else `cgroupfs` ([`CgroupDriver::detect`]).
-    #[default]
-    Auto,
-    Systemd,
-    Cgroupfs,
-}
-
 impl CgroupDriverSetting {
     pub fn resolve(self) -> CgroupDriver {
         match self {
@@ -137,246 +98,6 @@ impl CgroupDriverSetting {
             CgroupDriverSetting::Cgroupfs => CgroupDriver::Cgroupfs,
         }
     }
-}
-
-/// The worker section of the cluster config (`spec.worker`): what containerd
-/// and kubelet take from the operator. `mkectl worker --labels/--taints` add
-/// to `labels` and `taints`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct WorkerSpec {
-    /// Pause image for pod sandboxes (point it at a private registry offline).
-    pub sandbox_image: String,
-    pub cgroup_driver: CgroupDriverSetting,
-    /// Node labels set at registration (`key: value`).
-    pub labels: BTreeMap<String, String>,
-    /// Taints set at registration: `key[=value]:Effect`.
-    pub taints: Vec<String>,
-    /// kubelet API port (on the node IP).
-    pub kubelet_port: u16,
-    /// kubelet healthz port (on 127.0.0.1).
-    pub kubelet_healthz_port: u16,
-    /// kube-proxy healthz port (on the node address).
-    pub kube_proxy_healthz_port: u16,
-    /// kube-proxy metrics port (on 127.0.0.1).
-    pub kube_proxy_metrics_port: u16,
-    /// The node-local apiserver load balancer on `127.0.0.1` (see
-    /// `crate::apilb`); 0 turns it off and the node's kubelet and kube-proxy
-    /// talk to the controller the node joined through.
-    pub api_load_balancer_port: u16,
-    /// Where containerd looks for CNI plugins (Debian's
-    /// containernetworking-plugins install them in `/usr/lib/cni`).
-    pub cni_bin_dir: PathBuf,
-    /// Where containerd looks for the CNI network config (`provider: custom`
-    /// puts its conflist here).
-    pub cni_conf_dir: PathBuf,
-    /// What a failed host prerequisite does at start (see `crate::hostcheck`).
-    pub host_checks: crate::hostcheck::Enforcement,
-    /// Where kubelet keeps container logs; unset = kubelet's
-    /// `/var/log/pods`. Several kubelets on one host need one each: a
-    /// kubelet removes log directories of pods it does not know.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_logs_dir: Option<PathBuf>,
-    /// kubelet's `cgroupRoot` (must exist in every cgroup hierarchy); unset
-    /// = `/`. Several kubelets on one host need one each: a kubelet removes
-    /// pod cgroups it does not know.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup_root: Option<String>,
-}
-
-impl Default for WorkerSpec {
-    fn default() -> Self {
-        Self {
-            sandbox_image: DEFAULT_SANDBOX_IMAGE.into(),
-            cgroup_driver: CgroupDriverSetting::default(),
-            labels: BTreeMap::new(),
-            taints: Vec::new(),
-            kubelet_port: DEFAULT_PORT,
-            kubelet_healthz_port: DEFAULT_HEALTHZ_PORT,
-            kube_proxy_healthz_port: super::kube_proxy::DEFAULT_HEALTHZ_PORT,
-            kube_proxy_metrics_port: super::kube_proxy::DEFAULT_METRICS_PORT,
-            api_load_balancer_port: crate::apilb::DEFAULT_PORT,
-            cni_bin_dir: super::containerd::DEFAULT_CNI_BIN_DIR.into(),
-            cni_conf_dir: super::containerd::DEFAULT_CNI_CONF_DIR.into(),
-            host_checks: crate::hostcheck::Enforcement::default(),
-            pod_logs_dir: None,
-            cgroup_root: None,
-        }
-    }
-}
-
-impl WorkerSpec {
-    /// Checks every value; errors name `spec.worker.<field>` in `file`.
-    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let err = |field: String, message: String| ConfigError::Invalid {
-            file: file.into(),
-            field: format!("spec.worker.{field}"),
-            message,
-        };
-        if self.sandbox_image.trim().is_empty() || self.sandbox_image.contains(char::is_whitespace)
-        {
-            return Err(err(
-                "sandboxImage".into(),
-                "must be an image reference".into(),
-            ));
-        }
-        for (k, v) in &self.labels {
-            validate_node_label(k, v).map_err(|m| err(format!("labels.{k}"), m))?;
-        }
-        if let Some(root) = &self.cgroup_root {
-            if !root.starts_with('/') || root.contains(char::is_whitespace) {
-                return Err(err(
-                    "cgroupRoot".into(),
-                    "must be an absolute cgroup path".into(),
-                ));
-            }
-        }
-        for (i, t) in self.taints.iter().enumerate() {
-            Taint::parse(t).map_err(|m| err(format!("taints[{i}]"), m))?;
-        }
-        let mut ports = vec![
-            ("kubeletPort", self.kubelet_port),
-            ("kubeletHealthzPort", self.kubelet_healthz_port),
-            ("kubeProxyHealthzPort", self.kube_proxy_healthz_port),
-            ("kubeProxyMetricsPort", self.kube_proxy_metrics_port),
-        ];
-        // 0 = no balancer; any other value must be free like the rest.
-        if self.api_load_balancer_port != 0 {
-            ports.push(("apiLoadBalancerPort", self.api_load_balancer_port));
-        }
-        for (i, (field, port)) in ports.iter().enumerate() {
-            if *port == 0 {
-                return Err(err((*field).into(), "must be 1-65535".into()));
-            }
-            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
-                return Err(err((*field).into(), format!("must differ from {other}")));
-            }
-        }
-        let logs = self.pod_logs_dir.iter().map(|d| ("podLogsDir", d));
-        for (field, dir) in [
-            ("cniBinDir", &self.cni_bin_dir),
-            ("cniConfDir", &self.cni_conf_dir),
-        ]
-        .into_iter()
-        .chain(logs)
-        {
-            if !dir.is_absolute() {
-                return Err(err(field.into(), "must be an absolute path".into()));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A node taint (`registerWithTaints` entry).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Taint {
-    pub key: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub value: String,
-    pub effect: String,
-}
-
-impl Taint {
-    /// Parses `key[=value]:Effect`.
-    pub fn parse(s: &str) -> Result<Taint, String> {
-        let (kv, effect) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?}: expected key[=value]:Effect"))?;
-        if !TAINT_EFFECTS.contains(&effect) {
-            return Err(format!(
-                "{s:?}: effect must be one of {}",
-                TAINT_EFFECTS.join(", ")
-            ));
-        }
-        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
-        validate_qualified_name(key).map_err(|m| format!("{s:?}: key {m}"))?;
-        validate_label_value(value).map_err(|m| format!("{s:?}: value {m}"))?;
-        Ok(Taint {
-            key: key.into(),
-            value: value.into(),
-            effect: effect.into(),
-        })
-    }
-}
-
-/// `[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?`, at most 63 characters.
-fn is_label_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-/// A lowercase RFC 1123 DNS subdomain (what Node names and label prefixes are).
-pub fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        })
-}
-
-/// A label key: `[prefix/]name`, prefix a DNS subdomain.
-fn validate_qualified_name(key: &str) -> Result<(), String> {
-    let (prefix, name) = match key.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    if let Some(p) = prefix {
-        if !is_dns_subdomain(p) {
-            return Err(format!("{key:?}: prefix must be a lowercase DNS subdomain"));
-        }
-    }
-    if !is_label_name(name) {
-        return Err(format!(
-            "{key:?}: name must be 1-63 letters, digits, '-', '_', '.', starting and ending alphanumeric"
-        ));
-    }
-    Ok(())
-}
-
-fn validate_label_value(v: &str) -> Result<(), String> {
-    if v.is_empty() || is_label_name(v) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{v:?}: must be empty or 1-63 letters, digits, '-', '_', '.', starting and ending alphanumeric"
-        ))
-    }
-}
-
-/// A label kubelet may set on its own Node: a valid key and value, and in the
-/// `kubernetes.io` / `k8s.io` namespaces only what NodeRestriction allows.
-pub fn validate_node_label(key: &str, value: &str) -> Result<(), String> {
-    validate_qualified_name(key)?;
-    validate_label_value(value)?;
-    if let Some((prefix, _)) = key.split_once('/') {
-        let k8s_namespace = ["kubernetes.io", "k8s.io"]
-            .iter()
-            .any(|ns| prefix == *ns || prefix.ends_with(&format!(".{ns}")));
-        let allowed = ALLOWED_KUBERNETES_LABELS.contains(&key)
-            || ALLOWED_KUBERNETES_LABEL_NAMESPACES
-                .iter()
-                .any(|ns| prefix == *ns || prefix.ends_with(&format!(".{ns}")));
-        if k8s_namespace && !allowed {
-            return Err(format!(
-                "{key:?}: kubelet may not set labels in the kubernetes.io/k8s.io namespaces except under {} or {}",
-                ALLOWED_KUBERNETES_LABEL_NAMESPACES.join(", "),
-                ALLOWED_KUBERNETES_LABELS.join(", ")
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The resolv.conf kubelet hands to pods: systemd-resolved's upstream list
@@ -523,8 +244,11 @@ impl KubeletSettings {
             address: self.node_ip.to_string(),
             port: self.port,
             read_only_port: 0,
-            tls_min_version: TLS_MIN_VERSION.into(),
-            tls_cipher_suites: TLS_CIPHER_SUITES.iter().map(|s| s.to_string()).collect(),
+            tls_min_version: crate::tlspolicy::MIN_VERSION.into(),
+            tls_cipher_suites: crate::tlspolicy::CIPHER_SUITES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             rotate_certificates: true,
             server_tls_bootstrap: true,
             authentication: KubeletAuthentication {
@@ -789,13 +513,6 @@ impl Kubelet {
     }
 }
 
-fn failed(e: impl std::fmt::Display) -> ComponentError {
-    ComponentError::Failed {
-        component: NAME,
-        message: e.to_string(),
-    }
-}
-
 #[async_trait::async_trait]
 impl Component for Kubelet {
     fn name(&self) -> &'static str {
@@ -817,7 +534,9 @@ impl Component for Kubelet {
     /// anything starts (and again in `start`), so `--init-only` works
     /// without it.
     async fn init(&mut self) -> Result<(), ComponentError> {
-        self.settings.write_files().map_err(failed)
+        self.settings
+            .write_files()
+            .map_err(|e| ComponentError::failed(NAME, e))
     }
 
     async fn start(&mut self) -> Result<(), ComponentError> {

@@ -42,7 +42,6 @@
 
 pub mod api_front;
 pub mod api_lb;
-pub mod applier;
 pub mod binary;
 pub mod containerd;
 pub mod controller_registry;
@@ -60,6 +59,7 @@ pub mod kube_proxy;
 pub mod kube_scheduler;
 pub mod kubelet;
 pub mod manager;
+pub mod manifest_applier;
 
 use std::time::Duration;
 
@@ -79,6 +79,16 @@ pub(crate) async fn start_supervised(
     crate::supervisor::start(spec)
         .await
         .map_err(|source| ComponentError::Supervisor { component, source })
+}
+
+impl ComponentError {
+    /// `component` failed for the reason `message` says.
+    pub fn failed(component: &'static str, message: impl std::fmt::Display) -> Self {
+        ComponentError::Failed {
+            component,
+            message: message.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

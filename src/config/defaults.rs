@@ -18,8 +18,8 @@ pub const KONNECTIVITY_AGENT_PORT: u16 = 8132;
 pub const KONNECTIVITY_ADMIN_PORT: u16 = 8133;
 pub const KONNECTIVITY_ADMIN_ADDRESS: &str = "127.0.0.1";
 /// Agents are who their certificate says (see `konnectivity::server::identity`).
-pub const KONNECTIVITY_AGENT_IDENTITY: crate::konnectivity::AgentIdentity =
-    crate::konnectivity::AgentIdentity::Certificate;
+pub const KONNECTIVITY_AGENT_IDENTITY: super::konnectivity::AgentIdentity =
+    super::konnectivity::AgentIdentity::Certificate;
 
 pub const JOIN_API_PORT: u16 = 9443;
 
@@ -37,6 +37,26 @@ pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * HOUR);
 pub const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * HOUR);
 /// Leaves are renewed when they have less than 30 days left.
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * HOUR);
+
+/// The pause image for pod sandboxes (what kubelet 1.32 expects; mkectl
+/// imports its own under this name, so it is never pulled).
+pub const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
+/// kubelet's HTTPS API port (on the node address).
+pub const KUBELET_PORT: u16 = 10250;
+/// kubelet's healthz port (plain HTTP, loopback only).
+pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
+/// kube-proxy's healthz port, upstream's (load balancers probe it).
+pub const KUBE_PROXY_HEALTHZ_PORT: u16 = 10256;
+/// kube-proxy's metrics port, upstream's.
+pub const KUBE_PROXY_METRICS_PORT: u16 = 10249;
+/// The node-local apiserver balancer (`127.0.0.1:<port>`, see `apilb`).
+pub const API_LOAD_BALANCER_PORT: u16 = 7443;
+
+/// Where CNI plugins are installed and where containerd looks for them
+/// (`spec.worker.cniBinDir`); the default stacks' CNI DaemonSets write there.
+pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
+/// Where CNI network configurations are (`spec.worker.cniConfDir`).
+pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
 
 /// Index (0-based offset) of the cluster DNS address inside the service CIDR:
 /// the 10th address, as kubeadm and k0s do.

@@ -6,10 +6,14 @@
 //! unknown fields are refused, and `validate` runs before anything binds or
 //! spawns; every error names the file and the field path.
 
+pub mod addons;
 pub mod defaults;
 pub mod duration;
+pub mod konnectivity;
 pub mod paths;
+pub mod pki;
 mod validate;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,9 +21,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::pki::KeyType;
 pub use duration::ConfigDuration;
 pub use paths::NodePaths;
+pub use pki::KeyType;
 
 /// Where a config came from, for error messages.
 pub const STDIN_NAME: &str = "<stdin>";
@@ -95,10 +99,10 @@ pub struct ClusterSpec {
     pub pki: PkiSettings,
     /// Worker node settings: sandbox image, cgroup driver, labels, taints,
     /// kubelet ports.
-    pub worker: crate::components::kubelet::WorkerSpec,
+    pub worker: worker::WorkerSpec,
     /// Default add-on stacks (CoreDNS, kube-proxy, CNI, bootstrap RBAC): each
     /// can be disabled, images can point at a private registry.
-    pub addons: crate::applier::AddonsSettings,
+    pub addons: addons::AddonsSettings,
     /// Extra flags per kube component (`kube-apiserver`, `kube-controller-manager`,
     /// `kube-scheduler`, `kubelet`), without leading dashes; they override ours.
     pub extra_args: ExtraArgs,
@@ -182,7 +186,7 @@ pub struct KonnectivitySpec {
     /// (its client certificate, as the join API issued it) or `headers`
     /// (as the agent sends them; for upstream agents that share one
     /// certificate or authenticate otherwise).
-    pub agent_identity: crate::konnectivity::AgentIdentity,
+    pub agent_identity: konnectivity::AgentIdentity,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! The node's directory layout (DESIGN.md "Filesystem and ports"): everything
+//! The node's directory layout (docs/design.md "Filesystem and ports"): everything
 //! hangs off the data dir and the run dir so several nodes can share a host.
 
 use std::net::IpAddr;

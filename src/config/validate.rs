@@ -220,7 +220,7 @@ pub(super) fn validate(cfg: &ClusterConfig, file: &str) -> Result<(), ConfigErro
 
     // Rendering the default stacks checks images and the add-on settings
     // against the network values, before anything is written.
-    let inputs = crate::components::applier::render_inputs(cfg, IpAddr::from([127, 0, 0, 1]));
+    let inputs = crate::applier::RenderInputs::from_config(cfg, IpAddr::from([127, 0, 0, 1]));
     if let Err(e) = crate::applier::render_default_stacks(&s.addons, &inputs) {
         return Err(c.err("spec.addons", e.to_string()));
     }

@@ -49,7 +49,7 @@ use super::tls::{self, Peer, PeerCas, ServingCert, ServingSpec};
 use super::token::{BootstrapToken, Role, StoredToken};
 use super::wire::*;
 use super::JoinError;
-use crate::components::etcd::{self as etcd_component, EtcdClientTls};
+use crate::etcd::{self as etcd_component, EtcdClientTls};
 use crate::fsutil;
 use crate::pki::{self, Ca, CertUsage, KubeconfigUser, PkiPaths};
 

@@ -105,23 +105,6 @@ impl JoinClient {
         &self.endpoints
     }
 
-    /// `GET /v1/ca`; with a pinned trust, the returned CA must match the pin.
-    pub async fn fetch_ca(&self) -> Result<String, JoinError> {
-        let (endpoint, resp): (String, CaResponse) =
-            self.call(Method::Get, "/v1/ca", None::<&()>).await?;
-        if let Trust::Pin(pin) = &self.trust {
-            let got = pki::spki_sha256(resp.ca_cert.as_bytes())?;
-            if !got.eq_ignore_ascii_case(pin) {
-                return Err(JoinError::PinMismatch {
-                    endpoint,
-                    pinned: pin.clone(),
-                    detail: format!("the CA it returned has {got}"),
-                });
-            }
-        }
-        Ok(resp.ca_cert)
-    }
-
     pub async fn join_worker(
         &self,
         req: &WorkerJoinRequest,
@@ -601,7 +584,7 @@ pub struct JoinPromoter {
 }
 
 #[async_trait::async_trait]
-impl crate::components::etcd::PromoteMember for JoinPromoter {
+impl crate::etcd::PromoteMember for JoinPromoter {
     async fn promote(&self, member_id: u64) -> Result<bool, String> {
         let ca = fsutil::read(&self.ca).map_err(|e| e.to_string())?;
         let client = JoinClient::new(

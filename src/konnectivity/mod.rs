@@ -1,7 +1,7 @@
 //! Embedded konnectivity (apiserver-network-proxy) server and agent,
 //! wire-compatible with upstream kube-apiserver, konnectivity-agent and
 //! konnectivity-client. The byte-level reference is
-//! `../shared/konnectivity-protocol.md`.
+//! `docs/konnectivity-protocol.md`.
 //!
 //! # Embedding
 //!

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::components::etcd::{connect_with_timeout, EtcdClientTls};
+use crate::etcd::{connect_with_timeout, EtcdClientTls};
 use crate::fsutil;
 use crate::pki;
 

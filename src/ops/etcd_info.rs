@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use super::model::{EtcdMember, EtcdStatus};
-use crate::components::etcd::{connect, EtcdClientTls};
+use crate::etcd::{connect, EtcdClientTls};
 
 /// Bound on one membership query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(3);

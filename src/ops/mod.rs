@@ -30,9 +30,9 @@ use tokio_util::sync::CancellationToken;
 pub use metrics::Metrics;
 pub use model::NodeStatus;
 
-use crate::components::etcd::EtcdClientTls;
 use crate::components::ManagerHandle;
 use crate::config::{ClusterConfig, NodePaths};
+use crate::etcd::EtcdClientTls;
 use crate::pki::{PkiPaths, PkiSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,12 +101,8 @@ pub async fn start(
     let pki = PkiPaths::new(&s.paths.pki_dir());
     let etcd = s.etcd.then(|| {
         etcd_info::EtcdInfo::new(
-            format!("https://127.0.0.1:{}", s.cfg.spec.etcd.client_port),
-            EtcdClientTls {
-                ca: pki.etcd_ca.cert.clone(),
-                cert: pki.apiserver_etcd_client.cert.clone(),
-                key: pki.apiserver_etcd_client.key.clone(),
-            },
+            crate::etcd::local_url(s.cfg.spec.etcd.client_port),
+            EtcdClientTls::apiserver(&pki),
         )
     });
     let collector = Arc::new(collect::Collector {

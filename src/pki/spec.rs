@@ -6,53 +6,26 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use super::error::PkiError;
 use super::leaf::Leaf;
 use super::x509::San;
+use crate::config::defaults;
 
-/// CA lifetime when the config sets none: 10 years.
-pub const DEFAULT_CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Leaf lifetime when the config sets none: 1 year.
-pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Leaves are renewed this long before they expire: 30 days.
-pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+// The config's defaults, for a spec built without a config (tests, benches).
+/// CA lifetime when the config sets none.
+pub const DEFAULT_CA_LIFETIME: Duration = defaults::CA_LIFETIME;
+/// Leaf lifetime when the config sets none.
+pub const DEFAULT_LEAF_LIFETIME: Duration = defaults::LEAF_LIFETIME;
+/// Leaves are renewed this long before they expire.
+pub const DEFAULT_RENEW_BEFORE: Duration = defaults::RENEW_BEFORE;
 /// Cluster name used in kubeconfigs.
-pub const DEFAULT_CLUSTER_NAME: &str = "mke";
+pub const DEFAULT_CLUSTER_NAME: &str = defaults::CLUSTER_NAME;
 /// Cluster DNS domain (`kubernetes.default.svc.<domain>`).
-pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_CLUSTER_DOMAIN: &str = defaults::CLUSTER_DOMAIN;
 /// First IP of the default service CIDR 10.96.0.0/12: the `kubernetes` service.
 pub const DEFAULT_FIRST_SERVICE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1));
 
-/// Key algorithm of every key the PKI generates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum KeyType {
-    /// ECDSA on P-256 with SHA-256 signatures: small and fast (the default).
-    #[default]
-    #[serde(rename = "ecdsa-p256")]
-    EcdsaP256,
-    /// RSA 2048 with PKCS#1 v1.5 SHA-256 signatures, for environments that
-    /// require RSA.
-    #[serde(rename = "rsa-2048")]
-    Rsa2048,
-}
-
-impl KeyType {
-    /// The config spelling (`ecdsa-p256`, `rsa-2048`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyType::EcdsaP256 => "ecdsa-p256",
-            KeyType::Rsa2048 => "rsa-2048",
-        }
-    }
-}
-
-impl std::fmt::Display for KeyType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::config::KeyType;
 
 /// The desired PKI of one controller node.
 #[derive(Debug, Clone, PartialEq, Eq)]

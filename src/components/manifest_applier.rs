@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::{Component, ComponentError};
 use crate::applier::{self, ApplierConfig, RenderInputs, StatusHandle};
-use crate::config::{ClusterConfig, NetworkProvider, NodePaths};
+use crate::config::{ClusterConfig, NodePaths};
 
 pub const NAME: &str = "applier";
 /// Bound on releasing the lease and finishing the current pass at stop.
@@ -30,37 +30,6 @@ pub struct ApplierComponent {
     status: Option<StatusHandle>,
 }
 
-/// The values the default stack templates are rendered with.
-pub fn render_inputs(cfg: &ClusterConfig, node_address: std::net::IpAddr) -> RenderInputs {
-    let api_host = cfg
-        .spec
-        .api
-        .external_address
-        .clone()
-        .unwrap_or_else(|| node_address.to_string());
-    RenderInputs {
-        cluster_dns_ip: cfg.cluster_dns_ip(),
-        cluster_domain: cfg.spec.network.cluster_domain.clone(),
-        // validate() refused CIDRs that do not parse.
-        pod_cidr: cfg
-            .spec
-            .network
-            .pod_cidr
-            .parse()
-            .unwrap_or_else(|_| ipnet::IpNet::from(ipnet::Ipv4Net::default())),
-        service_cidr: cfg.service_cidr(),
-        api_server_host: api_host,
-        api_server_port: cfg.spec.api.port,
-        provider: match cfg.spec.network.provider {
-            NetworkProvider::Calico => applier::Provider::Calico,
-            NetworkProvider::Kuberouter => applier::Provider::Kuberouter,
-            NetworkProvider::Custom => applier::Provider::Custom,
-        },
-        cni_bin_dir: applier::DEFAULT_CNI_BIN_DIR.into(),
-        cni_conf_dir: applier::DEFAULT_CNI_CONF_DIR.into(),
-    }
-}
-
 impl ApplierComponent {
     pub fn new(
         cfg: &ClusterConfig,
@@ -70,7 +39,7 @@ impl ApplierComponent {
         identity: String,
     ) -> Self {
         Self {
-            inputs: render_inputs(cfg, node_address),
+            inputs: RenderInputs::from_config(cfg, node_address),
             addons: cfg.spec.addons.clone(),
             paths,
             admin_kubeconfig,
@@ -85,13 +54,6 @@ impl ApplierComponent {
     /// Per-stack status, once started.
     pub fn status(&self) -> Option<&StatusHandle> {
         self.status.as_ref()
-    }
-}
-
-fn failed(message: impl Into<String>) -> ComponentError {
-    ComponentError::Failed {
-        component: NAME,
-        message: message.into(),
     }
 }
 
@@ -110,7 +72,7 @@ impl Component for ApplierComponent {
             }
         })?;
         let report = applier::write_default_stacks(&dir, &self.addons, &self.inputs)
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
         info!(
             enabled = ?report.enabled,
             disabled = ?report.disabled,
@@ -127,10 +89,11 @@ impl Component for ApplierComponent {
         }
         let client = applier::client_from_kubeconfig(&self.admin_kubeconfig)
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
         let mut cfg = ApplierConfig::new(self.paths.manifests_dir(), client, self.identity.clone());
         cfg.removed_stacks = self.removed_stacks.clone();
-        let runner = applier::Applier::new(cfg).map_err(|e| failed(e.to_string()))?;
+        let runner =
+            applier::Applier::new(cfg).map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
         self.status = Some(runner.status());
         self.cancel = CancellationToken::new();
         let cancel = self.cancel.clone();
@@ -145,7 +108,7 @@ impl Component for ApplierComponent {
     async fn ready(&self) -> Result<(), ComponentError> {
         match &self.task {
             Some(t) if !t.is_finished() => Ok(()),
-            Some(_) => Err(failed("the applier task ended")),
+            Some(_) => Err(ComponentError::failed(NAME, "the applier task ended")),
             None => Err(ComponentError::NotReady {
                 component: NAME,
                 message: "not started".into(),
@@ -163,7 +126,10 @@ impl Component for ApplierComponent {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
             if tokio::time::timeout(STOP_TIMEOUT, task).await.is_err() {
-                return Err(failed("did not stop within the stop timeout"));
+                return Err(ComponentError::failed(
+                    NAME,
+                    "did not stop within the stop timeout",
+                ));
             }
         }
         Ok(())
