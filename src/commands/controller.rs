@@ -603,7 +603,7 @@ fn etcd_settings(
         server_key: pki.etcd_server.key.clone(),
         peer_cert: pki.etcd_peer.cert.clone(),
         peer_key: pki.etcd_peer.key.clone(),
-        probe_client: crate::etcd::EtcdClientTls::apiserver(&pki),
+        probe_client: crate::etcd::EtcdClientTls::apiserver(pki),
         extra_args: cfg.spec.etcd.extra_args.clone(),
         learner: None,
     }

@@ -102,7 +102,7 @@ pub async fn run(global: &GlobalArgs, cmd: &TokenCommand) -> anyhow::Result<()> 
 /// Connects to this node's etcd and checks it answers (exit 69 if not).
 async fn local_etcd(cfg: &ClusterConfig, pki: &PkiPaths) -> anyhow::Result<etcd_client::Client> {
     let endpoint = crate::etcd::local_url(cfg.spec.etcd.client_port);
-    let tls = EtcdClientTls::apiserver(&pki);
+    let tls = EtcdClientTls::apiserver(pki);
     if !tls.cert.exists() {
         return Err(UnavailableError(format!(
             "no controller PKI under {} ({} missing): run `mkectl token` on a controller, with its --data-dir",
