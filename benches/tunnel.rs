@@ -1599,6 +1599,32 @@ struct Tally {
     na: usize,
 }
 
+/// Which side of its goal a ratio must fall on.
+#[derive(Clone, Copy)]
+enum Cmp {
+    AtMost,
+    AtLeast,
+    Above,
+}
+
+impl Cmp {
+    fn holds(self, ratio: f64, goal: f64) -> bool {
+        match self {
+            Cmp::AtMost => ratio <= goal,
+            Cmp::AtLeast => ratio >= goal,
+            Cmp::Above => ratio > goal,
+        }
+    }
+
+    fn symbol(self) -> &'static str {
+        match self {
+            Cmp::AtMost => "<=",
+            Cmp::AtLeast => ">=",
+            Cmp::Above => ">",
+        }
+    }
+}
+
 /// One goal cell: `mk / other` against `goal` compared by `cmp`; counted in
 /// `t`. An information cell (counted in a throwaway tally) reads
 /// better/worse instead of PASS/MISS.
@@ -1613,11 +1639,7 @@ fn goal_cell(
     match (mk, other) {
         (Some(a), Some(b)) if b > 0.0 => {
             let r = a / b;
-            let pass = match cmp {
-                Cmp::Le => r <= goal,
-                Cmp::Ge => r >= goal,
-                Cmp::Gt => r > goal,
-            };
+            let pass = cmp.holds(r, goal);
             if pass {
                 t.pass += 1;
             } else {
@@ -1633,16 +1655,79 @@ fn goal_cell(
 }
 
 fn info_cell(mk: Option<f64>, other: Option<f64>, fmt: fn(f64) -> String) -> String {
-    goal_cell(&mut Tally::default(), mk, other, 1.0, Cmp::Le, fmt)
+    goal_cell(&mut Tally::default(), mk, other, 1.0, Cmp::AtMost, fmt)
         .replace("PASS", "better")
         .replace("MISS", "worse")
 }
 
-#[derive(Clone, Copy)]
-enum Cmp {
-    Le,
-    Ge,
-    Gt,
+/// One path's figure in a goal row, None where it was not measured.
+type Figure<'a> = Box<dyn Fn(P) -> Option<f64> + 'a>;
+
+/// A row of a goal table: mkectl's `figure` over the other path's, in a
+/// gRPC and an HTTP-CONNECT column.
+struct GoalRow<'a> {
+    /// Shown with `, <cmp> <goal>x` after it, or `(info) ` before it.
+    label: String,
+    figure: Figure<'a>,
+    /// What the ratio must meet; None: information, better/worse, not
+    /// counted.
+    goal: Option<(Cmp, f64)>,
+    fmt: fn(f64) -> String,
+    /// Measured in gRPC only: the HTTP-CONNECT cell is "-".
+    grpc_only: bool,
+}
+
+impl<'a> GoalRow<'a> {
+    fn goal(
+        label: String,
+        figure: Figure<'a>,
+        cmp: Cmp,
+        goal: f64,
+        fmt: fn(f64) -> String,
+    ) -> Self {
+        GoalRow {
+            label,
+            figure,
+            goal: Some((cmp, goal)),
+            fmt,
+            grpc_only: false,
+        }
+    }
+
+    fn info(label: &str, figure: Figure<'a>, fmt: fn(f64) -> String) -> Self {
+        GoalRow {
+            label: label.into(),
+            figure,
+            goal: None,
+            fmt,
+            grpc_only: false,
+        }
+    }
+}
+
+/// Prints the column heads and `rows`, each cell mkectl against the other
+/// path of its column in `cols` (gRPC, HTTP-CONNECT); goal cells are counted
+/// in `t`.
+fn print_goal_rows(t: &mut Tally, cols: [(P, P); 2], rows: &[GoalRow]) {
+    println!("  {:<44} {:<40} {:<40}", "", "gRPC", "HTTP-CONNECT");
+    for row in rows {
+        let label = match row.goal {
+            Some((cmp, goal)) => format!("{}, {} {goal}x", row.label, cmp.symbol()),
+            None => format!("(info) {}", row.label),
+        };
+        let mut cells = cols.iter().enumerate().map(|(i, &(mk, other))| {
+            if row.grpc_only && i > 0 {
+                return "-".to_string();
+            }
+            let (mk, other) = ((row.figure)(mk), (row.figure)(other));
+            match row.goal {
+                Some((cmp, goal)) => goal_cell(t, mk, other, goal, cmp, row.fmt),
+                None => info_cell(mk, other, row.fmt),
+            }
+        });
+        let (g, h) = (cells.next().unwrap(), cells.next().unwrap());
+        println!("  {label:<44} {g:<40} {h:<40}");
+    }
 }
 
 fn print_goals(res: &Results) -> Tally {
@@ -1654,105 +1739,70 @@ fn print_goals(res: &Results) -> Tally {
             String::new()
         }
     };
-    println!(
-        "issue 14 goals: mkectl / upstream in the same frontend mode (same client, same target, \
-         same run); cells are mkectl / other = ratio"
-    );
-    println!("  {:<44} {:<40} {:<40}", "", "gRPC", "HTTP-CONNECT");
-    let row = |t: &mut Tally, name: String, f: &mut dyn FnMut(&mut Tally, P, P) -> String| {
-        let g = f(t, P::MkGrpc, P::UpGrpc);
-        let h = f(t, P::MkHttp, P::UpHttp);
-        println!("  {name:<44} {g:<40} {h:<40}");
-    };
     let mibs = |v: f64| format!("{v:.0}");
     let two = |v: f64| format!("{v:.2}");
     let one = |v: f64| format!("{v:.1}");
     let three = |v: f64| format!("{v:.3}");
+    // A throughput run's field, for one direction and stream count.
+    let tput = |d: Dir, s: usize, field: fn(&Tput) -> f64| -> Figure {
+        Box::new(move |p| res.tput.get(&(p, d, s)).map(field))
+    };
+    let kib = || -> Figure { Box::new(|p| res.mem.get(&p).map(|m| m.per_tunnel_kib())) };
+    let dial99 = |single_use: bool| -> Figure {
+        Box::new(move |p| res.dial.get(&(p, single_use)).map(|x| ms(x.1)))
+    };
     let configs: Vec<(Dir, usize)> = [Dir::Download, Dir::Upload]
         .into_iter()
         .flat_map(|d| [1usize, 16].into_iter().map(move |s| (d, s)))
         .collect();
+
+    println!(
+        "issue 14 goals: mkectl / upstream in the same frontend mode (same client, same target, \
+         same run); cells are mkectl / other = ratio"
+    );
+    let mut rows = Vec::new();
     for &(d, s) in &configs {
-        row(
-            &mut t,
-            format!(
-                "throughput {} {s:>2} MiB/s, >= {GOAL_THROUGHPUT}x",
-                d.name()
-            ),
-            &mut |t, mk, up| {
-                goal_cell(
-                    t,
-                    res.tput.get(&(mk, d, s)).map(|x| x.mib_s),
-                    res.tput.get(&(up, d, s)).map(|x| x.mib_s),
-                    GOAL_THROUGHPUT,
-                    Cmp::Ge,
-                    mibs,
-                )
-            },
-        );
+        let label = format!("throughput {} {s:>2} MiB/s", d.name());
+        let figure = tput(d, s, |x| x.mib_s);
+        rows.push(GoalRow::goal(
+            label,
+            figure,
+            Cmp::AtLeast,
+            GOAL_THROUGHPUT,
+            mibs,
+        ));
     }
     for &(d, s) in &configs {
-        row(
-            &mut t,
-            format!(
-                "CPU ms/MiB server+agent {} {s:>2}, <= {GOAL_CPU}x",
-                d.name()
-            ),
-            &mut |t, mk, up| {
-                goal_cell(
-                    t,
-                    res.tput.get(&(mk, d, s)).map(|x| x.cpu_path),
-                    res.tput.get(&(up, d, s)).map(|x| x.cpu_path),
-                    GOAL_CPU,
-                    Cmp::Le,
-                    two,
-                )
-            },
-        );
+        let label = format!("CPU ms/MiB server+agent {} {s:>2}", d.name());
+        let figure = tput(d, s, |x| x.cpu_path);
+        rows.push(GoalRow::goal(label, figure, Cmp::AtMost, GOAL_CPU, two));
     }
-    row(
+    let label = format!("KiB per idle tunnel ({IDLE_TUNNELS})");
+    rows.push(GoalRow::goal(
+        label,
+        kib(),
+        Cmp::AtMost,
+        GOAL_MEM_PER_TUNNEL,
+        one,
+    ));
+    let label = "dial p99 ms (shared client)".to_string();
+    rows.push(GoalRow::goal(
+        label,
+        dial99(false),
+        Cmp::AtMost,
+        GOAL_DIAL_P99,
+        three,
+    ));
+    let label = "dial p99 ms (single-use conn)".to_string();
+    rows.push(GoalRow {
+        grpc_only: true,
+        ..GoalRow::goal(label, dial99(true), Cmp::AtMost, GOAL_DIAL_P99, three)
+    });
+    print_goal_rows(
         &mut t,
-        format!("KiB per idle tunnel ({IDLE_TUNNELS}), <= {GOAL_MEM_PER_TUNNEL}x"),
-        &mut |t, mk, up| {
-            goal_cell(
-                t,
-                res.mem.get(&mk).map(|m| m.per_tunnel_kib()),
-                res.mem.get(&up).map(|m| m.per_tunnel_kib()),
-                GOAL_MEM_PER_TUNNEL,
-                Cmp::Le,
-                one,
-            )
-        },
+        [(P::MkGrpc, P::UpGrpc), (P::MkHttp, P::UpHttp)],
+        &rows,
     );
-    row(
-        &mut t,
-        format!("dial p99 ms (shared client), <= {GOAL_DIAL_P99}x"),
-        &mut |t, mk, up| {
-            goal_cell(
-                t,
-                res.dial.get(&(mk, false)).map(|x| ms(x.1)),
-                res.dial.get(&(up, false)).map(|x| ms(x.1)),
-                GOAL_DIAL_P99,
-                Cmp::Le,
-                three,
-            )
-        },
-    );
-    {
-        let g = goal_cell(
-            &mut t,
-            res.dial.get(&(P::MkGrpc, true)).map(|x| ms(x.1)),
-            res.dial.get(&(P::UpGrpc, true)).map(|x| ms(x.1)),
-            GOAL_DIAL_P99,
-            Cmp::Le,
-            three,
-        );
-        println!(
-            "  {:<44} {g:<40} {:<40}",
-            format!("dial p99 ms (single-use conn), <= {GOAL_DIAL_P99}x"),
-            "-"
-        );
-    }
     // Information, no goal: memory given back.
     let ret = |p: P| {
         res.mem
@@ -1779,52 +1829,23 @@ fn print_goals(res: &Results) -> Tally {
     if !notes.is_empty() {
         println!("  n/a:{notes}");
     }
+
     println!(
         "goal: mkectl faster than ssh -L (cipher as in the header); cells are mkectl / ssh -L"
     );
-    println!("  {:<44} {:<40} {:<40}", "", "gRPC", "HTTP-CONNECT");
+    let mut rows = Vec::new();
     for &(d, s) in &configs {
-        let name = format!("throughput {} {s:>2} MiB/s, > 1x", d.name());
-        let g = goal_cell(
-            &mut t,
-            res.tput.get(&(P::MkGrpc, d, s)).map(|x| x.mib_s),
-            res.tput.get(&(P::Ssh, d, s)).map(|x| x.mib_s),
-            1.0,
-            Cmp::Gt,
-            mibs,
-        );
-        let h = goal_cell(
-            &mut t,
-            res.tput.get(&(P::MkHttp, d, s)).map(|x| x.mib_s),
-            res.tput.get(&(P::Ssh, d, s)).map(|x| x.mib_s),
-            1.0,
-            Cmp::Gt,
-            mibs,
-        );
-        println!("  {name:<44} {g:<40} {h:<40}");
+        let label = format!("throughput {} {s:>2} MiB/s", d.name());
+        let figure = tput(d, s, |x| x.mib_s);
+        rows.push(GoalRow::goal(label, figure, Cmp::Above, 1.0, mibs));
     }
     // Information, no goal: the rest against ssh -L.
-    let cpu = |p: P| res.tput.get(&(p, Dir::Download, 1)).map(|x| x.cpu_path);
-    let echo99 = |p: P| res.echo.get(&(p, false)).map(|x| ms(x.1));
-    let kib = |p: P| res.mem.get(&p).map(|m| m.per_tunnel_kib());
-    println!(
-        "  {:<44} {:<40} {:<40}",
-        "(info) CPU ms/MiB path, download 1",
-        info_cell(cpu(P::MkGrpc), cpu(P::Ssh), two),
-        info_cell(cpu(P::MkHttp), cpu(P::Ssh), two)
-    );
-    println!(
-        "  {:<44} {:<40} {:<40}",
-        "(info) dial+echo p99 ms",
-        info_cell(echo99(P::MkGrpc), echo99(P::Ssh), three),
-        info_cell(echo99(P::MkHttp), echo99(P::Ssh), three)
-    );
-    println!(
-        "  {:<44} {:<40} {:<40}",
-        "(info) KiB per idle tunnel",
-        info_cell(kib(P::MkGrpc), kib(P::Ssh), one),
-        info_cell(kib(P::MkHttp), kib(P::Ssh), one)
-    );
+    let cpu = tput(Dir::Download, 1, |x| x.cpu_path);
+    rows.push(GoalRow::info("CPU ms/MiB path, download 1", cpu, two));
+    let echo99: Figure = Box::new(|p| res.echo.get(&(p, false)).map(|x| ms(x.1)));
+    rows.push(GoalRow::info("dial+echo p99 ms", echo99, three));
+    rows.push(GoalRow::info("KiB per idle tunnel", kib(), one));
+    print_goal_rows(&mut t, [(P::MkGrpc, P::Ssh), (P::MkHttp, P::Ssh)], &rows);
     t
 }
 
