@@ -56,6 +56,8 @@
 #[allow(dead_code)]
 #[path = "../tests/common/konnectivity.rs"]
 mod konn;
+#[path = "../tests/common/konnectivity_cmd.rs"]
+mod konn_cmd;
 #[path = "support/procs.rs"]
 mod procs;
 #[path = "support/relay_floor.rs"]
@@ -71,12 +73,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use konn_cmd::{agent_command, server_command, Flavor, KonnOpts};
 use mkectl::konnectivity::client::{dial_grpc_uds, dial_http_connect_uds, ProxyClient, TunnelConn};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
-const MKECTL: &str = env!("CARGO_BIN_EXE_mkectl");
 /// Bytes moved per throughput run (split across the streams).
 const RUN_BYTES: u64 = 256 << 20;
 const IO_BUF: usize = 256 * 1024;
@@ -781,6 +783,22 @@ fn gauge(page: &str, name: &str) -> Option<i64> {
     found
 }
 
+/// Starts `cmd` with stdout and stderr to `<log>.out` and `<log>.log` in
+/// `dir`; `what` names it in the error.
+fn spawn_logged(
+    cmd: std::process::Command,
+    dir: &Path,
+    log: &str,
+    what: &str,
+) -> Result<Child, String> {
+    Command::from(cmd)
+        .stdout(log_file(dir, &format!("{log}.out")))
+        .stderr(log_file(dir, &format!("{log}.log")))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("spawn {what}: {e}"))
+}
+
 async fn start_mkectl() -> Result<Stack, String> {
     let pki = konn::pki();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -790,51 +808,29 @@ async fn start_mkectl() -> Result<Stack, String> {
     let agent_addr = konn::free_addr();
     let server_admin = konn::free_addr();
     let agent_admin = konn::free_addr();
-    let server = Command::new(MKECTL)
-        .args([
-            "konnectivity",
-            "server",
-            "--mode",
-            "grpc",
-            "--server-id",
-            "bench",
-        ])
-        .arg("--uds-name")
-        .arg(&grpc_uds)
-        .arg("--http-connect-uds-name")
-        .arg(&http_uds)
-        .args(["--agent-bind-address", "127.0.0.1", "--agent-port"])
-        .arg(agent_addr.port().to_string())
-        .arg("--admin-port")
-        .arg(server_admin.port().to_string())
-        .arg("--cluster-cert")
-        .arg(&pki.server.cert)
-        .arg("--cluster-key")
-        .arg(&pki.server.key)
-        .arg("--cluster-ca-cert")
-        .arg(&pki.server.ca)
-        .stdout(log_file(d, "server.out"))
-        .stderr(log_file(d, "server.log"))
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("spawn mkectl server: {e}"))?;
-    let agent = Command::new(MKECTL)
-        .args(["konnectivity", "agent", "--agent-id", "bench-agent"])
-        .arg("--proxy-server-host")
-        .arg(agent_addr.to_string())
-        .arg("--ca-cert")
-        .arg(&pki.agent.ca)
-        .arg("--agent-cert")
-        .arg(&pki.agent.cert)
-        .arg("--agent-key")
-        .arg(&pki.agent.key)
-        .arg("--admin-port")
-        .arg(agent_admin.port().to_string())
-        .stdout(log_file(d, "agent.out"))
-        .stderr(log_file(d, "agent.log"))
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("spawn mkectl agent: {e}"))?;
+    let server = server_command(
+        Flavor::Mkectl,
+        &pki.server,
+        "bench",
+        &grpc_uds,
+        agent_addr.port(),
+        server_admin.port(),
+        KonnOpts {
+            mode: Some("grpc"),
+            http_connect_uds: Some(&http_uds),
+            ..Default::default()
+        },
+    );
+    let server = spawn_logged(server, d, "server", "mkectl server")?;
+    let agent = agent_command(
+        Flavor::Mkectl,
+        &pki.agent,
+        "bench-agent",
+        agent_addr,
+        agent_admin.port(),
+        KonnOpts::default(),
+    );
+    let agent = spawn_logged(agent, d, "agent", "mkectl agent")?;
     Stack {
         kind: Kind::Mkectl,
         _pki: pki,
@@ -862,59 +858,34 @@ async fn start_upstream(bin: &Path, mode: &str) -> Result<Stack, String> {
     let server_health = konn::free_addr();
     let agent_admin = konn::free_addr();
     let agent_health = konn::free_addr();
-    let port = |a: SocketAddr| a.port().to_string();
-    let server = Command::new(bin.join("proxy-server"))
-        .args([
-            "--mode",
-            mode,
-            "--server-id",
-            "bench",
-            "--server-count",
-            "1",
-        ])
-        .args(["--server-port", "0", "--uds-name"])
-        .arg(&uds)
-        .args(["--agent-bind-address", "127.0.0.1", "--agent-port"])
-        .arg(port(agent_addr))
-        .args(["--admin-bind-address", "127.0.0.1", "--admin-port"])
-        .arg(port(server_admin))
-        .args(["--health-bind-address", "127.0.0.1", "--health-port"])
-        .arg(port(server_health))
-        .arg("--cluster-cert")
-        .arg(&pki.server.cert)
-        .arg("--cluster-key")
-        .arg(&pki.server.key)
-        .arg("--cluster-ca-cert")
-        .arg(&pki.server.ca)
-        .stdout(log_file(d, "server.out"))
-        .stderr(log_file(d, "server.log"))
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("spawn proxy-server: {e}"))?;
-    let agent = Command::new(bin.join("proxy-agent"))
-        .args([
-            "--agent-id",
-            "bench-agent",
-            "--proxy-server-host",
-            "127.0.0.1",
-        ])
-        .arg("--proxy-server-port")
-        .arg(port(agent_addr))
-        .arg("--ca-cert")
-        .arg(&pki.agent.ca)
-        .arg("--agent-cert")
-        .arg(&pki.agent.cert)
-        .arg("--agent-key")
-        .arg(&pki.agent.key)
-        .args(["--admin-bind-address", "127.0.0.1", "--admin-server-port"])
-        .arg(port(agent_admin))
-        .args(["--health-server-host", "127.0.0.1", "--health-server-port"])
-        .arg(port(agent_health))
-        .stdout(log_file(d, "agent.out"))
-        .stderr(log_file(d, "agent.log"))
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("spawn proxy-agent: {e}"))?;
+    let server = server_command(
+        Flavor::Upstream(bin),
+        &pki.server,
+        "bench",
+        &uds,
+        agent_addr.port(),
+        server_admin.port(),
+        KonnOpts {
+            mode: Some(mode),
+            server_count: Some(1),
+            health_port: Some(server_health.port()),
+            extra: &["--admin-bind-address", "127.0.0.1"],
+            ..Default::default()
+        },
+    );
+    let server = spawn_logged(server, d, "server", "proxy-server")?;
+    let agent = agent_command(
+        Flavor::Upstream(bin),
+        &pki.agent,
+        "bench-agent",
+        agent_addr,
+        agent_admin.port(),
+        KonnOpts {
+            health_port: Some(agent_health.port()),
+            ..Default::default()
+        },
+    );
+    let agent = spawn_logged(agent, d, "agent", "proxy-agent")?;
     let grpc = mode == "grpc";
     Stack {
         kind: Kind::Upstream,

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::konnectivity::*;
+use common::konnectivity_cmd::{agent_command, server_command, Flavor, KonnOpts};
 use mkectl::konnectivity::client::ProxyClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -93,24 +94,18 @@ async fn bad_flags_exit_64() {
 }
 
 fn spawn_agent(pki: &Pki, server: std::net::SocketAddr, admin_port: u16) -> Child {
-    Command::new(BIN)
-        .args(["konnectivity", "agent"])
-        .arg("--proxy-server-host")
-        .arg(server.to_string())
-        .arg("--ca-cert")
-        .arg(&pki.agent.ca)
-        .arg("--agent-cert")
-        .arg(&pki.agent.cert)
-        .arg("--agent-key")
-        .arg(&pki.agent.key)
-        .args([
-            "--agent-id",
-            "proc-agent",
-            "--agent-identifiers",
-            "host=127.0.0.1",
-        ])
-        .arg("--admin-port")
-        .arg(admin_port.to_string())
+    let cmd = agent_command(
+        Flavor::Mkectl,
+        &pki.agent,
+        "proc-agent",
+        server,
+        admin_port,
+        KonnOpts {
+            identifiers: Some("host=127.0.0.1"),
+            ..Default::default()
+        },
+    );
+    Command::from(cmd)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -197,32 +192,22 @@ async fn server_process_serves_tunnels_and_stops_on_sigterm() {
     let uds = dir.path().join("konnectivity.sock");
     let agent_addr = free_addr();
     let admin = free_addr();
-    let mut server = Command::new(BIN)
-        .args([
-            "konnectivity",
-            "server",
-            "--mode",
-            "grpc",
-            "--server-id",
-            "proc-server",
-            "--server-count",
-            "1",
+    let cmd = server_command(
+        Flavor::Mkectl,
+        &pki.server,
+        "proc-server",
+        &uds,
+        agent_addr.port(),
+        admin.port(),
+        KonnOpts {
+            mode: Some("grpc"),
+            server_count: Some(1),
             // The test agent shares the test PKI's certificate.
-            "--agent-identity",
-            "headers",
-        ])
-        .arg("--uds-name")
-        .arg(&uds)
-        .args(["--agent-bind-address", "127.0.0.1", "--agent-port"])
-        .arg(agent_addr.port().to_string())
-        .arg("--admin-port")
-        .arg(admin.port().to_string())
-        .arg("--cluster-cert")
-        .arg(&pki.server.cert)
-        .arg("--cluster-key")
-        .arg(&pki.server.key)
-        .arg("--cluster-ca-cert")
-        .arg(&pki.server.ca)
+            agent_identity: Some("headers"),
+            ..Default::default()
+        },
+    );
+    let mut server = Command::from(cmd)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

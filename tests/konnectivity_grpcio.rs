@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::konnectivity::*;
+use common::konnectivity_cmd::{agent_command, server_command, Flavor, KonnOpts};
 use common::upstream::upstream_bins;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -526,44 +527,35 @@ async fn same_grpcio_client_passes_against_upstream_proxy_server() {
     let socket = dir.path().join("upstream-grpc.sock");
     let [agent_port, admin, health, a_admin, a_health] = low_ports();
     let server_log = dir.path().join("proxy-server.log");
-    let _server = spawn_logged(
-        Command::new(bin.join("proxy-server"))
-            .args(["--mode", "grpc", "--server-port", "0"])
-            .arg("--uds-name")
-            .arg(&socket)
-            .args(["--server-id", "upstream-1", "--server-count", "1"])
-            .args(["--agent-bind-address", "127.0.0.1"])
-            .arg(format!("--agent-port={agent_port}"))
-            .arg(format!("--admin-port={admin}"))
-            .args(["--health-bind-address", "127.0.0.1"])
-            .arg(format!("--health-port={health}"))
-            .arg("--cluster-cert")
-            .arg(&pki.server.cert)
-            .arg("--cluster-key")
-            .arg(&pki.server.key)
-            .arg("--cluster-ca-cert")
-            .arg(&pki.server.ca),
-        &server_log,
+    let server = server_command(
+        Flavor::Upstream(&bin),
+        &pki.server,
+        "upstream-1",
+        &socket,
+        agent_port,
+        admin,
+        KonnOpts {
+            mode: Some("grpc"),
+            server_count: Some(1),
+            health_port: Some(health),
+            ..Default::default()
+        },
     );
+    let _server = spawn_logged(&mut Command::from(server), &server_log);
     let agent_log = dir.path().join("proxy-agent.log");
-    let _agent = spawn_logged(
-        Command::new(bin.join("proxy-agent"))
-            .args(["--proxy-server-host", "127.0.0.1"])
-            .arg(format!("--proxy-server-port={agent_port}"))
-            .arg("--ca-cert")
-            .arg(&pki.agent.ca)
-            .arg("--agent-cert")
-            .arg(&pki.agent.cert)
-            .arg("--agent-key")
-            .arg(&pki.agent.key)
-            .args(["--agent-id", "upstream-agent"])
-            .args(["--admin-bind-address", "127.0.0.1"])
-            .arg(format!("--admin-server-port={a_admin}"))
-            .args(["--health-server-host", "127.0.0.1"])
-            .arg(format!("--health-server-port={a_health}"))
-            .args(["--sync-interval", "200ms", "--sync-interval-cap", "1s"]),
-        &agent_log,
+    let agent = agent_command(
+        Flavor::Upstream(&bin),
+        &pki.agent,
+        "upstream-agent",
+        ([127, 0, 0, 1], agent_port).into(),
+        a_admin,
+        KonnOpts {
+            sync_interval: Some("200ms"),
+            health_port: Some(a_health),
+            ..Default::default()
+        },
     );
+    let _agent = spawn_logged(&mut Command::from(agent), &agent_log);
     let health_addr = format!("127.0.0.1:{health}").parse().unwrap();
     let start = Instant::now();
     loop {

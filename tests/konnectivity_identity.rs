@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use common::join::{ctl_args, token_create, wait_log};
 use common::konnectivity::{http_get, http_request, http_target_on, pki, start_agent, wait_until};
+use common::konnectivity_cmd::{agent_command, server_command, Flavor, KonnOpts};
 use common::*;
 use mkectl::konnectivity::client::dial_grpc_uds;
+use mkectl::konnectivity::TlsFiles;
 
 const START: Duration = Duration::from_secs(60);
 const W1_IP: &str = "127.0.0.71";
@@ -73,24 +75,28 @@ fn spawn_agent(
     admin_port: u16,
     log: &Path,
 ) -> Child {
-    Command::new(MKECTL)
-        .args(["konnectivity", "agent", "--proxy-server-host"])
-        .arg(server.to_string())
-        .arg("--ca-cert")
-        .arg(ca)
-        .arg("--agent-cert")
-        .arg(dir.join("agent.crt"))
-        .arg("--agent-key")
-        .arg(dir.join("agent.key"))
-        .args(["--agent-id", agent_id])
-        .args(["--agent-identifiers", identifiers])
-        .args(["--admin-bind-address", "127.0.0.1", "--admin-port"])
-        .arg(admin_port.to_string())
-        .args(["--sync-interval", "200ms", "--sync-interval-cap", "1s"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+    let tls = TlsFiles {
+        cert: dir.join("agent.crt"),
+        key: dir.join("agent.key"),
+        ca: ca.to_path_buf(),
+    };
+    agent_command(
+        Flavor::Mkectl,
+        &tls,
+        agent_id,
+        server,
+        admin_port,
+        KonnOpts {
+            identifiers: Some(identifiers),
+            sync_interval: Some("200ms"),
+            extra: &["--admin-bind-address", "127.0.0.1"],
+            ..Default::default()
+        },
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(log).unwrap())
+    .spawn()
+    .unwrap()
 }
 
 struct Killed(Child);
@@ -275,25 +281,19 @@ async fn standalone_server_binds_identities_unless_told_headers() {
         let uds = dir
             .path()
             .join(format!("{}.sock", mode.unwrap_or("default")));
-        let mut cmd = Command::new(MKECTL);
-        cmd.args(["konnectivity", "server", "--server-id", "s1"])
-            .arg("--uds-name")
-            .arg(&uds)
-            .args(["--agent-bind-address", "127.0.0.1", "--agent-port"])
-            .arg(agent_port.to_string())
-            .arg("--admin-port")
-            .arg(admin_port.to_string())
-            .arg("--cluster-cert")
-            .arg(&pki.server.cert)
-            .arg("--cluster-key")
-            .arg(&pki.server.key)
-            .arg("--cluster-ca-cert")
-            .arg(&pki.server.ca)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(m) = mode {
-            cmd.args(["--agent-identity", m]);
-        }
+        let mut cmd = server_command(
+            Flavor::Mkectl,
+            &pki.server,
+            "s1",
+            &uds,
+            agent_port,
+            admin_port,
+            KonnOpts {
+                agent_identity: mode,
+                ..Default::default()
+            },
+        );
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let _server = Killed(cmd.spawn().unwrap());
         wait_until(Duration::from_secs(20), "server admin port", || {
             std::net::TcpStream::connect(admin).is_ok()

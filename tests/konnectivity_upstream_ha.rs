@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::konnectivity::*;
+use common::konnectivity_cmd::{agent_command, server_command, Flavor, KonnOpts};
 use common::upstream::upstream_bins;
 use mkectl::konnectivity::client::ProxyClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,7 +35,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-const MKECTL: &str = env!("CARGO_BIN_EXE_mkectl");
 const SERVERS: usize = 3;
 const AGENTS: [&str; 2] = ["upstream-agent-1", "upstream-agent-2"];
 /// Bound for the full mesh (and for the reconnect after a restart).
@@ -170,25 +170,24 @@ impl MkeServer {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(MKECTL)
-            .args(["konnectivity", "server", "--mode", "grpc"])
-            .args(["--server-id", &self.id])
-            .args(["--server-count", &SERVERS.to_string()])
-            // Both upstream agents present one shared certificate and name
-            // themselves: the documented option for such agents.
-            .args(["--agent-identity", "headers"])
-            .arg("--uds-name")
-            .arg(&self.uds)
-            .args(["--agent-bind-address", "127.0.0.1"])
-            .args(["--agent-port", &self.agent_port.to_string()])
-            .args(["--admin-bind-address", "127.0.0.1"])
-            .args(["--admin-port", &self.admin.port().to_string()])
-            .arg("--cluster-cert")
-            .arg(&pki.server.cert)
-            .arg("--cluster-key")
-            .arg(&pki.server.key)
-            .arg("--cluster-ca-cert")
-            .arg(&pki.server.ca)
+        let cmd = server_command(
+            Flavor::Mkectl,
+            &pki.server,
+            &self.id,
+            &self.uds,
+            self.agent_port,
+            self.admin.port(),
+            KonnOpts {
+                mode: Some("grpc"),
+                server_count: Some(SERVERS),
+                // Both upstream agents present one shared certificate and name
+                // themselves: the documented option for such agents.
+                agent_identity: Some("headers"),
+                extra: &["--admin-bind-address", "127.0.0.1"],
+                ..Default::default()
+            },
+        );
+        let child = Command::from(cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -274,23 +273,21 @@ fn spawn_agent(
 ) -> UpstreamAgent {
     let [admin, health] = low_ports();
     let log = dir.join(format!("{id}.log"));
-    let child = Command::new(bin.join("proxy-agent"))
-        .args(["--proxy-server-host", "127.0.0.1"])
-        .arg(format!("--proxy-server-port={}", relay.port()))
-        .arg("--ca-cert")
-        .arg(&pki.agent.ca)
-        .arg("--agent-cert")
-        .arg(&pki.agent.cert)
-        .arg("--agent-key")
-        .arg(&pki.agent.key)
-        .args(["--agent-id", id])
-        .args(["--agent-identifiers", "host=127.0.0.1"])
-        .args(["--admin-bind-address", "127.0.0.1"])
-        .arg(format!("--admin-server-port={admin}"))
-        .args(["--health-server-host", "127.0.0.1"])
-        .arg(format!("--health-server-port={health}"))
-        .args(["--sync-interval", "100ms", "--sync-interval-cap", "1s"])
-        .args(["-v", "2"])
+    let cmd = agent_command(
+        Flavor::Upstream(bin),
+        &pki.agent,
+        id,
+        relay,
+        admin,
+        KonnOpts {
+            identifiers: Some("host=127.0.0.1"),
+            sync_interval: Some("100ms"),
+            health_port: Some(health),
+            extra: &["-v", "2"],
+            ..Default::default()
+        },
+    );
+    let child = Command::from(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod join;
 pub mod konnectivity;
+pub mod konnectivity_cmd;
 pub mod netns;
 pub mod upstream;
 
