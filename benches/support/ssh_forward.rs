@@ -110,16 +110,12 @@ impl SshForward {
             .spawn()
             .map_err(|e| format!("spawn sshd: {e}"))?;
         let sshd_addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let start = Instant::now();
-        while TcpStream::connect(sshd_addr).await.is_err() {
-            if start.elapsed() > START_LIMIT {
-                return Err(format!(
-                    "sshd not listening within {START_LIMIT:?}: {}",
-                    std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_accepting(sshd_addr, || None).await.map_err(|_| {
+            format!(
+                "sshd not listening within {START_LIMIT:?}: {}",
+                std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+            )
+        })?;
         let ssh = Command::new(ssh_bin)
             .args(["-F", "/dev/null", "-N", "-T"])
             .args(["-o", "BatchMode=yes"])
@@ -147,18 +143,13 @@ impl SshForward {
             ssh,
             local: ([127, 0, 0, 1], local_port).into(),
         };
-        let start = Instant::now();
-        while TcpStream::connect(fwd.local).await.is_err() {
-            if let Ok(Some(st)) = fwd.ssh.try_wait() {
-                return Err(format!("ssh exited ({st}):\n{}", fwd.logs()));
-            }
-            if start.elapsed() > START_LIMIT {
-                return Err(format!(
-                    "ssh forward not up within {START_LIMIT:?}:\n{}",
-                    fwd.logs()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let exited = || {
+            let st = fwd.ssh.try_wait().ok().flatten()?;
+            Some(format!("ssh exited ({st})"))
+        };
+        if let Err(why) = wait_accepting(fwd.local, exited).await {
+            let why = why.unwrap_or_else(|| format!("ssh forward not up within {START_LIMIT:?}"));
+            return Err(format!("{why}:\n{}", fwd.logs()));
         }
         Ok(fwd)
     }
@@ -219,6 +210,26 @@ impl SshForward {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Waits until `addr` accepts a connection, trying every 20 ms. Between
+/// tries `exited` says whether the process meant to listen there is gone:
+/// `Err(Some(why))`; `Err(None)` once `START_LIMIT` has passed.
+async fn wait_accepting(
+    addr: SocketAddr,
+    mut exited: impl FnMut() -> Option<String>,
+) -> Result<(), Option<String>> {
+    let start = Instant::now();
+    while TcpStream::connect(addr).await.is_err() {
+        if let Some(why) = exited() {
+            return Err(Some(why));
+        }
+        if start.elapsed() > START_LIMIT {
+            return Err(None);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 fn is_zombie(pid: u32) -> bool {
