@@ -154,6 +154,62 @@ fn single_port_on_a_loopback_node_address_is_bad_usage_and_writes_nothing() {
     );
 }
 
+/// A host with no global IPv4 address (a namespace with only `lo`): the node
+/// address is refused, naming the field, instead of silently becoming
+/// 127.0.0.1; a worker is told to give --address.
+#[test]
+fn no_node_address_is_bad_usage_not_loopback() {
+    let ns = common::netns::Netns::new("noaddr");
+    ns.ip(&["link", "set", "lo", "up"]);
+    let node = Node::new("cli-noaddr");
+    // The default config, but no spec.api.address.
+    let cfg = std::fs::read_to_string(&node.config)
+        .unwrap()
+        .replace("    address: 127.0.0.1\n", "");
+    std::fs::write(&node.config, cfg).unwrap();
+    let mut cmd = ns.cmd(MKECTL);
+    cmd.arg("--data-dir")
+        .arg(&node.data)
+        .arg("--run-dir")
+        .arg(&node.run)
+        .arg("--config")
+        .arg(&node.config)
+        .args(["controller", "--init-only"]);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("spec.api.address") && err.contains(node.config.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(
+        !node.data.join("pki").exists(),
+        "PKI written without an address"
+    );
+
+    let token = node.tmp.path().join("w.token");
+    let valid = mkectl::join::JoinToken {
+        endpoints: vec!["https://192.0.2.1:9443".into()],
+        ca_pin: format!("sha256:{}", "0".repeat(64)),
+        role: mkectl::join::Role::Worker,
+        bootstrap: mkectl::join::token::BootstrapToken::generate(),
+    };
+    std::fs::write(&token, valid.encode()).unwrap();
+    let out = ns
+        .cmd(MKECTL)
+        .arg("--data-dir")
+        .arg(node.tmp.path().join("w"))
+        .arg("--run-dir")
+        .arg(node.tmp.path().join("wr"))
+        .args(["worker", "--node-name", "w", "--token-file"])
+        .arg(&token)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("--address"), "{err}");
+}
+
 #[test]
 fn unknown_component_is_bad_usage() {
     let node = Node::new("cli-x");

@@ -351,12 +351,7 @@ impl RenderInputs {
             cluster_dns_ip: cfg.cluster_dns_ip(),
             cluster_domain: cfg.spec.network.cluster_domain.clone(),
             // validate() refused CIDRs that do not parse.
-            pod_cidr: cfg
-                .spec
-                .network
-                .pod_cidr
-                .parse()
-                .unwrap_or_else(|_| ipnet::IpNet::from(ipnet::Ipv4Net::default())),
+            pod_cidr: cfg.spec.network.pod_cidr,
             service_cidr: cfg.service_cidr(),
             api_server_host: api_host,
             api_server_port: cfg.spec.api.port,

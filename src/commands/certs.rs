@@ -141,7 +141,8 @@ fn renew(
                 .kubelet_client
                 .cert
                 .exists();
-            let spec = super::controller::pki_spec(&cfg, &paths, &node_name, worker);
+            let node = cfg.node_address(&crate::config::display_name(global.config.as_deref()))?;
+            let spec = super::controller::pki_spec(&cfg, node, &paths, &node_name, worker);
             // `--all` offline means every leaf this PKI holds.
             let leaves = if all { spec.leaves() } else { leaves };
             if !pki::PkiPaths::new(&spec.dir).ca.cert.exists() {

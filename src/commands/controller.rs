@@ -115,7 +115,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         Some(n) => n.clone(),
         None => hostname()?,
     };
-    let node_address = cfg.node_address();
+    let node_address = cfg.node_address(&crate::config::display_name(global.config.as_deref()))?;
     let span = info_span!("controller", component = "controller", node = %node_name);
     async move {
         info!(%node_address, data_dir = %paths.data_dir.display(), "starting controller");
@@ -140,14 +140,20 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         // Before anything is written to the data dir: a refused token
         // leaves nothing behind.
         let join =
-            controller_join::join_if_needed(args.token_file.as_deref(), &cfg, &paths, &node_name)
+            controller_join::join_if_needed(
+                args.token_file.as_deref(),
+                &cfg,
+                node_address,
+                &paths,
+                &node_name,
+            )
                 .await?;
         fsutil::ensure_dir(&paths.data_dir, fsutil::PRIVATE_DIR_MODE)?;
         // Bundled binaries go to <data-dir>/bin before any component looks
         // one up (lookup order in components/binary.rs).
         crate::bundle::stage(&paths).await?;
 
-        let spec = pki_spec(&cfg, &paths, &node_name, args.enable_worker);
+        let spec = pki_spec(&cfg, node_address, &paths, &node_name, args.enable_worker);
         let ensure_spec = spec.clone();
         let report = tokio::task::spawn_blocking(move || pki::ensure(&ensure_spec))
             .await
@@ -280,7 +286,13 @@ fn build_components(
     let (server_count, server_count_rx) = tokio::sync::watch::channel(n as u32);
     let live_count = enabled(controller_registry::NAME).then(|| server_count_rx.clone());
     if enabled(etcd::NAME) {
-        let mut settings = etcd_settings(&ctx.cfg, &ctx.paths, &ctx.pki, &ctx.node_name);
+        let mut settings = etcd_settings(
+            &ctx.cfg,
+            ctx.node_address,
+            &ctx.paths,
+            &ctx.pki,
+            &ctx.node_name,
+        );
         if let Some(st) = &ctx.join {
             settings.initial_cluster = Some(st.initial_cluster.clone());
             settings.initial_cluster_state = "existing".into();
@@ -316,10 +328,7 @@ fn build_components(
     });
     if enabled(konnectivity_server::NAME) {
         let k = &ctx.cfg.spec.konnectivity;
-        let admin_ip = k
-            .admin_address
-            .parse()
-            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let admin_ip = k.admin_address;
         let settings = konnectivity_server::KonnectivityServerSettings {
             server_id: ctx.node_name.clone(),
             server_count: n as u32,
@@ -528,7 +537,7 @@ fn add_worker_side(
             }),
             cluster_dns: ctx.cfg.cluster_dns_ip(),
             cluster_domain: ctx.cfg.spec.network.cluster_domain.clone(),
-            pod_cidr: ctx.cfg.spec.network.pod_cidr.clone(),
+            pod_cidr: ctx.cfg.spec.network.pod_cidr.to_string(),
             kubelet_kubeconfig: Some(ctx.pki.kubelet_kubeconfig.clone()),
             disabled: &w.disabled,
         },
@@ -539,13 +548,13 @@ fn add_worker_side(
 /// kubelet and konnectivity agent certificates of `--enable-worker`.
 pub fn pki_spec(
     cfg: &ClusterConfig,
+    node: std::net::IpAddr,
     paths: &NodePaths,
     node_name: &str,
     worker: bool,
 ) -> pki::PkiSpec {
-    let node = cfg.node_address();
     let mut node_addresses = vec![node];
-    let peer = cfg.etcd_peer_address();
+    let peer = cfg.etcd_peer_address(node);
     if peer != node {
         node_addresses.push(peer);
     }
@@ -586,6 +595,7 @@ pub fn url_for(ip: std::net::IpAddr, port: u16) -> String {
 
 fn etcd_settings(
     cfg: &ClusterConfig,
+    node_address: std::net::IpAddr,
     paths: &NodePaths,
     pki: &pki::PkiPaths,
     node_name: &str,
@@ -594,7 +604,7 @@ fn etcd_settings(
         member_name: node_name.to_string(),
         data_dir: paths.etcd_dir(),
         client_port: cfg.spec.etcd.client_port,
-        peer_address: cfg.etcd_peer_address(),
+        peer_address: cfg.etcd_peer_address(node_address),
         peer_port: cfg.spec.etcd.peer_port,
         initial_cluster: None,
         initial_cluster_state: "new".into(),

@@ -63,8 +63,8 @@ pub fn read_token_file(path: &Path, want: Role) -> anyhow::Result<JoinToken> {
 }
 
 /// The etcd peer URL of this node.
-pub fn etcd_peer_url(cfg: &ClusterConfig) -> String {
-    url_for(cfg.etcd_peer_address(), cfg.spec.etcd.peer_port)
+pub fn etcd_peer_url(cfg: &ClusterConfig, node_address: std::net::IpAddr) -> String {
+    url_for(cfg.etcd_peer_address(node_address), cfg.spec.etcd.peer_port)
 }
 
 /// Joins with `token_file` unless this node already joined (then its
@@ -73,6 +73,7 @@ pub fn etcd_peer_url(cfg: &ClusterConfig) -> String {
 pub async fn join_if_needed(
     token_file: Option<&Path>,
     cfg: &ClusterConfig,
+    node_address: std::net::IpAddr,
     paths: &NodePaths,
     node_name: &str,
 ) -> anyhow::Result<Option<ControllerJoinState>> {
@@ -101,7 +102,7 @@ pub async fn join_if_needed(
     let st = join_controller(
         &token,
         node_name,
-        &etcd_peer_url(cfg),
+        &etcd_peer_url(cfg, node_address),
         &paths.pki_dir(),
         &state_file,
     )
@@ -151,7 +152,7 @@ pub fn controller_record(ctx: &ControllerContext) -> ControllerRecord {
         }
         .to_string(),
         join_api: url_for(ctx.node_address, cfg.exposed_join_port()),
-        etcd_peer_url: etcd_peer_url(cfg),
+        etcd_peer_url: etcd_peer_url(cfg, ctx.node_address),
     }
 }
 
@@ -168,7 +169,7 @@ pub fn join_api_settings(ctx: &ControllerContext, mirror: bool) -> ApiSettings {
     let cfg = &ctx.cfg;
     let (etcd_endpoint, etcd_tls) = etcd_client(ctx);
     let mut sans = vec![ctx.node_address.to_string()];
-    let peer = cfg.etcd_peer_address().to_string();
+    let peer = cfg.etcd_peer_address(ctx.node_address).to_string();
     for s in [
         peer,
         ctx.node_name.clone(),
@@ -200,8 +201,8 @@ pub fn join_api_settings(ctx: &ControllerContext, mirror: bool) -> ApiSettings {
             cluster_name: cfg.metadata.name.clone(),
             cluster_domain: cfg.spec.network.cluster_domain.clone(),
             cluster_dns: vec![cfg.cluster_dns_ip().to_string()],
-            pod_cidr: cfg.spec.network.pod_cidr.clone(),
-            service_cidr: cfg.spec.network.service_cidr.clone(),
+            pod_cidr: cfg.spec.network.pod_cidr.to_string(),
+            service_cidr: cfg.spec.network.service_cidr.to_string(),
         },
         agent_cert_lifetime: pki.leaf_lifetime.as_duration(),
         mirror_kubeconfig: mirror.then(|| ctx.pki.admin_kubeconfig.clone()),

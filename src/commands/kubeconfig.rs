@@ -30,7 +30,7 @@ pub fn run(global: &GlobalArgs, cmd: &KubeconfigCommand) -> anyhow::Result<()> {
         })
     };
     let ca_pem = read(&pki_paths.ca.cert)?;
-    let server = external_server_url(&cfg);
+    let server = external_server_url(&cfg, &crate::config::display_name(global.config.as_deref()))?;
     let text = match cmd {
         KubeconfigCommand::Admin => {
             let cert = read(&pki_paths.admin.cert)?;
@@ -112,17 +112,18 @@ fn check_identity(user: &str, groups: &[String]) -> Result<(String, Vec<String>)
 }
 
 /// `https://<externalAddress or node address>:<api port>`.
-pub fn external_server_url(cfg: &ClusterConfig) -> String {
-    let host = cfg
-        .spec
-        .api
-        .external_address
-        .clone()
-        .unwrap_or_else(|| cfg.node_address().to_string());
-    match host.parse::<IpAddr>() {
+pub fn external_server_url(
+    cfg: &ClusterConfig,
+    file: &str,
+) -> Result<String, crate::config::ConfigError> {
+    let host = match &cfg.spec.api.external_address {
+        Some(a) => a.clone(),
+        None => cfg.node_address(file)?.to_string(),
+    };
+    Ok(match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(a)) => format!("https://[{a}]:{}", cfg.spec.api.port),
         _ => format!("https://{host}:{}", cfg.spec.api.port),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -132,12 +133,21 @@ mod tests {
     #[test]
     fn server_prefers_the_external_address() {
         let mut cfg = ClusterConfig::default();
-        cfg.spec.api.address = Some("192.0.2.7".into());
-        assert_eq!(external_server_url(&cfg), "https://192.0.2.7:6443");
+        cfg.spec.api.address = Some("192.0.2.7".parse().unwrap());
+        assert_eq!(
+            external_server_url(&cfg, "t").unwrap(),
+            "https://192.0.2.7:6443"
+        );
         cfg.spec.api.external_address = Some("k8s.example.com".into());
-        assert_eq!(external_server_url(&cfg), "https://k8s.example.com:6443");
+        assert_eq!(
+            external_server_url(&cfg, "t").unwrap(),
+            "https://k8s.example.com:6443"
+        );
         cfg.spec.api.external_address = Some("2001:db8::5".into());
-        assert_eq!(external_server_url(&cfg), "https://[2001:db8::5]:6443");
+        assert_eq!(
+            external_server_url(&cfg, "t").unwrap(),
+            "https://[2001:db8::5]:6443"
+        );
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<()> {
         (None, Some(text)) => ClusterConfig::from_yaml(text, "<backup>/config/cluster.yaml")?,
         (None, None) => ClusterConfig::default(),
     };
-    let peer_url = url_for(cfg.etcd_peer_address(), cfg.spec.etcd.peer_port);
+    let node = cfg.node_address(&crate::config::display_name(global.config.as_deref()))?;
+    let peer_url = url_for(cfg.etcd_peer_address(node), cfg.spec.etcd.peer_port);
     staged
         .restore_etcd(&etcdctl, &node_name, &peer_url)
         .context("rebuilding etcd's data from the snapshot")?;

@@ -48,7 +48,9 @@ pub async fn run(global: &GlobalArgs, cmd: &TokenCommand) -> anyhow::Result<()> 
                 .map(|r| r.join_api)
                 .collect();
             if endpoints.is_empty() {
-                endpoints.push(url_for(cfg.node_address(), cfg.exposed_join_port()));
+                let node =
+                    cfg.node_address(&crate::config::display_name(global.config.as_deref()))?;
+                endpoints.push(url_for(node, cfg.exposed_join_port()));
             }
             let ca_pin = pki::spki_sha256(&crate::fsutil::read(&pki.ca.cert)?)?;
             let (bootstrap, stored) =

@@ -238,10 +238,20 @@ async fn first_join(args: &WorkerArgs, worker: &WorkerPaths) -> anyhow::Result<W
         Some(n) => n.clone(),
         None => hostname()?,
     };
-    let address = args
-        .address
-        .or_else(crate::config::paths::detect_node_address)
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    // Refused rather than guessed: a node registered under 127.0.0.1 is
+    // unreachable for everyone else.
+    let address =
+        match args
+            .address
+            .or_else(crate::config::paths::detect_node_address)
+        {
+            Some(a) => a,
+            None => return Err(UsageError(
+                "this host has no global IPv4 address to register the node under: give --address"
+                    .into(),
+            )
+            .into()),
+        };
     info!(endpoints = ?token.endpoints, token_id = %token.bootstrap.id, %node_name, %address, "joining the cluster as a worker");
     join_worker(&token, &node_name, address, worker)
         .await

@@ -164,7 +164,7 @@ impl KubeApiserverSettings {
             bind_address,
             secure_port: cfg.spec.api.port,
             etcd_servers: vec![crate::etcd::local_url(cfg.spec.etcd.client_port)],
-            service_cidr: cfg.spec.network.service_cidr.clone(),
+            service_cidr: cfg.spec.network.service_cidr.to_string(),
             cluster_domain: cfg.spec.network.cluster_domain.clone(),
             pki: pki.clone(),
             egress_selector_file: paths.egress_selector_file(),

@@ -61,8 +61,8 @@ impl KubeControllerManagerSettings {
             pki: pki.clone(),
             cert_dir: paths.component_cert_dir(NAME),
             cluster_name: cfg.metadata.name.clone(),
-            pod_cidr: cfg.spec.network.pod_cidr.clone(),
-            service_cidr: cfg.spec.network.service_cidr.clone(),
+            pod_cidr: cfg.spec.network.pod_cidr.to_string(),
+            service_cidr: cfg.spec.network.service_cidr.to_string(),
             controller_count,
             extra_args: cfg.spec.extra_args.kube_controller_manager.clone(),
         }

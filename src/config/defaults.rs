@@ -1,14 +1,17 @@
 //! Every ClusterConfig default, as a named constant.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net};
 
 pub const API_VERSION: &str = "mkectl.io/v1beta1";
 pub const KIND: &str = "ClusterConfig";
 pub const CLUSTER_NAME: &str = "mke";
 
 pub const API_PORT: u16 = 6443;
-pub const POD_CIDR: &str = "10.244.0.0/16";
-pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const POD_CIDR: IpNet = IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(10, 244, 0, 0), 16));
+pub const SERVICE_CIDR: IpNet = IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(10, 96, 0, 0), 12));
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 pub const ETCD_CLIENT_PORT: u16 = 2379;
@@ -16,7 +19,7 @@ pub const ETCD_PEER_PORT: u16 = 2380;
 
 pub const KONNECTIVITY_AGENT_PORT: u16 = 8132;
 pub const KONNECTIVITY_ADMIN_PORT: u16 = 8133;
-pub const KONNECTIVITY_ADMIN_ADDRESS: &str = "127.0.0.1";
+pub const KONNECTIVITY_ADMIN_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Agents are who their certificate says (see `konnectivity::server::identity`).
 pub const KONNECTIVITY_AGENT_IDENTITY: super::konnectivity::AgentIdentity =
     super::konnectivity::AgentIdentity::Certificate;
@@ -28,7 +31,7 @@ pub const JOIN_API_PORT: u16 = 9443;
 /// scheduler 10259, node-exporter 9100, Prometheus 9090).
 pub const METRICS_PORT: u16 = 9641;
 /// Metrics are served on loopback unless the operator opens them up.
-pub const METRICS_ADDRESS: &str = "127.0.0.1";
+pub const METRICS_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 const HOUR: u64 = 3600;
 /// CAs live ten years: replacing one means re-trusting every node.

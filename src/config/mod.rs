@@ -114,7 +114,7 @@ pub struct ApiSpec {
     /// Node address the apiserver, join API, konnectivity agent port and etcd
     /// peer port bind to. Empty: the first global IPv4 address of the host.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
+    pub address: Option<IpAddr>,
     pub port: u16,
     /// Address clients outside the node use (load balancer or DNS name).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,9 +152,9 @@ pub enum NetworkProvider {
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct NetworkSpec {
     #[serde(rename = "podCIDR")]
-    pub pod_cidr: String,
+    pub pod_cidr: ipnet::IpNet,
     #[serde(rename = "serviceCIDR")]
-    pub service_cidr: String,
+    pub service_cidr: ipnet::IpNet,
     pub cluster_domain: String,
     pub provider: NetworkProvider,
 }
@@ -168,7 +168,7 @@ pub struct EtcdSpec {
     pub peer_port: u16,
     /// Peer address; empty means the API address.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer_address: Option<String>,
+    pub peer_address: Option<IpAddr>,
     /// Extra etcd flags without leading dashes; they override ours.
     pub extra_args: BTreeMap<String, String>,
 }
@@ -181,7 +181,7 @@ pub struct KonnectivitySpec {
     /// Admin port (/healthz, /readyz, /metrics).
     pub admin_port: u16,
     /// Address the admin port binds to.
-    pub admin_address: String,
+    pub admin_address: IpAddr,
     /// Where an agent's id and `host=` identifiers come from: `certificate`
     /// (its client certificate, as the join API issued it) or `headers`
     /// (as the agent sends them; for upstream agents that share one
@@ -200,7 +200,7 @@ pub struct JoinApiSpec {
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct MetricsSpec {
     /// Address the endpoint binds to (loopback by default).
-    pub address: String,
+    pub address: IpAddr,
     pub port: u16,
 }
 
@@ -260,8 +260,8 @@ impl Default for ApiSpec {
 impl Default for NetworkSpec {
     fn default() -> Self {
         Self {
-            pod_cidr: defaults::POD_CIDR.into(),
-            service_cidr: defaults::SERVICE_CIDR.into(),
+            pod_cidr: defaults::POD_CIDR,
+            service_cidr: defaults::SERVICE_CIDR,
             cluster_domain: defaults::CLUSTER_DOMAIN.into(),
             provider: NetworkProvider::default(),
         }
@@ -284,7 +284,7 @@ impl Default for KonnectivitySpec {
         Self {
             agent_port: defaults::KONNECTIVITY_AGENT_PORT,
             admin_port: defaults::KONNECTIVITY_ADMIN_PORT,
-            admin_address: defaults::KONNECTIVITY_ADMIN_ADDRESS.into(),
+            admin_address: defaults::KONNECTIVITY_ADMIN_ADDRESS,
             agent_identity: defaults::KONNECTIVITY_AGENT_IDENTITY,
         }
     }
@@ -301,7 +301,7 @@ impl Default for JoinApiSpec {
 impl Default for MetricsSpec {
     fn default() -> Self {
         Self {
-            address: defaults::METRICS_ADDRESS.into(),
+            address: defaults::METRICS_ADDRESS,
             port: defaults::METRICS_PORT,
         }
     }
@@ -375,18 +375,18 @@ impl ClusterConfig {
     }
 
     /// The node address: `spec.api.address`, else the host's first global
-    /// IPv4 address, else 127.0.0.1 (single-node on an isolated host).
-    pub fn node_address(&self) -> IpAddr {
-        if let Some(ip) = self
-            .spec
-            .api
-            .address
-            .as_deref()
-            .and_then(|a| a.parse().ok())
-        {
-            return ip;
+    /// IPv4 address. A host without one is refused (naming
+    /// `spec.api.address` in `file`) rather than silently given 127.0.0.1.
+    /// Interfaces are scanned on every call: resolve it once at start.
+    pub fn node_address(&self, file: &str) -> Result<IpAddr, ConfigError> {
+        if let Some(ip) = self.spec.api.address {
+            return Ok(ip);
         }
-        paths::detect_node_address().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        paths::detect_node_address().ok_or_else(|| ConfigError::Invalid {
+            file: file.into(),
+            field: "spec.api.address".into(),
+            message: "unset, and this host has no global IPv4 address to use instead; set it (127.0.0.1 for a single host)".into(),
+        })
     }
 
     /// Whether one port carries the apiserver, konnectivity and the join API.
@@ -412,24 +412,15 @@ impl ClusterConfig {
         }
     }
 
-    /// The etcd peer address: `spec.etcd.peerAddress`, else the node address.
-    pub fn etcd_peer_address(&self) -> IpAddr {
-        self.spec
-            .etcd
-            .peer_address
-            .as_deref()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| self.node_address())
+    /// The etcd peer address: `spec.etcd.peerAddress`, else `node` (the
+    /// resolved node address).
+    pub fn etcd_peer_address(&self, node: IpAddr) -> IpAddr {
+        self.spec.etcd.peer_address.unwrap_or(node)
     }
 
-    /// The service CIDR, already validated.
+    /// The service CIDR.
     pub fn service_cidr(&self) -> ipnet::IpNet {
-        // validate() refused anything that does not parse; the default parses.
-        self.spec
-            .network
-            .service_cidr
-            .parse()
-            .unwrap_or_else(|_| ipnet::IpNet::from(ipnet::Ipv4Net::default()))
+        self.spec.network.service_cidr
     }
 
     /// The first address of the service CIDR: the `kubernetes` Service IP.

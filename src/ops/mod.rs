@@ -52,8 +52,6 @@ pub enum OpsError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("spec.metrics.address {0:?} is not an IP address")]
-    MetricsAddress(String),
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
     #[error("background task failed: {0}")]
@@ -119,13 +117,7 @@ pub async fn start(
     let rotator = s
         .pki_spec
         .map(|spec| Arc::new(rotation::Rotator::new(spec, manager, cancel.clone())));
-    let ip: IpAddr = s
-        .cfg
-        .spec
-        .metrics
-        .address
-        .parse()
-        .map_err(|_| OpsError::MetricsAddress(s.cfg.spec.metrics.address.clone()))?;
+    let ip: IpAddr = s.cfg.spec.metrics.address;
     let (socket, metrics_addr) = server::serve(
         &s.paths.status_socket(),
         SocketAddr::new(ip, s.cfg.spec.metrics.port),
