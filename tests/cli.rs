@@ -247,3 +247,26 @@ fn missing_etcd_exits_69_naming_every_place_looked() {
     );
     assert!(err.contains("nothing-here"), "{err}");
 }
+
+/// `mkectl version -o json` names the commit it was built from and whether
+/// the tree was dirty (build.rs, at build time).
+#[test]
+fn version_reports_git_commit_and_dirty_flag() {
+    let out = mkectl(&["version", "-o", "json"]);
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let commit = doc["gitCommit"].as_str().unwrap();
+    let head = Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+        .output();
+    match head {
+        Ok(h) if h.status.success() => {
+            assert_eq!(commit, String::from_utf8_lossy(&h.stdout).trim());
+            assert!(doc["gitTreeDirty"].is_boolean(), "{doc}");
+        }
+        // No git here (source tarball): the build still says so.
+        _ => assert_eq!(commit, "unknown"),
+    }
+    let out = mkectl(&["version"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("git commit "));
+}

@@ -7,6 +7,13 @@ use crate::cli::{OutputFormat, VersionArgs};
 
 pub fn run(args: &VersionArgs) -> anyhow::Result<()> {
     let version = env!("CARGO_PKG_VERSION");
+    // Set by build.rs from git at build time ("unknown" without git).
+    let git_commit = env!("MKECTL_GIT_COMMIT");
+    let git_dirty: Option<bool> = match env!("MKECTL_GIT_DIRTY") {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    };
     let bundle = Bundle::open_self()?;
     let manifest = match &bundle {
         Some(b) => Some(b.manifest()?),
@@ -26,11 +33,22 @@ pub fn run(args: &VersionArgs) -> anyhow::Result<()> {
                 }),
                 _ => serde_json::Value::Null,
             };
-            let doc = serde_json::json!({ "version": version, "bundle": bundle_json });
+            let doc = serde_json::json!({
+                "version": version,
+                "gitCommit": git_commit,
+                "gitTreeDirty": git_dirty,
+                "bundle": bundle_json,
+            });
             super::status::print_structured(&doc, args.output)?;
         }
         OutputFormat::Text => {
             println!("mkectl {version}");
+            let dirty = match git_dirty {
+                Some(true) => "dirty",
+                Some(false) => "clean",
+                None => "unknown",
+            };
+            println!("git commit {git_commit} (tree {dirty})");
             match (&bundle, &manifest) {
                 (Some(b), Some(m)) => {
                     println!(
