@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use mkectl::apilb::{ApiLb, ApiLbConfig, Health, HttpsHealthCheck};
-use mkectl::components::https_probe::ClientIdentity;
+use mkectl::https_probe::ClientIdentity;
 use mkectl::pki::Ca;
 use support::{get_once, Backend, Conn};
 

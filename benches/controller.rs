@@ -145,7 +145,7 @@ async fn bare_etcd_start(dir: &Path) -> Duration {
 
 /// `GET /readyz` on the apiserver with the admin identity answers 200.
 async fn apiserver_ready(dir: &Path, port: u16) -> bool {
-    use mkectl::components::https_probe::{ClientIdentity, HttpsProbe, ServerTrust};
+    use mkectl::https_probe::{ClientIdentity, HttpsProbe, ServerTrust};
     let pki = dir.join("data/pki");
     let probe = HttpsProbe {
         addr: format!("127.0.0.1:{port}").parse().unwrap(),

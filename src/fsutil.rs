@@ -41,6 +41,11 @@ pub enum FsError {
 
 /// Creates `path` (and missing parents) and forces its mode, so an existing
 /// directory created with a looser umask is tightened too.
+/// `p` made absolute against the current directory (unchanged if that fails).
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 pub fn ensure_dir(path: &Path, mode: u32) -> Result<(), FsError> {
     fs::DirBuilder::new()
         .recursive(true)

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use mkectl::apilb::{ApiLb, ApiLbConfig, BackendStatus, Health, HttpsHealthCheck};
 use mkectl::components::api_lb::{ApiLbSettings, ApiLoadBalancer};
-use mkectl::components::https_probe::ClientIdentity;
 use mkectl::components::Component;
+use mkectl::https_probe::ClientIdentity;
 use mkectl::pki::{Ca, PkiPaths};
 use support::{get_once, Backend, Conn};
 

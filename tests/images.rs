@@ -19,11 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mkectl::components::containerd::{
-    self, CgroupDriver, ContainerdClient, ContainerdSettings, DEFAULT_SANDBOX_IMAGE,
+    self, CgroupDriver, ContainerdSettings, DEFAULT_SANDBOX_IMAGE,
 };
 use mkectl::components::image_import::{self, ImageImport};
 use mkectl::components::Manager;
 use mkectl::config::NodePaths;
+use mkectl::containerd::ContainerdClient;
 use mkectl::images::import::{
     import_dir, ImportReport, ImportSettings, SandboxOutcome, SandboxSettings,
 };
@@ -48,8 +49,8 @@ impl Drop for Cleanup {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(containerd::kill_shims(&socket));
-            containerd::unmount_below(&[&root, &state]);
+            rt.block_on(mkectl::containerd::kill_shims(&socket));
+            mkectl::mounts::unmount_below(&[&root, &state]);
             let _ = fs::remove_dir_all(&tmp);
         })
         .join();

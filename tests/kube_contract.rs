@@ -30,10 +30,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::*;
-use mkectl::components::https_probe::{ClientIdentity, HttpsProbe, ServerTrust};
 use mkectl::components::kube_apiserver::EgressSelectorConfiguration;
 use mkectl::components::kube_common::{parse_args_file, Flags};
 use mkectl::etcd::{connect, EtcdClientTls};
+use mkectl::https_probe::{ClientIdentity, HttpsProbe, ServerTrust};
 use mkectl::konnectivity::client::dial_grpc_uds;
 use mkectl::konnectivity::TlsFiles;
 use mkectl::pki::{self, Ca, KeyType};

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
-use mkectl::components::kube_common::KUBERNETES_VERSION;
+use mkectl::kubeapi::KUBERNETES_VERSION;
 
 fn repo(rel: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);

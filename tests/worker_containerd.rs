@@ -147,7 +147,7 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     if let Ok(c) = dir.canonicalize() {
         dirs.push(c);
     }
-    containerd::mounts_below(&info, &dirs)
+    mkectl::mounts::mounts_below(&info, &dirs)
 }
 
 /// Pids of live processes whose command line mentions `needle`.
@@ -185,11 +185,11 @@ impl Drop for Cleanup {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(containerd::kill_shims(&socket));
+            rt.block_on(mkectl::containerd::kill_shims(&socket));
             for pid in pids_mentioning(&tmp.display().to_string()) {
                 common::signal(pid, libc::SIGKILL);
             }
-            containerd::unmount_below(&[&root, &state]);
+            mkectl::mounts::unmount_below(&[&root, &state]);
             let _ = fs::remove_dir_all(&tmp);
         })
         .join();
@@ -313,7 +313,7 @@ async fn containerd_runs_containers_and_stops_clean() {
     // A long-running container: its shim and rootfs mount exist while it runs.
     let sleeper = format!("sleeper-{}", std::process::id());
     let (sleeper_pid, sleep_arg) = node.run_sleeper(&sleeper);
-    let shims = containerd::shims_of(&socket);
+    let shims = mkectl::containerd::shims_of(&socket);
     assert!(!shims.is_empty(), "no shim found for {}", socket.display());
     assert!(
         !mounts_under(&node.settings.state).is_empty(),
@@ -334,7 +334,7 @@ async fn containerd_runs_containers_and_stops_clean() {
     for pid in &shims {
         assert!(!common::alive(*pid), "shim {pid} still running");
     }
-    assert!(containerd::shims_of(&socket).is_empty());
+    assert!(mkectl::containerd::shims_of(&socket).is_empty());
     assert!(
         !common::alive(sleeper_pid),
         "container process still running"
@@ -362,23 +362,23 @@ async fn sweep_kills_shims_and_containers_and_unmounts() {
     let mut node = Node::start().await;
     let sleeper = format!("swept-{}", std::process::id());
     let (sleeper_pid, _) = node.run_sleeper(&sleeper);
-    let shims = containerd::shims_of(&node.socket);
+    let shims = mkectl::containerd::shims_of(&node.socket);
     assert!(!shims.is_empty());
 
-    let killed = containerd::kill_shims(&node.socket).await;
+    let killed = mkectl::containerd::kill_shims(&node.socket).await;
     assert_eq!(killed, shims);
     assert!(!common::alive(sleeper_pid), "container survived the sweep");
     for pid in &shims {
         assert!(!common::alive(*pid), "shim {pid} survived the sweep");
     }
-    containerd::unmount_below(&[&node.settings.root, &node.settings.state]);
+    mkectl::mounts::unmount_below(&[&node.settings.root, &node.settings.state]);
     assert_eq!(mounts_under(&node.tmp), Vec::<PathBuf>::new());
 
     // containerd is still there and stops cleanly afterwards.
     assert!(common::alive(node.containerd_pid));
     node.manager.stop_all(Duration::from_secs(60)).await;
     assert!(!common::alive(node.containerd_pid));
-    assert!(containerd::shims_of(&node.socket).is_empty());
+    assert!(mkectl::containerd::shims_of(&node.socket).is_empty());
     assert_eq!(mounts_under(&node.tmp), Vec::<PathBuf>::new());
     let _ = fs::remove_dir_all(Path::new(CTR_RUNC_ROOT).join(NAMESPACE).join(&sleeper));
 }

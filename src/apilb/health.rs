@@ -18,7 +18,7 @@ use tracing::{info, warn, Instrument};
 
 use super::balancer::{Backend, Health, Outcome, Shared};
 use super::COMPONENT;
-use crate::components::https_probe::{ClientIdentity, HttpsProbe, ProbeError, ServerTrust};
+use crate::https_probe::{ClientIdentity, HttpsProbe, ProbeError, ServerTrust};
 
 /// Path probed on every apiserver.
 pub const HEALTH_PATH: &str = "/readyz";

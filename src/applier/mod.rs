@@ -33,10 +33,10 @@ use std::time::Duration;
 
 pub use crate::config::addons::AddonsSettings;
 pub use render::{
-    render_default_stacks, write_default_stacks, DefaultStacksReport, Provider, RenderInputs,
-    RenderedFile, DEFAULT_STACKS,
+    check_config, render_default_stacks, write_default_stacks, DefaultStacksReport, Provider,
+    RenderInputs, RenderedFile, DEFAULT_STACKS,
 };
-pub use runner::{client_from_kubeconfig, Applier, ApplierConfig};
+pub use runner::{Applier, ApplierConfig};
 pub use status::{ApplierStatus, StackState, StackStatus, StatusHandle};
 
 /// Field manager of every server-side apply (and the marker pruning checks).
@@ -130,8 +130,8 @@ pub enum ApplierError {
         path: PathBuf,
         source: notify::Error,
     },
-    #[error("kubeconfig {path}: {message}")]
-    Kubeconfig { path: PathBuf, message: String },
+    #[error(transparent)]
+    Client(#[from] crate::kubeapi::KubeClientError),
     /// Several failures in one stack, each naming its file and document.
     #[error("{}", join_errors(.0))]
     Many(Vec<ApplierError>),

@@ -86,6 +86,24 @@ pub struct DefaultStacksReport {
     pub changed: Vec<PathBuf>,
 }
 
+/// The config checks that need the templates: rendering the default stacks
+/// checks images and the add-on settings against the network values before
+/// anything is written. Every command that loads a config calls this after
+/// `ClusterConfig::load` (config/ sits below the applier and cannot).
+pub fn check_config(
+    cfg: &crate::config::ClusterConfig,
+    file: &str,
+) -> Result<(), crate::config::ConfigError> {
+    let inputs = RenderInputs::from_config(cfg, std::net::IpAddr::from([127, 0, 0, 1]));
+    render_default_stacks(&cfg.spec.addons, &inputs)
+        .map(drop)
+        .map_err(|e| crate::config::ConfigError::Invalid {
+            file: file.into(),
+            field: "spec.addons".into(),
+            message: e.to_string(),
+        })
+}
+
 /// Renders every enabled default stack.
 pub fn render_default_stacks(
     settings: &AddonsSettings,

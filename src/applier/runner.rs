@@ -2,7 +2,7 @@
 //! the lease apply what changed and prune what left.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::Client;
@@ -108,19 +108,6 @@ impl ApplierConfig {
         }
         Ok(())
     }
-}
-
-/// Builds a client from a kubeconfig file (the controller's admin kubeconfig).
-pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, ApplierError> {
-    let err = |message: String| ApplierError::Kubeconfig {
-        path: path.to_path_buf(),
-        message,
-    };
-    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    Client::try_from(cfg).map_err(|e| err(e.to_string()))
 }
 
 /// The manifest applier. `run` until the token is cancelled; read progress

@@ -309,7 +309,7 @@ mod tests {
             .unwrap();
         // Same minor as the flags mkectl generates for the kube components.
         let minor = |v: &str| v.rsplit_once('.').map(|(m, _)| m.to_string());
-        let generated = crate::components::kube_common::KUBERNETES_VERSION;
+        let generated = crate::kubeapi::KUBERNETES_VERSION;
         assert_eq!(
             minor(&k.version),
             minor(generated),

@@ -5,14 +5,14 @@
 use anyhow::Context;
 
 use crate::cli::{BackupArgs, GlobalArgs};
-use crate::config::{ClusterConfig, NodePaths};
+use crate::config::NodePaths;
 use crate::etcd::EtcdClientTls;
 use crate::exit::UnavailableError;
 use crate::ops::backup::{self, BackupError, BackupInput};
 use crate::pki::PkiPaths;
 
 pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<()> {
-    let cfg = ClusterConfig::load(global.config.as_deref())?;
+    let cfg = super::load_config(global.config.as_deref())?;
     let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
     let pki = PkiPaths::new(&paths.pki_dir());
     if !pki.ca.cert.exists() {

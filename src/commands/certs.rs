@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 
 use crate::cli::{CertsCommand, GlobalArgs, OutputFormat};
-use crate::config::{ClusterConfig, NodePaths};
+use crate::config::NodePaths;
 use crate::exit::UsageError;
 use crate::ops::client::{self, ClientError};
 use crate::ops::rotation;
@@ -130,7 +130,7 @@ fn renew(
             // A node running on this data dir with another run dir: its
             // files are not ours to rewrite. Held while renewing.
             let _data_lock = crate::nodelock::lock_data_dir(&paths.data_dir, false)?;
-            let cfg = ClusterConfig::load(global.config.as_deref())?;
+            let cfg = super::load_config(global.config.as_deref())?;
             let node_name = match node_name {
                 Some(n) => n.to_string(),
                 None => super::controller::hostname()?,

@@ -10,7 +10,6 @@ use tracing::{info, info_span, warn, Instrument};
 use super::controller_join;
 use super::worker::{add_node_components, worker_spec, NodeApiLb, NodeSide, WORKER_OPTIONAL};
 use crate::cli::{ControllerArgs, GlobalArgs};
-use crate::components::https_probe::ClientIdentity;
 use crate::components::konnectivity_agent::ServerSource;
 use crate::components::kube_common::{LocalKubeComponent, LocalKubeSettings, KUBERNETES_VERSION};
 use crate::components::kubelet::{self, WorkerSpec};
@@ -21,6 +20,7 @@ use crate::components::{
 };
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
+use crate::https_probe::ClientIdentity;
 use crate::{fsutil, ops, pki, supervisor};
 
 /// Every component a controller can run, in start order; the names
@@ -57,7 +57,7 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(120);
 
 pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let cfg = ClusterConfig::load(global.config.as_deref())?;
+    let cfg = super::load_config(global.config.as_deref())?;
     for name in &args.disable_components {
         let worker_side = WORKER_OPTIONAL.contains(&name.as_str());
         if worker_side && !args.enable_worker {

@@ -177,8 +177,8 @@ async fn stop_stale_children(paths: &NodePaths) -> anyhow::Result<()> {
 /// socket goes, with its containers; their mounts are then detached by
 /// [`unmount_node_dirs`].
 async fn sweep_workloads(paths: &NodePaths) {
-    let socket = crate::components::containerd::absolute(&paths.containerd_socket());
-    let shims = crate::components::containerd::kill_shims(&socket).await;
+    let socket = crate::fsutil::absolute(&paths.containerd_socket());
+    let shims = crate::containerd::kill_shims(&socket).await;
     if !shims.is_empty() {
         warn!(
             shims = shims.len(),

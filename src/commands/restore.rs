@@ -36,8 +36,8 @@ pub fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<()> {
     let staged = restore::unpack(&args.archive, &staging)?;
     // The controller's config wins; else the one in the archive.
     let cfg = match (&global.config, &staged.config) {
-        (Some(p), _) => ClusterConfig::load(Some(p))?,
-        (None, Some(text)) => ClusterConfig::from_yaml(text, "<backup>/config/cluster.yaml")?,
+        (Some(p), _) => super::load_config(Some(p))?,
+        (None, Some(text)) => super::config_from_yaml(text, "<backup>/config/cluster.yaml")?,
         (None, None) => ClusterConfig::default(),
     };
     let node = cfg.node_address(&crate::config::display_name(global.config.as_deref()))?;

@@ -21,7 +21,7 @@ use crate::pki::{self, PkiPaths};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(global: &GlobalArgs, cmd: &TokenCommand) -> anyhow::Result<()> {
-    let cfg = ClusterConfig::load(global.config.as_deref())?;
+    let cfg = super::load_config(global.config.as_deref())?;
     let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
     let pki = PkiPaths::new(&paths.pki_dir());
     let mut client = local_etcd(&cfg, &pki).await?;

@@ -28,9 +28,7 @@ use super::controller_join::{join_failure, read_token_file};
 use crate::apilb::{ApiLbConfig, HttpsHealthCheck};
 use crate::cli::{GlobalArgs, WorkerArgs};
 use crate::components::api_lb::{ApiLbMonitor, ApiLbSettings, ApiLoadBalancer};
-use crate::components::containerd::absolute;
 use crate::components::containerd::{self, Containerd, ContainerdSettings};
-use crate::components::https_probe::ClientIdentity;
 use crate::components::image_import::ImageImport;
 use crate::components::konnectivity_agent::{
     KonnectivityAgent, KonnectivityAgentSettings, ServerSource,
@@ -41,6 +39,8 @@ use crate::components::Manager;
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
 use crate::fsutil;
+use crate::fsutil::absolute;
+use crate::https_probe::ClientIdentity;
 use crate::join::client::{join_worker, refresh_controllers};
 use crate::join::registry::ControllerRecord;
 use crate::join::state::{self, WorkerPaths, WorkerState};
@@ -71,7 +71,7 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     // Everything from the command line and the config is checked before
     // anything is written or joined.
-    let cfg = ClusterConfig::load(global.config.as_deref())?;
+    let cfg = super::load_config(global.config.as_deref())?;
     for name in &args.disable_components {
         if !WORKER_OPTIONAL.contains(&name.as_str()) {
             return Err(UsageError(format!(

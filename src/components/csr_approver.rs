@@ -458,7 +458,7 @@ async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: Ca
         let result: Result<(), String> = async {
             if client.is_none() {
                 client = Some(
-                    crate::applier::runner::client_from_kubeconfig(&settings.kubeconfig)
+                    crate::kubeapi::client_from_kubeconfig(&settings.kubeconfig)
                         .await
                         .map_err(|e| e.to_string())?,
                 );

@@ -39,13 +39,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::https_probe::{ClientIdentity, HttpsProbe, ServerTrust, PROBE_TIMEOUT};
 use super::kube_common::{
     fs_err, parse_go_duration, secure_endpoint, write_args_file, Flags, KubeProcess,
 };
 use super::{Component, ComponentError};
 use crate::config::{ClusterConfig, NodePaths};
 use crate::fsutil;
+use crate::https_probe::{ClientIdentity, HttpsProbe, ServerTrust, PROBE_TIMEOUT};
 use crate::pki::PkiPaths;
 
 pub const NAME: &str = "kube-apiserver";

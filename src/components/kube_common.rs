@@ -11,15 +11,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::https_probe::{HttpsProbe, ServerTrust, PROBE_TIMEOUT};
 use super::{binary, ComponentError};
 use crate::config::NodePaths;
 use crate::fsutil;
+use crate::https_probe::{HttpsProbe, ServerTrust, PROBE_TIMEOUT};
 use crate::supervisor::{ChildSpec, Supervised};
 
 /// The upstream Kubernetes release the generated flags target. The flag lists
 /// under `tests/data/` are the ones of this minor version.
-pub const KUBERNETES_VERSION: &str = "v1.32.8";
+pub use crate::kubeapi::KUBERNETES_VERSION;
 
 /// A component's flags by name (without dashes). Later `set`s win, which is
 /// how `extraArgs` override mkectl's values.
@@ -176,7 +176,7 @@ pub fn secure_endpoint(
 /// `GET /healthz` on a component that serves the self-signed certificate it
 /// generated into `cert_dir` (`<cert_dir>/<component>.crt`), or the
 /// certificate an operator set with `--tls-cert-file` in `extraArgs`. The
-/// probe pins that exact certificate (see [`super::https_probe`]).
+/// probe pins that exact certificate (see [`crate::https_probe`]).
 pub fn self_signed_probe(
     component: &'static str,
     flags: &Flags,
@@ -297,7 +297,7 @@ pub trait LocalKubeSettings: Send + Sync {
     const STOP_GRACE: Duration;
     const READY_TIMEOUT: Duration;
     fn args(&self) -> Vec<String>;
-    fn readiness_probe(&self) -> Result<super::https_probe::HttpsProbe, ComponentError>;
+    fn readiness_probe(&self) -> Result<crate::https_probe::HttpsProbe, ComponentError>;
     fn cert_dir(&self) -> &Path;
     /// Controllers in the cluster (leader election only above one).
     fn controller_count(&self) -> usize;

@@ -13,16 +13,16 @@
 //!   with the new count.
 //! * Serves HTTPS on 127.0.0.1:10257 only, with a self-signed certificate it
 //!   generates into `<data-dir>/kube-controller-manager/serving`; readiness is
-//!   `GET /healthz` pinning that certificate (see [`super::https_probe`]).
+//!   `GET /healthz` pinning that certificate (see [`crate::https_probe`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::https_probe::HttpsProbe;
 use super::kube_common::{self_signed_probe, Flags, LocalKubeComponent, LocalKubeSettings};
 use super::ComponentError;
 use crate::config::{ClusterConfig, NodePaths};
+use crate::https_probe::HttpsProbe;
 use crate::pki::PkiPaths;
 
 pub const NAME: &str = "kube-controller-manager";
@@ -141,7 +141,7 @@ impl LocalKubeSettings for KubeControllerManagerSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::components::https_probe::ServerTrust;
+    use crate::https_probe::ServerTrust;
     use std::path::Path;
 
     fn settings(count: usize) -> KubeControllerManagerSettings {

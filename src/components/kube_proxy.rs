@@ -36,10 +36,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::containerd::absolute;
 use super::{binary, Component, ComponentError};
 use crate::config::NodePaths;
 use crate::fsutil;
+use crate::fsutil::absolute;
 use crate::supervisor::{ChildSpec, Supervised};
 
 pub const NAME: &str = "kube-proxy";

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::https_probe::HttpsProbe;
 use super::kube_common::{self_signed_probe, Flags, LocalKubeComponent, LocalKubeSettings};
 use super::ComponentError;
 use crate::config::{ClusterConfig, NodePaths};
+use crate::https_probe::HttpsProbe;
 use crate::pki::PkiPaths;
 
 pub const NAME: &str = "kube-scheduler";

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::containerd::{absolute, CgroupDriver, DEFAULT_SANDBOX_IMAGE};
+use super::containerd::{CgroupDriver, DEFAULT_SANDBOX_IMAGE};
 use super::{binary, Component, ComponentError};
 pub use crate::config::worker::{
     is_dns_subdomain, validate_node_label, CgroupDriverSetting, Taint, WorkerSpec,
@@ -44,6 +44,7 @@ pub use crate::config::worker::{
 };
 use crate::config::{ClusterConfig, NodePaths};
 use crate::fsutil;
+use crate::fsutil::absolute;
 use crate::supervisor::{ChildSpec, Supervised};
 
 pub const NAME: &str = "kubelet";

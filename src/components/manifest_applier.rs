@@ -87,7 +87,7 @@ impl Component for ApplierComponent {
         if self.task.is_some() {
             return Ok(());
         }
-        let client = applier::client_from_kubeconfig(&self.admin_kubeconfig)
+        let client = crate::kubeapi::client_from_kubeconfig(&self.admin_kubeconfig)
             .await
             .map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
         let mut cfg = ApplierConfig::new(self.paths.manifests_dir(), client, self.identity.clone());

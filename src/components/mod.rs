@@ -47,7 +47,6 @@ pub mod containerd;
 pub mod controller_registry;
 pub mod csr_approver;
 pub mod etcd;
-pub mod https_probe;
 pub mod image_import;
 pub mod join_api;
 pub mod konnectivity_agent;

@@ -9,7 +9,7 @@ pub const DEFAULT_COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.11.3
 /// Two replicas so a single node drain never takes DNS down.
 pub const DEFAULT_COREDNS_REPLICAS: u32 = 2;
 /// kube-proxy must match the apiserver minor version (1.32 in the bundle).
-/// Matches `components::kube_common::KUBERNETES_VERSION` (the bundle pin).
+/// Matches `kubeapi::KUBERNETES_VERSION` (the bundle pin).
 pub const DEFAULT_KUBE_PROXY_IMAGE: &str = "registry.k8s.io/kube-proxy:v1.32.8";
 /// Calico release whose manifests the calico template follows.
 pub const DEFAULT_CALICO_VERSION: &str = "v3.29.3";

@@ -207,12 +207,8 @@ pub(super) fn validate(cfg: &ClusterConfig, file: &str) -> Result<(), ConfigErro
 
     s.worker.validate(file)?;
 
-    // Rendering the default stacks checks images and the add-on settings
-    // against the network values, before anything is written.
-    let inputs = crate::applier::RenderInputs::from_config(cfg, IpAddr::from([127, 0, 0, 1]));
-    if let Err(e) = crate::applier::render_default_stacks(&s.addons, &inputs) {
-        return Err(c.err("spec.addons", e.to_string()));
-    }
+    // The add-on settings are checked against the templates by
+    // `applier::check_config` (the applier sits above config/).
 
     c.args("spec.etcd.extraArgs", &s.etcd.extra_args)?;
     c.args(

@@ -36,7 +36,7 @@ use tracing::{debug, error, info, warn};
 
 use super::archive::{self, ArchiveInfo};
 use super::{is_archive_name, pause, ImagesError};
-use crate::components::containerd::ContainerdClient;
+use crate::containerd::ContainerdClient;
 
 /// The containerd namespace CRI (so kubelet) uses.
 pub const K8S_NAMESPACE: &str = "k8s.io";

@@ -61,7 +61,7 @@ pub async fn mirror_bootstrap_token(
     token: &BootstrapToken,
     stored: &StoredToken,
 ) -> Result<(), MirrorError> {
-    let client = crate::applier::client_from_kubeconfig(kubeconfig)
+    let client = crate::kubeapi::client_from_kubeconfig(kubeconfig)
         .await
         .map_err(|e| MirrorError::Client {
             path: kubeconfig.display().to_string(),
