@@ -17,6 +17,9 @@ pub const DEFAULT_RUN_DIR: &str = "/run/mke";
 /// Default port of the embedded konnectivity agent's /healthz /readyz
 /// /metrics (upstream proxy-agent's health port).
 pub const DEFAULT_AGENT_ADMIN_PORT: u16 = 8093;
+/// The embedded konnectivity agent's admin endpoints stay on the node by
+/// default (same default for `worker` and `controller --enable-worker`).
+pub const DEFAULT_AGENT_ADMIN_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -219,7 +222,8 @@ pub struct WorkerArgs {
     /// Konnectivity agent /healthz /readyz /metrics port; 0 = off.
     #[arg(long, default_value_t = DEFAULT_AGENT_ADMIN_PORT)]
     pub agent_admin_port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
+    /// Address of the konnectivity agent's admin endpoints.
+    #[arg(long, default_value_t = DEFAULT_AGENT_ADMIN_ADDRESS)]
     pub agent_admin_address: std::net::IpAddr,
     /// Node labels `key=value`, comma separated; added to spec.worker.labels.
     #[arg(long, value_delimiter = ',')]
@@ -314,9 +318,12 @@ pub struct ControllerArgs {
     #[arg(long, value_delimiter = ',', requires = "enable_worker")]
     pub taints: Vec<String>,
     /// With --enable-worker: the konnectivity agent's /healthz /readyz
-    /// /metrics port on 127.0.0.1; 0 = off.
+    /// /metrics port; 0 = off.
     #[arg(long, default_value_t = DEFAULT_AGENT_ADMIN_PORT, requires = "enable_worker")]
     pub agent_admin_port: u16,
+    /// With --enable-worker: address of the agent's admin endpoints.
+    #[arg(long, default_value_t = DEFAULT_AGENT_ADMIN_ADDRESS, requires = "enable_worker")]
+    pub agent_admin_address: std::net::IpAddr,
     /// Node name (etcd member name, certificate SANs). Defaults to the hostname.
     #[arg(long, env = "MKECTL_NODE_NAME")]
     pub node_name: Option<String>,

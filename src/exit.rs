@@ -26,6 +26,9 @@ pub struct UnavailableError(pub String);
 /// Picks the exit code for an error by looking through its whole chain.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<crate::node::NodeError>() {
+            return e.exit_code();
+        }
         if cause.is::<UsageError>() || cause.is::<crate::config::ConfigError>() {
             return USAGE;
         }

@@ -23,6 +23,7 @@ pub mod join;
 pub mod konnectivity;
 pub mod kubeapi;
 pub mod mounts;
+pub mod node;
 pub mod nodelock;
 pub mod ops;
 pub mod pki;

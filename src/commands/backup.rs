@@ -12,7 +12,7 @@ use crate::ops::backup::{self, BackupError, BackupInput};
 use crate::pki::PkiPaths;
 
 pub async fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<()> {
-    let cfg = super::load_config(global.config.as_deref())?;
+    let cfg = super::shared::load_config(global.config.as_deref())?;
     let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
     let pki = PkiPaths::new(&paths.pki_dir());
     if !pki.ca.cert.exists() {

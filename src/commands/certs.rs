@@ -61,7 +61,7 @@ fn check_expiration(global: &GlobalArgs, output: OutputFormat) -> anyhow::Result
                     })
                 })
                 .collect();
-            super::status::print_structured(&rows, output)?;
+            super::shared::print_structured(&rows, output)?;
         }
         OutputFormat::Text => {
             let width = certs.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
@@ -130,10 +130,10 @@ fn renew(
             // A node running on this data dir with another run dir: its
             // files are not ours to rewrite. Held while renewing.
             let _data_lock = crate::nodelock::lock_data_dir(&paths.data_dir, false)?;
-            let cfg = super::load_config(global.config.as_deref())?;
+            let cfg = super::shared::load_config(global.config.as_deref())?;
             let node_name = match node_name {
                 Some(n) => n.to_string(),
-                None => super::controller::hostname()?,
+                None => crate::node::hostname()?,
             };
             // A controller that ran with --enable-worker left its kubelet
             // certificate: keep maintaining it.
@@ -142,7 +142,7 @@ fn renew(
                 .cert
                 .exists();
             let node = cfg.node_address(&crate::config::display_name(global.config.as_deref()))?;
-            let spec = super::controller::pki_spec(&cfg, node, &paths, &node_name, worker);
+            let spec = crate::node::controller::pki_spec(&cfg, node, &paths, &node_name, worker);
             // `--all` offline means every leaf this PKI holds.
             let leaves = if all { spec.leaves() } else { leaves };
             if !pki::PkiPaths::new(&spec.dir).ca.cert.exists() {

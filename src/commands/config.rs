@@ -23,7 +23,7 @@ pub fn run(global: &GlobalArgs, cmd: &ConfigCommand) -> anyhow::Result<()> {
                 .into());
             };
             let (text, file) = crate::config::read_text(path)?;
-            let cfg = super::config_from_yaml(&text, &file)?;
+            let cfg = super::shared::config_from_yaml(&text, &file)?;
             if is_blank(&text) {
                 println!(
                     "{file}: valid, but empty: every field takes its default (see `mkectl config default`)"

@@ -289,9 +289,7 @@ mod tests {
         assert!(!CONTROLLER_TEMPLATE.contains("Delegate="));
         // systemd's stop timeout must outlast mkectl's own shutdown deadline,
         // or systemd SIGKILLs a controller still draining its apiserver.
-        assert!(
-            UNIT_STOP_TIMEOUT_SECS >= crate::commands::controller::SHUTDOWN_DEADLINE.as_secs() + 15
-        );
+        assert!(UNIT_STOP_TIMEOUT_SECS >= crate::node::lifecycle::SHUTDOWN_DEADLINE.as_secs() + 15);
         let unit = render_unit(
             InstallRole::Worker,
             &[

@@ -18,7 +18,7 @@ use crate::pki::{self, Ca, KubeconfigUser, PkiPaths};
 pub const ADMIN_USER: &str = "kubernetes-admin";
 
 pub fn run(global: &GlobalArgs, cmd: &KubeconfigCommand) -> anyhow::Result<()> {
-    let cfg = super::load_config(global.config.as_deref())?;
+    let cfg = super::shared::load_config(global.config.as_deref())?;
     let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
     let pki_paths = PkiPaths::new(&paths.pki_dir());
     let read = |p: &std::path::Path| -> anyhow::Result<String> {

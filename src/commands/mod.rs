@@ -6,37 +6,19 @@ pub mod bundle;
 pub mod certs;
 pub mod config;
 pub mod controller;
-pub mod controller_join;
 pub mod images;
 pub mod install;
 pub mod konnectivity;
 pub mod kubeconfig;
 pub mod reset;
 pub mod restore;
+mod shared;
 pub mod status;
 pub mod token;
 pub mod version;
 pub mod worker;
 
-use std::path::Path;
-
 use crate::cli::{Cli, Command};
-use crate::config::{display_name, ClusterConfig};
-
-/// Loads and validates the cluster config (`None` = the defaults), the
-/// checks against the add-on templates included.
-pub fn load_config(path: Option<&Path>) -> anyhow::Result<ClusterConfig> {
-    let cfg = ClusterConfig::load(path)?;
-    crate::applier::check_config(&cfg, &display_name(path))?;
-    Ok(cfg)
-}
-
-/// [`load_config`] for config text already read (`file` names it).
-pub fn config_from_yaml(text: &str, file: &str) -> anyhow::Result<ClusterConfig> {
-    let cfg = ClusterConfig::from_yaml(text, file)?;
-    crate::applier::check_config(&cfg, file)?;
-    Ok(cfg)
-}
 
 /// Runs the parsed command line. Commands that need async get a runtime here
 /// so `main` stays thin.

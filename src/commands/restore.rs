@@ -7,10 +7,10 @@
 use anyhow::Context;
 
 use crate::cli::{GlobalArgs, RestoreArgs};
-use crate::commands::controller::{hostname, url_for};
 use crate::components::binary;
 use crate::config::{ClusterConfig, NodePaths};
 use crate::exit::UsageError;
+use crate::node::{hostname, url_for};
 use crate::ops::backup::BackupError;
 use crate::ops::restore;
 
@@ -36,8 +36,10 @@ pub fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<()> {
     let staged = restore::unpack(&args.archive, &staging)?;
     // The controller's config wins; else the one in the archive.
     let cfg = match (&global.config, &staged.config) {
-        (Some(p), _) => super::load_config(Some(p))?,
-        (None, Some(text)) => super::config_from_yaml(text, "<backup>/config/cluster.yaml")?,
+        (Some(p), _) => super::shared::load_config(Some(p))?,
+        (None, Some(text)) => {
+            super::shared::config_from_yaml(text, "<backup>/config/cluster.yaml")?
+        }
         (None, None) => ClusterConfig::default(),
     };
     let node = cfg.node_address(&crate::config::display_name(global.config.as_deref()))?;

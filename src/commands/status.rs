@@ -2,8 +2,6 @@
 //! status socket. Exit 0 when everything is ready, 1 when something is not
 //! (so scripts can wait on it), 69 when no node runs with this run dir.
 
-use serde::Serialize;
-
 use crate::cli::{GlobalArgs, OutputFormat, StatusArgs};
 use crate::config::NodePaths;
 use crate::exit::UnavailableError;
@@ -17,7 +15,7 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
         .map_err(unavailable_if_not_running)?;
     match args.output {
         OutputFormat::Text => print!("{}", model::render_text(&status)),
-        other => print_structured(&status, other)?,
+        other => super::shared::print_structured(&status, other)?,
     }
     if !status.ready {
         anyhow::bail!("not ready: {}", status.not_ready.join("; "));
@@ -31,18 +29,4 @@ pub(crate) fn unavailable_if_not_running(e: ClientError) -> anyhow::Error {
         ClientError::NotRunning { .. } => UnavailableError(e.to_string()).into(),
         other => other.into(),
     }
-}
-
-/// Prints `value` as JSON or YAML (`Text` falls back to JSON).
-pub(crate) fn print_structured<T: Serialize>(
-    value: &T,
-    format: OutputFormat,
-) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(value)?),
-        OutputFormat::Json | OutputFormat::Text => {
-            println!("{}", serde_json::to_string_pretty(value)?)
-        }
-    }
-    Ok(())
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::controller::url_for;
 use crate::cli::{GlobalArgs, OutputFormat, TokenCommand, TokenRole};
 use crate::config::{ClusterConfig, NodePaths};
 use crate::etcd::{self, EtcdClientTls};
@@ -15,13 +14,14 @@ use crate::exit::{UnavailableError, UsageError};
 use crate::join::store::{self, TokenStore};
 use crate::join::token::unix_now;
 use crate::join::{registry, JoinToken, Role, StoredToken};
+use crate::node::url_for;
 use crate::pki::{self, PkiPaths};
 
 /// Bound on reaching the local etcd.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(global: &GlobalArgs, cmd: &TokenCommand) -> anyhow::Result<()> {
-    let cfg = super::load_config(global.config.as_deref())?;
+    let cfg = super::shared::load_config(global.config.as_deref())?;
     let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
     let pki = PkiPaths::new(&paths.pki_dir());
     let mut client = local_etcd(&cfg, &pki).await?;

@@ -39,7 +39,7 @@ pub fn run(args: &VersionArgs) -> anyhow::Result<()> {
                 "gitTreeDirty": git_dirty,
                 "bundle": bundle_json,
             });
-            super::status::print_structured(&doc, args.output)?;
+            super::shared::print_structured(&doc, args.output)?;
         }
         OutputFormat::Text => {
             println!("mkectl {version}");

@@ -1,85 +1,43 @@
-//! The join half of `mkectl controller`: joining an existing cluster with
-//! `--token-file` (once; a restart reuses `join.json`), and the settings of
-//! the join API and controller registry components.
+//! The join half of the controller role: joining an existing cluster with
+//! a controller token (once; a restart reuses `join.json`), and the settings
+//! of the join API and controller registry components.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
 use tracing::info;
 
-use super::controller::{url_for, ControllerContext};
+use super::controller_context::ControllerContext;
+use super::{url_for, NodeError};
 use crate::config::{ClusterConfig, NodePaths};
 use crate::etcd::{EtcdClientTls, LearnerPromotion};
-use crate::exit::{UnavailableError, UsageError};
 use crate::join::api::ApiSettings;
 use crate::join::client::{join_controller, JoinPromoter};
 use crate::join::tls::{ClientIdentity, ServingSpec};
 use crate::join::wire::KubeletDefaults;
-use crate::join::{self, ControllerJoinState, ControllerRecord, JoinError, JoinToken, Role};
+use crate::join::{self, ControllerJoinState, ControllerRecord, JoinToken};
 use crate::konnectivity::ServerAddr;
-
-/// Maps a join failure to the exit code it deserves: a bad token or usage
-/// is 64, no reachable controller is 69, a refusal is 1.
-pub fn join_failure(e: JoinError) -> anyhow::Error {
-    match e {
-        JoinError::Token(_) | JoinError::WrongRole { .. } => UsageError(e.to_string()).into(),
-        JoinError::Unreachable { .. } => UnavailableError(e.to_string()).into(),
-        other => anyhow::Error::new(other),
-    }
-}
-
-/// Largest token file read (a token is well under 1 KiB per controller).
-pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
-
-/// Reads and decodes a token file (at most [`MAX_TOKEN_FILE_BYTES`]);
-/// errors name the file (exit 64).
-pub fn read_token_file(path: &Path, want: Role) -> anyhow::Result<JoinToken> {
-    let cannot = |e: String| UsageError(format!("--token-file {}: {e}", path.display()));
-    let bytes = std::fs::File::open(path)
-        .and_then(|f| crate::fsutil::read_at_most(f, MAX_TOKEN_FILE_BYTES))
-        .map_err(|e| cannot(format!("cannot read: {e}")))?
-        .ok_or_else(|| {
-            cannot(format!(
-                "larger than {MAX_TOKEN_FILE_BYTES} bytes; not a join token"
-            ))
-        })?;
-    let text = String::from_utf8(bytes).map_err(|_| cannot("not UTF-8 text".into()))?;
-    let token = JoinToken::decode(&text)
-        .map_err(|e| UsageError(format!("--token-file {}: {e}", path.display())))?;
-    if token.role != want {
-        return Err(join_failure(JoinError::WrongRole {
-            have: token.role,
-            want,
-            what: if want == Role::Controller {
-                "`mkectl controller --token-file`"
-            } else {
-                "`mkectl worker`"
-            },
-        }));
-    }
-    Ok(token)
-}
 
 /// The etcd peer URL of this node.
 pub fn etcd_peer_url(cfg: &ClusterConfig, node_address: std::net::IpAddr) -> String {
     url_for(cfg.etcd_peer_address(node_address), cfg.spec.etcd.peer_port)
 }
 
-/// Joins with `token_file` unless this node already joined (then its
+/// Joins with `token` unless this node already joined (then its
 /// `join.json` is returned and the token ignored). Runs before anything is
 /// written to the data dir, so a refused token leaves nothing behind.
 pub async fn join_if_needed(
-    token_file: Option<&Path>,
+    token: Option<&JoinToken>,
     cfg: &ClusterConfig,
     node_address: std::net::IpAddr,
     paths: &NodePaths,
     node_name: &str,
-) -> anyhow::Result<Option<ControllerJoinState>> {
+) -> Result<Option<ControllerJoinState>, NodeError> {
     let state_file = join::controller_state_file(&paths.data_dir);
-    if let Some(st) = join::state::read::<ControllerJoinState>(&state_file)? {
-        if token_file.is_some() {
+    let joined = join::state::read::<ControllerJoinState>(&state_file)
+        .map_err(NodeError::join("reading the controller's join state"))?;
+    if let Some(st) = joined {
+        if token.is_some() {
             info!(
                 "already joined ({}); --token-file ignored",
                 state_file.display()
@@ -87,28 +45,25 @@ pub async fn join_if_needed(
         }
         return Ok(Some(st));
     }
-    let Some(file) = token_file else {
+    let Some(token) = token else {
         return Ok(None);
     };
-    let token = read_token_file(file, Role::Controller)?;
     if paths.etcd_dir().join("member").exists() {
-        return Err(UsageError(format!(
+        return Err(NodeError::Usage(format!(
             "{} already holds etcd data (this node runs its own cluster); a controller joins only with a clean data dir: run `mkectl reset` first",
             paths.etcd_dir().display()
-        ))
-        .into());
+        )));
     }
     info!(endpoints = ?token.endpoints, token_id = %token.bootstrap.id, "joining the cluster as a controller");
     let st = join_controller(
-        &token,
+        token,
         node_name,
         &etcd_peer_url(cfg, node_address),
         &paths.pki_dir(),
         &state_file,
     )
     .await
-    .map_err(join_failure)
-    .context("controller join")?;
+    .map_err(NodeError::join("controller join"))?;
     Ok(Some(st))
 }
 
