@@ -3,9 +3,9 @@
 
 use crate::cli::{ControllerArgs, GlobalArgs};
 use crate::config::display_name;
-use crate::join::Role;
 use crate::node::controller::{ControllerPlan, COMPONENTS, CONTROL_PLANE_TAINT};
 use crate::node::controller_context::ControllerWorker;
+use crate::node::join_token::TokenSource;
 use crate::node::node_side::{agent_admin, worker_spec, WORKER_OPTIONAL};
 use crate::node::{identity, NodeError};
 
@@ -28,11 +28,6 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
     } else {
         None
     };
-    let token = args
-        .token_file
-        .as_deref()
-        .map(|f| super::shared::read_token_file(f, Role::Controller))
-        .transpose()?;
     let plan = ControllerPlan {
         paths: identity::absolute_paths(
             &global.data_dir,
@@ -44,7 +39,7 @@ pub async fn run(global: &GlobalArgs, args: &ControllerArgs) -> anyhow::Result<(
         cfg,
         disabled: args.disable_components.clone(),
         worker,
-        token,
+        token: args.token_file.clone().map(TokenSource::File),
         init_only: args.init_only,
     };
     Ok(crate::node::controller::run(plan).await?)

@@ -3,8 +3,7 @@
 
 use crate::cli::{GlobalArgs, WorkerArgs};
 use crate::config::display_name;
-use crate::exit::UsageError;
-use crate::join::{JoinToken, Role};
+use crate::node::join_token::TokenSource;
 use crate::node::node_side::{agent_admin, worker_spec, WORKER_OPTIONAL};
 use crate::node::worker::WorkerPlan;
 use crate::node::{identity, NodeError};
@@ -29,12 +28,8 @@ pub async fn run(global: &GlobalArgs, args: &WorkerArgs) -> anyhow::Result<()> {
         &display_name(global.config.as_deref()),
     )?;
     let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => {
-            let token = JoinToken::decode(t).map_err(|e| UsageError(format!("--token: {e}")))?;
-            super::shared::check_role(&token, Role::Worker)?;
-            Some(token)
-        }
-        (None, Some(f)) => Some(super::shared::read_token_file(f, Role::Worker)?),
+        (Some(t), _) => Some(TokenSource::Inline(t.clone())),
+        (None, Some(f)) => Some(TokenSource::File(f.clone())),
         (None, None) => None,
     };
     let plan = WorkerPlan {

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::controller_context::{ControllerContext, ControllerWorker};
+use super::join_token::TokenSource;
 use super::node_side::{add_node_components, check_node_side, NodeApiLb, NodeSide};
 use super::{controller_join, lifecycle, url_for, NodeError};
 use crate::components::konnectivity_agent::ServerSource;
@@ -20,7 +21,6 @@ use crate::components::{
 };
 use crate::config::{ClusterConfig, NodePaths};
 use crate::https_probe::ClientIdentity;
-use crate::join::JoinToken;
 use crate::{fsutil, ops, pki};
 
 /// Every component a controller can run, in start order; the names
@@ -56,8 +56,8 @@ pub struct ControllerPlan {
     pub disabled: Vec<String>,
     /// `--enable-worker`.
     pub worker: Option<ControllerWorker>,
-    /// `--token-file`, read: join an existing cluster (once).
-    pub token: Option<JoinToken>,
+    /// `--token-file`: join an existing cluster (once; read only then).
+    pub token: Option<TokenSource>,
     /// `--init-only`: write the PKI and configuration, then exit.
     pub init_only: bool,
 }

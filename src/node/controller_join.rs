@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tracing::info;
 
 use super::controller_context::ControllerContext;
+use super::join_token::TokenSource;
 use super::{url_for, NodeError};
 use crate::config::{ClusterConfig, NodePaths};
 use crate::etcd::{EtcdClientTls, LearnerPromotion};
@@ -15,7 +16,7 @@ use crate::join::api::ApiSettings;
 use crate::join::client::{join_controller, JoinPromoter};
 use crate::join::tls::{ClientIdentity, ServingSpec};
 use crate::join::wire::KubeletDefaults;
-use crate::join::{self, ControllerJoinState, ControllerRecord, JoinToken};
+use crate::join::{self, ControllerJoinState, ControllerRecord, Role};
 use crate::konnectivity::ServerAddr;
 
 /// The etcd peer URL of this node.
@@ -27,7 +28,7 @@ pub fn etcd_peer_url(cfg: &ClusterConfig, node_address: std::net::IpAddr) -> Str
 /// `join.json` is returned and the token ignored). Runs before anything is
 /// written to the data dir, so a refused token leaves nothing behind.
 pub async fn join_if_needed(
-    token: Option<&JoinToken>,
+    token: Option<&TokenSource>,
     cfg: &ClusterConfig,
     node_address: std::net::IpAddr,
     paths: &NodePaths,
@@ -45,9 +46,10 @@ pub async fn join_if_needed(
         }
         return Ok(Some(st));
     }
-    let Some(token) = token else {
+    let Some(source) = token else {
         return Ok(None);
     };
+    let token = &source.read(Role::Controller)?;
     if paths.etcd_dir().join("member").exists() {
         return Err(NodeError::Usage(format!(
             "{} already holds etcd data (this node runs its own cluster); a controller joins only with a clean data dir: run `mkectl reset` first",

@@ -14,6 +14,7 @@ pub mod controller_context;
 pub mod controller_join;
 mod error;
 pub mod identity;
+pub mod join_token;
 pub mod lifecycle;
 pub mod node_side;
 pub mod worker;

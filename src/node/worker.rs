@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, Instrument};
 
+use super::join_token::TokenSource;
 use super::node_side::{add_node_components, check_node_side, NodeApiLb, NodeSide};
 use super::{lifecycle, NodeError};
 use crate::components::api_lb::ApiLbMonitor;
@@ -32,7 +33,7 @@ use crate::join::client::{join_worker, refresh_controllers};
 use crate::join::registry::ControllerRecord;
 use crate::join::state::{self, WorkerPaths, WorkerState};
 use crate::join::wire::KubeletDefaults;
-use crate::join::JoinToken;
+use crate::join::Role;
 use crate::konnectivity::TlsFiles;
 
 /// Shortest controller list refresh interval honoured.
@@ -46,8 +47,8 @@ pub struct WorkerPlan {
     /// `spec.worker` with `--labels` and `--taints` merged in, validated.
     pub worker_spec: WorkerSpec,
     pub paths: NodePaths,
-    /// The token of a first join (ignored once joined).
-    pub token: Option<JoinToken>,
+    /// The token of a first join (ignored once joined: read only then).
+    pub token: Option<TokenSource>,
     /// `--node-name`: the name of a first join; a restart must agree.
     pub node_name: Option<String>,
     /// `--address`: the address of a first join.
@@ -176,12 +177,13 @@ pub async fn run(plan: WorkerPlan) -> Result<(), NodeError> {
 
 /// The first start: join with the token, write the credentials.
 async fn first_join(plan: &WorkerPlan, worker: &WorkerPaths) -> Result<WorkerState, NodeError> {
-    let Some(token) = &plan.token else {
+    let Some(source) = &plan.token else {
         return Err(NodeError::Usage(format!(
             "this node has not joined a cluster yet ({} missing): give --token or --token-file",
             worker.state.display()
         )));
     };
+    let token = &source.read(Role::Worker)?;
     let node_name = super::identity::node_name(plan.node_name.as_deref())?;
     // Refused rather than guessed: a node registered under 127.0.0.1 is
     // unreachable for everyone else.
