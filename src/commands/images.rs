@@ -34,7 +34,7 @@ fn pack(args: &ImagesPackArgs) -> anyhow::Result<()> {
     spec.gzip = args.gzip;
     let packed = images::pack_to_file(&spec, &args.output).map_err(|e| {
         if e.is_usage() {
-            anyhow::Error::from(UsageError(e.to_string()))
+            anyhow::Error::from(UsageError(crate::telemetry::Chain(&e).to_string()))
         } else {
             anyhow::Error::from(e)
         }

@@ -147,10 +147,7 @@ impl Component for ApiLoadBalancer {
             self.cancel.clone(),
         )
         .await
-        .map_err(|e| ComponentError::Failed {
-            component: NAME,
-            message: e.to_string(),
-        })?;
+        .map_err(|e| ComponentError::during(NAME, "starting the load balancer", e))?;
         self.monitor.set(Some(lb.status_handle()));
         self.lb = Some(lb);
         Ok(())
@@ -173,9 +170,10 @@ impl Component for ApiLoadBalancer {
         if let Some(lb) = self.lb.take() {
             let bound = self.settings.config.drain_timeout + STOP_MARGIN;
             if tokio::time::timeout(bound, lb.join()).await.is_err() {
-                return Err(ComponentError::Failed {
+                return Err(ComponentError::StopTimeout {
                     component: NAME,
-                    message: format!("did not drain within {bound:?}"),
+                    what: "did not drain",
+                    bound,
                 });
             }
         }

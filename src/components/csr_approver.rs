@@ -479,7 +479,7 @@ async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: Ca
             }
             for csr in &list.items {
                 if let Err(e) = handle(&csrs, &nodes, csr, &state).await {
-                    warn!(component = NAME, csr = ?csr.metadata.name, error = %e, "cannot decide");
+                    warn!(component = NAME, csr = ?csr.metadata.name, error = %crate::telemetry::Chain(&e), "cannot decide");
                 }
             }
             let version = list.metadata.resource_version.unwrap_or_default();
@@ -505,7 +505,7 @@ async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: Ca
                     None => return Ok(()), // server-side timeout: relist
                     Some(Ok(WatchEvent::Added(csr) | WatchEvent::Modified(csr))) => {
                         if let Err(e) = handle(&csrs, &nodes, &csr, &state).await {
-                            warn!(component = NAME, csr = ?csr.metadata.name, error = %e, "cannot decide");
+                            warn!(component = NAME, csr = ?csr.metadata.name, error = %crate::telemetry::Chain(&e), "cannot decide");
                         }
                     }
                     Some(Ok(WatchEvent::Error(status))) => {
@@ -545,9 +545,10 @@ impl Component for CsrApprover {
 
     async fn init(&mut self) -> Result<(), ComponentError> {
         if !self.settings.kubeconfig.is_file() {
-            return Err(ComponentError::Failed {
+            return Err(ComponentError::MissingFile {
                 component: NAME,
-                message: format!("kubeconfig {} missing", self.settings.kubeconfig.display()),
+                path: self.settings.kubeconfig.clone(),
+                note: "",
             });
         }
         Ok(())

@@ -202,7 +202,7 @@ impl Component for Etcd {
         if guard.is_none() {
             let c = connect(&self.settings.client_url(), &self.settings.probe_client)
                 .await
-                .map_err(|e| not_ready(e.to_string()))?;
+                .map_err(|e| not_ready(crate::telemetry::Chain(&e).to_string()))?;
             *guard = Some(c);
         }
         let Some(client) = guard.as_mut() else {

@@ -141,9 +141,11 @@ pub fn secure_endpoint(
     flags: &Flags,
     default_port: u16,
 ) -> Result<SocketAddr, ComponentError> {
-    let bad = |flag: &str, value: &str, why: &str| ComponentError::Failed {
+    let bad = |flag: &str, value: &str, problem: &'static str| ComponentError::BadFlag {
         component,
-        message: format!("flag --{flag}={value:?} (spec.extraArgs.{component}): {why}"),
+        flag: flag.to_string(),
+        value: value.to_string(),
+        problem,
     };
     let ip = match flags.get("bind-address") {
         None | Some("") => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -400,7 +402,7 @@ impl<S: LocalKubeSettings> super::Component for LocalKubeComponent<S> {
         let probe = self.settings.readiness_probe()?;
         probe.check().await.map_err(|e| ComponentError::NotReady {
             component: S::NAME,
-            message: e.to_string(),
+            message: crate::telemetry::Chain(&e).to_string(),
         })
     }
 

@@ -537,7 +537,7 @@ impl Component for Kubelet {
     async fn init(&mut self) -> Result<(), ComponentError> {
         self.settings
             .write_files()
-            .map_err(|e| ComponentError::failed(NAME, e))
+            .map_err(|e| ComponentError::during(NAME, "writing its configuration", e))
     }
 
     async fn start(&mut self) -> Result<(), ComponentError> {

@@ -45,7 +45,7 @@ pub struct EtcdClientTls {
 pub enum EtcdClientError {
     #[error(transparent)]
     Fs(#[from] fsutil::FsError),
-    #[error("etcd at {endpoint}: {source}")]
+    #[error("etcd at {endpoint}")]
     Etcd {
         endpoint: String,
         source: etcd_client::Error,

@@ -170,7 +170,7 @@ impl JoinClient {
                 Ok(resp) => return Ok((endpoint.clone(), resp)),
                 Err(e) if e.is_retryable() => {
                     if more {
-                        info!(component = COMPONENT, %endpoint, error = %e, "trying the next join API");
+                        info!(component = COMPONENT, %endpoint, error = %crate::telemetry::Chain(&e), "trying the next join API");
                     }
                     last = Some(e);
                 }
@@ -499,7 +499,7 @@ pub async fn join_controller(
         match client.join_controller(&req).await {
             Ok(r) => break r,
             Err(e) if e.status() == Some(503) && tokio::time::Instant::now() < deadline => {
-                info!(component = COMPONENT, error = %e, "join API busy; retrying");
+                info!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "join API busy; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => return Err(e),
@@ -586,14 +586,17 @@ pub struct JoinPromoter {
 #[async_trait::async_trait]
 impl crate::etcd::PromoteMember for JoinPromoter {
     async fn promote(&self, member_id: u64) -> Result<bool, String> {
-        let ca = fsutil::read(&self.ca).map_err(|e| e.to_string())?;
+        let ca = fsutil::read(&self.ca).map_err(|e| crate::telemetry::Chain(&e).to_string())?;
         let client = JoinClient::new(
             self.endpoints.clone(),
             Trust::CaPem(ca),
             Some(&self.identity),
         )
-        .map_err(|e| e.to_string())?;
-        let resp = client.promote(member_id).await.map_err(|e| e.to_string())?;
+        .map_err(|e| crate::telemetry::Chain(&e).to_string())?;
+        let resp = client
+            .promote(member_id)
+            .await
+            .map_err(|e| crate::telemetry::Chain(&e).to_string())?;
         if !resp.voting {
             return Ok(false);
         }
@@ -601,11 +604,13 @@ impl crate::etcd::PromoteMember for JoinPromoter {
             Ok(Some(mut st)) if !st.promoted => {
                 st.promoted = true;
                 if let Err(e) = state::write(&self.state_file, &st) {
-                    warn!(component = COMPONENT, error = %e, "cannot record the promotion");
+                    warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot record the promotion");
                 }
             }
             Ok(_) => {}
-            Err(e) => warn!(component = COMPONENT, error = %e, "cannot record the promotion"),
+            Err(e) => {
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot record the promotion")
+            }
         }
         Ok(true)
     }
@@ -646,14 +651,14 @@ pub async fn refresh_controllers(
         let ca = match fsutil::read(&paths.ca_cert) {
             Ok(ca) => ca,
             Err(e) => {
-                warn!(component = COMPONENT, error = %e, "cannot read the cluster CA");
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot read the cluster CA");
                 continue;
             }
         };
         let client = match JoinClient::new(st.join_endpoints(), Trust::CaPem(ca), Some(&identity)) {
             Ok(c) => c.with_local_address(local),
             Err(e) => {
-                warn!(component = COMPONENT, error = %e, "cannot build the join API client");
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot build the join API client");
                 continue;
             }
         };
@@ -670,13 +675,13 @@ pub async fn refresh_controllers(
                 );
                 st.controllers = list;
                 if let Err(e) = state::write(&paths.state, &st) {
-                    warn!(component = COMPONENT, error = %e, "cannot save the controller list");
+                    warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot save the controller list");
                 }
                 controllers.send_replace(st.controllers.clone());
             }
             Ok(_) => {}
             Err(e) => {
-                warn!(component = COMPONENT, error = %e, "cannot refresh the controller list")
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot refresh the controller list")
             }
         }
     }

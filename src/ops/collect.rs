@@ -81,7 +81,7 @@ impl Collector {
         tokio::task::spawn_blocking(move || pki::list_certificates(&dir))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::telemetry::Chain(&e).to_string())
     }
 }
 

@@ -207,7 +207,9 @@ impl Rotator {
         {
             match result {
                 Ok(()) => outcome.restarted.push(name.to_string()),
-                Err(e) => outcome.failed.push(format!("{name}: {e}")),
+                Err(e) => outcome
+                    .failed
+                    .push(format!("{name}: {}", crate::telemetry::Chain(&e))),
             }
         }
         Ok(outcome)
@@ -233,7 +235,7 @@ impl Rotator {
                                 MIN_CHECK_INTERVAL
                             }
                             Err(e) => {
-                                warn!(component = "rotation", error = %e, "certificate renewal failed; retrying");
+                                warn!(component = "rotation", error = %crate::telemetry::Chain(&e), "certificate renewal failed; retrying");
                                 RETRY_AFTER_ERROR
                             }
                         }
@@ -242,7 +244,7 @@ impl Rotator {
                     }
                 }
                 Ok(Err(e)) => {
-                    warn!(component = "rotation", error = %e, "cannot read certificate expiry");
+                    warn!(component = "rotation", error = %crate::telemetry::Chain(&e), "cannot read certificate expiry");
                     RETRY_AFTER_ERROR
                 }
                 Err(e) => {

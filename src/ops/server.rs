@@ -79,7 +79,10 @@ async fn renew(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
     };
     match rotator.renew(leaves).await {
         Ok(outcome) => Json(outcome).into_response(),
-        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            crate::telemetry::Chain(&e).to_string(),
+        ),
     }
 }
 

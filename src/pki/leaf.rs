@@ -290,7 +290,12 @@ pub(crate) fn reissue_reason(
     let cert = match store::read_optional(&files.cert) {
         Ok(Some(c)) => c,
         Ok(None) => return Some("certificate missing".to_string()),
-        Err(e) => return Some(format!("certificate unreadable: {e}")),
+        Err(e) => {
+            return Some(format!(
+                "certificate unreadable: {}",
+                crate::telemetry::Chain(&e)
+            ))
+        }
     };
     let facts = match facts_from_pem(&cert) {
         Ok(f) => f,
@@ -299,7 +304,12 @@ pub(crate) fn reissue_reason(
     let key = match store::read_optional_string(&files.key) {
         Ok(Some(k)) => k,
         Ok(None) => return Some("private key missing".to_string()),
-        Err(e) => return Some(format!("private key unreadable: {e}")),
+        Err(e) => {
+            return Some(format!(
+                "private key unreadable: {}",
+                crate::telemetry::Chain(&e)
+            ))
+        }
     };
     let key = match keys::load_pem(&key) {
         Ok(k) => k,

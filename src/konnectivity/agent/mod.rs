@@ -473,7 +473,7 @@ async fn worker(shared: Arc<Shared>, addr: ServerAddr, cancel: CancellationToken
                 tracing::info!(
                     component = COMPONENT,
                     server = %addr,
-                    error = %e,
+                    error = %crate::telemetry::Chain(&e),
                     retry_in_ms = backoff.as_millis() as u64,
                     "cannot connect to proxy server"
                 );
