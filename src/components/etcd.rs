@@ -278,7 +278,7 @@ async fn promote_until_voting(learner: LearnerPromotion, cancel: CancellationTok
             }
             Ok(false) => {}
             Err(e) if last_log.elapsed() >= Duration::from_secs(5) => {
-                tracing::info!(component = NAME, error = %e, "etcd learner not promoted yet");
+                tracing::info!(component = NAME, error = %crate::telemetry::Chain(&e), "etcd learner not promoted yet");
                 last_log = tokio::time::Instant::now();
             }
             Err(_) => {}

@@ -289,9 +289,9 @@ impl Component for KubeProxy {
     async fn ready(&self) -> Result<(), ComponentError> {
         super::kubelet::probe_http_healthz(self.settings.healthz_address(), PROBE_TIMEOUT)
             .await
-            .map_err(|message| ComponentError::NotReady {
+            .map_err(|e| ComponentError::NotReady {
                 component: NAME,
-                message,
+                message: crate::telemetry::Chain(&e).to_string(),
             })
     }
 
