@@ -396,7 +396,7 @@ fn blob_of(files: &Files, d: &Descriptor) -> Result<(), String> {
 
 /// The blob for `d`, checked against its digest and size.
 fn blob<'a>(files: &'a Files, d: &Descriptor) -> Result<&'a Seen, String> {
-    reference::check_digest(&d.digest)?;
+    reference::check_digest(&d.digest).map_err(|e| e.to_string())?;
     let path = spec::blob_path(&d.digest).ok_or_else(|| format!("bad digest {:?}", d.digest))?;
     let f = files
         .get(&path)

@@ -487,7 +487,7 @@ async fn provide_sandbox(
         Ok(n) => n,
         Err(e) => {
             error!(component = COMPONENT, sandbox_image = %sandbox.name, error = %e, "the sandbox image name is not a reference");
-            return SandboxOutcome::Failed(e);
+            return SandboxOutcome::Failed(e.to_string());
         }
     };
     if let Some(file) = provided_by.get(&name) {

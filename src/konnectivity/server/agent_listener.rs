@@ -197,7 +197,9 @@ impl AgentSvc {
             return Err(Status::invalid_argument("agentid header is empty"));
         }
         let identifiers = match one_header(md, "agentidentifiers", false)? {
-            Some(s) => Identifiers::parse(&s).map_err(Status::invalid_argument)?,
+            Some(s) => {
+                Identifiers::parse(&s).map_err(|e| Status::invalid_argument(e.to_string()))?
+            }
             None => Identifiers::default(),
         };
         if shared.agent_identity == AgentIdentity::Certificate {
