@@ -49,8 +49,12 @@ pub fn is_archive_name(name: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum ImagesError {
     /// The archive is truncated, corrupt, or in no format containerd imports.
-    #[error("{path}: not a usable image archive: {detail}")]
-    Archive { path: PathBuf, detail: String },
+    #[error("{path}: not a usable image archive")]
+    Archive {
+        path: PathBuf,
+        #[source]
+        source: archive::ArchiveError,
+    },
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,

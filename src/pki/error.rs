@@ -18,6 +18,13 @@ pub enum PkiError {
     #[error("cannot parse certificate {path}: {reason}")]
     ParseCert { path: PathBuf, reason: String },
 
+    #[error("cannot parse certificate {path}")]
+    CertParse {
+        path: PathBuf,
+        #[source]
+        source: super::x509::CertParseError,
+    },
+
     #[error("cannot parse private key {path}")]
     ParseKey { path: PathBuf, source: rcgen::Error },
 
