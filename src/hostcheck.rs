@@ -65,6 +65,12 @@ pub struct Finding {
 #[error("host prerequisites missing for running pods:\n{}\n(set spec.worker.hostChecks: warn to start anyway)", list(.0))]
 pub struct HostCheckError(pub Vec<Finding>);
 
+impl crate::exit::ExitCode for HostCheckError {
+    fn exit_code(&self) -> Option<u8> {
+        Some(crate::exit::UNAVAILABLE)
+    }
+}
+
 fn list(f: &[Finding]) -> String {
     f.iter()
         .map(|f| format!("  - {}: {}", f.check, f.message))

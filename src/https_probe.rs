@@ -32,26 +32,26 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: rustls::pki_types::pem::Error,
     },
     #[error("{path} holds no certificate")]
     NoCertificate { path: PathBuf },
-    #[error("TLS client configuration: {0}")]
+    #[error("TLS client configuration")]
     Config(#[from] rustls::Error),
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS handshake with {addr} failed: {source}")]
+    #[error("TLS handshake with {addr} failed")]
     Handshake {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("HTTP exchange with {addr} failed: {source}")]
+    #[error("HTTP exchange with {addr} failed")]
     Http {
         addr: SocketAddr,
         source: hyper::Error,

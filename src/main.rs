@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     match commands::dispatch(cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
-            let code = exit::code_for(&err);
+            let code = commands::exit_code::code_for(&err);
             eprintln!("Error: {err:#}");
             ExitCode::from(code)
         }

@@ -30,7 +30,7 @@ const PID_BYTES: u64 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -38,3 +38,54 @@ pub fn init(format: LogFormat, verbosity: u8) {
             .try_init(),
     };
 }
+
+/// Displays an error with all its causes, `outer: inner: innermost`, the way
+/// `main` prints a failure (`{:#}`). Errors keep their cause out of their own
+/// message (it is their `source`), so a log field or a status line that
+/// shows only `Display` would drop it; this puts it back, once. Some
+/// dependencies' errors also print their source in their own message; a
+/// cause whose text the level above already shows is skipped, so it does not
+/// appear twice.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut above = self.0.to_string();
+        f.write_str(&above)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !above.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            above = text;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading /etc/x")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_prints_every_cause_once() {
+        let e = Outer(std::io::Error::other("denied"));
+        assert_eq!(Chain(&e).to_string(), "reading /etc/x: denied");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading /etc/x: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn chain_skips_a_cause_the_message_already_shows() {
+        let e = Repeats(std::io::Error::other("denied"));
+        assert_eq!(Chain(&e).to_string(), "reading /etc/x: denied");
+    }
+}

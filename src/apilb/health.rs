@@ -75,12 +75,14 @@ impl HealthCheck for HttpsHealthCheck {
         match probe.check().await {
             Ok(()) => Outcome::Ok,
             Err(e @ (ProbeError::Read { .. } | ProbeError::NoCertificate { .. })) => {
-                Outcome::Unknown(e.to_string())
+                Outcome::Unknown(crate::telemetry::Chain(&e).to_string())
             }
             // A client key that does not fit its certificate, or similar:
             // also a local problem.
-            Err(e @ ProbeError::Config(_)) => Outcome::Unknown(e.to_string()),
-            Err(e) => Outcome::Fail(e.to_string()),
+            Err(e @ ProbeError::Config(_)) => {
+                Outcome::Unknown(crate::telemetry::Chain(&e).to_string())
+            }
+            Err(e) => Outcome::Fail(crate::telemetry::Chain(&e).to_string()),
         }
     }
 }

@@ -92,13 +92,13 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiLbError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read the local address of the listener on {addr}: {source}")]
+    #[error("cannot read the local address of the listener on {addr}")]
     LocalAddr {
         addr: SocketAddr,
         #[source]
@@ -339,7 +339,7 @@ impl ApiLb {
     /// Waits for the accept loop and the drain to finish (after cancellation).
     pub async fn join(self) {
         if let Err(e) = self.task.await {
-            warn!(component = COMPONENT, error = %e, "balancer task ended abnormally");
+            warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "balancer task ended abnormally");
         }
     }
 
@@ -460,7 +460,7 @@ async fn serve(
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly
                 // instead of spinning.
-                warn!(component = COMPONENT, error = %e, "accept failed");
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "accept failed");
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -526,7 +526,7 @@ async fn forward(mut client: TcpStream, shared: &Shared, connect_timeout: Durati
                     Err(e) => debug!(
                         component = COMPONENT,
                         backend = %backend.addr,
-                        error = %e,
+                        error = %crate::telemetry::Chain(&e),
                         "connection ended with an error"
                     ),
                 }

@@ -221,7 +221,7 @@ pub async fn run_election(
                 set(false);
             }
             Ok(Err(e)) => {
-                warn!(component = "applier", error = %e, "lease round failed");
+                warn!(component = "applier", error = %crate::telemetry::Chain(&e), "lease round failed");
             }
             Err(_) => {
                 warn!(component = "applier", lease = %cfg.name, "lease round timed out");
@@ -244,7 +244,7 @@ pub async fn run_election(
         match tokio::time::timeout(cfg.duration, elector.release()).await {
             Ok(Ok(())) => info!(component = "applier", lease = %cfg.name, "released applier lease"),
             Ok(Err(e)) => {
-                warn!(component = "applier", error = %e, "releasing the applier lease failed")
+                warn!(component = "applier", error = %crate::telemetry::Chain(&e), "releasing the applier lease failed")
             }
             Err(_) => warn!(
                 component = "applier",

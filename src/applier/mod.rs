@@ -51,7 +51,7 @@ pub const RECORD_LABEL: &str = "mkectl.io/stack-record";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplierError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -92,7 +92,7 @@ pub enum ApplierError {
         kind: String,
         message: String,
     },
-    #[error("{file}: document index {index}: applying {object}: {source}")]
+    #[error("{file}: document index {index}: applying {object}")]
     Apply {
         file: PathBuf,
         index: usize,
@@ -101,13 +101,13 @@ pub enum ApplierError {
     },
     #[error("CustomResourceDefinition {name} not Established after {waited:?}")]
     CrdNotEstablished { name: String, waited: Duration },
-    #[error("listing {resource} of stack {stack} for pruning: {source}")]
+    #[error("listing {resource} of stack {stack} for pruning")]
     PruneList {
         stack: String,
         resource: String,
         source: kube::Error,
     },
-    #[error("pruning {object} of stack {stack}: {source}")]
+    #[error("pruning {object} of stack {stack}")]
     Prune {
         stack: String,
         object: String,
@@ -119,13 +119,13 @@ pub enum ApplierError {
         name: String,
         message: String,
     },
-    #[error("lease {namespace}/{name}: {source}")]
+    #[error("lease {namespace}/{name}")]
     Lease {
         namespace: String,
         name: String,
         source: kube::Error,
     },
-    #[error("watching {path}: {source}")]
+    #[error("watching {path}")]
     Watch {
         path: PathBuf,
         source: notify::Error,
@@ -140,7 +140,7 @@ pub enum ApplierError {
 fn join_errors(errors: &[ApplierError]) -> String {
     errors
         .iter()
-        .map(|e| e.to_string())
+        .map(|e| crate::telemetry::Chain(e).to_string())
         .collect::<Vec<_>>()
         .join("; ")
 }

@@ -218,7 +218,9 @@ impl Applier {
             Ok(s) => {
                 tracker.seen = s.non_empty().map(str::to_string).collect();
             }
-            Err(e) => warn!(error = %e, "cannot read the manifests directory"),
+            Err(e) => {
+                warn!(error = %crate::telemetry::Chain(&e), "cannot read the manifests directory")
+            }
         }
         for s in &cfg.removed_stacks {
             if !tracker.seen.contains(s) {
@@ -336,7 +338,7 @@ impl Applier {
             Ok(s) => s,
             Err(e) => {
                 // Unreadable directory: do nothing at all, above all no pruning.
-                warn!(error = %e, "cannot read the manifests directory; nothing applied or pruned");
+                warn!(error = %crate::telemetry::Chain(&e), "cannot read the manifests directory; nothing applied or pruned");
                 return true;
             }
         };
@@ -352,11 +354,11 @@ impl Applier {
                     message: e.to_string(),
                 })
             {
-                warn!(stack = %name, error = %e, "ignoring directory");
+                warn!(stack = %name, error = %crate::telemetry::Chain(&e), "ignoring directory");
                 self.status.set_stack(
                     name,
                     StackState::Error {
-                        message: e.to_string(),
+                        message: crate::telemetry::Chain(&e).to_string(),
                     },
                     0,
                 );
@@ -433,11 +435,11 @@ impl Applier {
     }
 
     fn report_error(&self, stack: &str, e: ApplierError, objects: usize) {
-        warn!(stack, objects, result = "error", error = %e, "stack not applied; nothing in it was pruned");
+        warn!(stack, objects, result = "error", error = %crate::telemetry::Chain(&e), "stack not applied; nothing in it was pruned");
         self.status.set_stack(
             stack,
             StackState::Error {
-                message: e.to_string(),
+                message: crate::telemetry::Chain(&e).to_string(),
             },
             objects,
         );

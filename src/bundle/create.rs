@@ -274,7 +274,7 @@ pub fn create(opts: &CreateOptions) -> Result<CreateReport, BundleError> {
     };
     manifest
         .validate()
-        .map_err(|e| input_err(&opts.from_dir, e))?;
+        .map_err(|e| input_err(&opts.from_dir, e.to_string()))?;
 
     let (image_len, payload_len) =
         write_output(opts, &out_dir, &manifest, &staged, &images, level)?;

@@ -109,6 +109,22 @@ fn printable(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.chars().all(|c| !c.is_control())
 }
 
+/// Why a bundle's `manifest.json` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest.json")]
+    Json(#[source] serde_json::Error),
+    #[error("manifest.json: formatVersion {found} (this mkectl reads {FORMAT_VERSION})")]
+    FormatVersion { found: u32 },
+    #[error("manifest.json: lists no files")]
+    Empty,
+    /// `problem` names the rule the entry breaks.
+    #[error("manifest.json: file {name:?}: {problem}")]
+    File { name: String, problem: String },
+    #[error("manifest.json: image archive {name:?}: {problem}")]
+    Image { name: String, problem: String },
+}
+
 impl Manifest {
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising plain strings and numbers cannot fail.
@@ -118,28 +134,29 @@ impl Manifest {
     }
 
     /// Parses and validates; the error text says what is wrong.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("manifest.json: {e}"))?;
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;
         m.validate()?;
         Ok(m)
     }
 
     /// Checks every field: known format, safe unique names, well-formed
     /// digests, executable modes without group/other write or special bits.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ManifestError> {
         if self.format_version != FORMAT_VERSION {
-            return Err(format!(
-                "manifest.json: formatVersion {} (this mkectl reads {FORMAT_VERSION})",
-                self.format_version
-            ));
+            return Err(ManifestError::FormatVersion {
+                found: self.format_version,
+            });
         }
         if self.files.is_empty() && self.images.is_empty() {
-            return Err("manifest.json: lists no files".into());
+            return Err(ManifestError::Empty);
         }
         let mut seen = BTreeSet::new();
         for f in &self.files {
-            let what = |d: &str| format!("manifest.json: file {:?}: {d}", f.name);
+            let what = |problem: &str| ManifestError::File {
+                name: f.name.clone(),
+                problem: problem.to_string(),
+            };
             if !valid_file_name(&f.name) {
                 return Err(what("not a valid file name"));
             }
@@ -161,7 +178,10 @@ impl Manifest {
         }
         let mut seen = BTreeSet::new();
         for i in &self.images {
-            let what = |d: &str| format!("manifest.json: image archive {:?}: {d}", i.name);
+            let what = |problem: &str| ManifestError::Image {
+                name: i.name.clone(),
+                problem: problem.to_string(),
+            };
             if !valid_file_name(&i.name) || !crate::images::is_archive_name(&i.name) {
                 return Err(what(
                     "not a valid archive file name (.tar, .tar.gz or .tgz)",
@@ -292,7 +312,8 @@ mod tests {
                 ..m.clone()
             }
             .validate()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
             assert!(e.contains(want), "{e} (wanted {want})");
         }
         let e = Manifest {
@@ -300,7 +321,8 @@ mod tests {
             ..m
         }
         .validate()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("twice"), "{e}");
     }
 
@@ -358,7 +380,7 @@ mod tests {
             ),
         ];
         for (m, want) in cases {
-            let e = m.validate().unwrap_err();
+            let e = m.validate().unwrap_err().to_string();
             assert!(e.contains(want), "{e} (wanted {want})");
         }
         assert!(Manifest::from_json(b"{\"formatVersion\":1,\"x\":1}").is_err());

@@ -79,9 +79,9 @@ pub const BIN_MODE: u32 = 0o755;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: io::Error },
     #[error("{path}: the bundle is truncated or corrupt: {detail}; rebuild it or copy it again")]
     Corrupt { path: PathBuf, detail: String },
@@ -129,15 +129,15 @@ pub enum BundleError {
         actual: String,
         detail: String,
     },
-    #[error("another mkectl is staging binaries into {path}: {source}")]
+    #[error("another mkectl is staging binaries into {path}")]
     Locked { path: PathBuf, source: nix::Error },
     /// An image archive given to `bundle create` is unusable.
-    #[error("--image: {source}")]
+    #[error("--image")]
     Image {
         path: PathBuf,
         source: Box<crate::images::ImagesError>,
     },
-    #[error("bundle extraction task failed: {0}")]
+    #[error("bundle extraction task failed")]
     Task(#[from] tokio::task::JoinError),
 }
 

@@ -120,6 +120,20 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// A pins file entry that is not usable; `problem` says which rule it
+/// breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum PinsError {
+    #[error("component {component:?}: {problem}")]
+    Component { component: String, problem: String },
+    #[error("component {component:?}: artifact {url}: {problem}")]
+    Artifact {
+        component: String,
+        url: String,
+        problem: String,
+    },
+}
+
 impl Pins {
     /// Reads and validates a pins file.
     pub fn load(path: &Path) -> Result<Self, BundleError> {
@@ -137,19 +151,22 @@ impl Pins {
             detail,
         };
         let pins: Pins = serde_saphyr::from_str(text).map_err(|e| err(e.to_string()))?;
-        pins.validate().map_err(err)?;
+        pins.validate().map_err(|e| err(e.to_string()))?;
         Ok(pins)
     }
 
     /// Structural checks. Empty checksums pass here (a file may be partly
     /// filled in); using such an artifact is refused later.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PinsError> {
         let mut names = BTreeSet::new();
         // Per arch: artifact file names and bundle names must be unique.
         let mut files: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         let mut outputs: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for c in &self.components {
-            let at = |d: String| format!("component {:?}: {d}", c.name);
+            let at = |problem: String| PinsError::Component {
+                component: c.name.clone(),
+                problem,
+            };
             if c.name.is_empty() || !names.insert(c.name.as_str()) {
                 return Err(at("empty or duplicate name".into()));
             }
@@ -160,7 +177,11 @@ impl Pins {
                 return Err(at("no artifacts".into()));
             }
             for a in &c.artifacts {
-                let at = |d: String| at(format!("artifact {}: {d}", a.url));
+                let at = |problem: String| PinsError::Artifact {
+                    component: c.name.clone(),
+                    url: a.url.clone(),
+                    problem,
+                };
                 if a.arch.is_empty() {
                     return Err(at("empty arch".into()));
                 }

@@ -236,7 +236,7 @@ pub(super) fn read_manifest_entry<R: Read>(
     entry
         .read_to_end(&mut raw)
         .map_err(|e| bundle.corrupt(format!("reading {MANIFEST_NAME}: {e}")))?;
-    Manifest::from_json(&raw).map_err(|e| bundle.corrupt(e))
+    Manifest::from_json(&raw).map_err(|e| bundle.corrupt(crate::telemetry::Chain(&e).to_string()))
 }
 
 /// The entry's name, which must be a regular file with a plain name, or a

@@ -727,7 +727,7 @@ fn corrupt_or_misnamed_image_archives_are_refused_at_create() {
     opts.images = vec![cut.clone()];
     let e = create(&opts).unwrap_err();
     assert!(!e.is_usage());
-    let msg = e.to_string();
+    let msg = crate::telemetry::Chain(&e).to_string();
     assert!(msg.contains("cut.tar") && msg.contains("--image"), "{msg}");
     assert!(!fx.path("out").exists());
 
@@ -735,7 +735,8 @@ fn corrupt_or_misnamed_image_archives_are_refused_at_create() {
     fs::copy(&archive, &odd).unwrap();
     opts.images = vec![odd];
     let e = create(&opts).unwrap_err();
-    assert!(e.is_usage() && e.to_string().contains(".tgz"), "{e}");
+    let msg = crate::telemetry::Chain(&e).to_string();
+    assert!(e.is_usage() && msg.contains(".tgz"), "{msg}");
 
     fs::create_dir_all(fx.path("other")).unwrap();
     let twin = fx.path("other/prog.tar");

@@ -21,7 +21,7 @@ pub fn run(cmd: &BundleCommand) -> anyhow::Result<()> {
 /// Operator mistakes exit 64, everything else 1.
 fn classify(e: BundleError) -> anyhow::Error {
     if e.is_usage() {
-        UsageError(e.to_string()).into()
+        UsageError(crate::telemetry::Chain(&e).to_string()).into()
     } else {
         e.into()
     }

@@ -100,7 +100,8 @@ fn renew(
     // Names are checked against every leaf here; the node (or, offline,
     // force_renew) refuses one it does not maintain.
     let every: Vec<pki::Leaf> = pki::Leaf::every().collect();
-    let leaves = rotation::parse_leaves(names, all, &every).map_err(UsageError)?;
+    let leaves =
+        rotation::parse_leaves(names, all, &every).map_err(|e| UsageError(e.to_string()))?;
     let paths = NodePaths::new(&global.data_dir, &global.run_dir, global.bin_dir.as_deref());
     let socket = paths.status_socket();
     let rt = tokio::runtime::Builder::new_current_thread()

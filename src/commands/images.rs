@@ -16,7 +16,10 @@ fn pack(args: &ImagesPackArgs) -> anyhow::Result<()> {
     let name = reference::normalize(&args.name).map_err(|e| UsageError(format!("--name {e}")))?;
     let mut files = Vec::new();
     for f in &args.files {
-        files.push(FileSpec::parse(f).map_err(|e| UsageError(format!("--file {e}")))?);
+        files.push(
+            FileSpec::parse(f)
+                .map_err(|e| UsageError(format!("--file {}", crate::telemetry::Chain(&e))))?,
+        );
     }
     let mut spec = PackSpec::new(&name, files);
     spec.entrypoint = args.entrypoint.clone();
@@ -34,7 +37,7 @@ fn pack(args: &ImagesPackArgs) -> anyhow::Result<()> {
     spec.gzip = args.gzip;
     let packed = images::pack_to_file(&spec, &args.output).map_err(|e| {
         if e.is_usage() {
-            anyhow::Error::from(UsageError(e.to_string()))
+            anyhow::Error::from(UsageError(crate::telemetry::Chain(&e).to_string()))
         } else {
             anyhow::Error::from(e)
         }

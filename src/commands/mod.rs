@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod certs;
 pub mod config;
 pub mod controller;
+pub mod exit_code;
 pub mod images;
 pub mod install;
 pub mod konnectivity;

@@ -65,7 +65,8 @@ pub async fn run(global: &GlobalArgs, args: &ResetArgs) -> anyhow::Result<()> {
     // run dir, is refused before anything is removed.
     let stop_first = |e: crate::nodelock::LockError| {
         anyhow::anyhow!(
-            "{e}; stop mkectl on this node first (e.g. `systemctl stop mkectl`), then reset"
+            "{}; stop mkectl on this node first (e.g. `systemctl stop mkectl`), then reset",
+            crate::telemetry::Chain(&e)
         )
     };
     let _run_lock = if paths.run_dir.exists() {
@@ -242,7 +243,7 @@ async fn leave_etcd(paths: &NodePaths, force: bool) -> anyhow::Result<()> {
     let name = match controller_name(paths) {
         Ok(n) => n,
         Err(e) if force => {
-            warn!(error = %e, "cannot tell this controller's name; --force: removing the data without leaving etcd");
+            warn!(error = %format!("{e:#}"), "cannot tell this controller's name; --force: removing the data without leaving etcd");
             return Ok(());
         }
         Err(e) => return Err(e.context("cannot tell which etcd member this controller is (use --force to remove the data anyway)")),
@@ -291,7 +292,7 @@ async fn leave_etcd(paths: &NodePaths, force: bool) -> anyhow::Result<()> {
     let outcome = loop {
         match client.leave(&req).await {
             Err(e) if e.status() == Some(503) && tokio::time::Instant::now() < deadline => {
-                info!(error = %e, "etcd busy; retrying the member removal");
+                info!(error = %crate::telemetry::Chain(&e), "etcd busy; retrying the member removal");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
             other => break other,
@@ -313,7 +314,7 @@ async fn leave_etcd(paths: &NodePaths, force: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) if force => {
-            warn!(error = %e, member = %name, "could not remove the etcd member; --force: removing the data anyway (remove the member from the cluster later)");
+            warn!(error = %crate::telemetry::Chain(&e), member = %name, "could not remove the etcd member; --force: removing the data anyway (remove the member from the cluster later)");
             Ok(())
         }
         Err(e @ JoinError::Refused { .. }) => Err(anyhow::Error::new(e)

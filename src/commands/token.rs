@@ -120,7 +120,7 @@ async fn local_etcd(cfg: &ClusterConfig, pki: &PkiPaths) -> anyhow::Result<etcd_
     };
     let mut client = etcd::connect(&endpoint, &tls)
         .await
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| unavailable(crate::telemetry::Chain(&e).to_string()))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, client.status()).await {
         Ok(Ok(_)) => Ok(client),
         Ok(Err(e)) => Err(unavailable(e.to_string()).into()),

@@ -75,10 +75,7 @@ impl Component for ApiFront {
         self.cancel = CancellationToken::new();
         let front = Front::start(self.config.clone(), self.cancel.clone())
             .await
-            .map_err(|e| ComponentError::Failed {
-                component: NAME,
-                message: chain(&e),
-            })?;
+            .map_err(|e| ComponentError::during(NAME, "starting the front", e))?;
         self.monitor.set(Some(front.status()));
         self.front = Some(front);
         Ok(())
@@ -102,16 +99,4 @@ impl Component for ApiFront {
         }
         Ok(())
     }
-}
-
-/// `e` and its causes, for a one-line message.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -91,13 +91,13 @@ impl ApiLoadBalancer {
 
 /// Ready: listening, and a backend up or (see the module docs) no check able
 /// to run for lack of the probe identity.
-fn readiness(lb: &ApiLb) -> Result<(), String> {
+fn readiness(lb: &ApiLb) -> Result<(), Unready> {
     if !lb.listening() {
-        return Err("not listening".into());
+        return Err(Unready::NotListening);
     }
     let status = lb.status();
     if status.is_empty() {
-        return Err("no apiserver backend known yet".into());
+        return Err(Unready::NoBackend);
     }
     if status.iter().any(|b| b.healthy) {
         return Ok(());
@@ -120,10 +120,21 @@ fn readiness(lb: &ApiLb) -> Result<(), String> {
             )
         })
         .collect();
-    Err(format!(
-        "no healthy apiserver backend ({})",
-        reasons.join("; ")
-    ))
+    Err(Unready::NoHealthyBackend {
+        reasons: reasons.join("; "),
+    })
+}
+
+/// Why the balancer is not ready yet.
+#[derive(Debug, thiserror::Error)]
+enum Unready {
+    #[error("not listening")]
+    NotListening,
+    #[error("no apiserver backend known yet")]
+    NoBackend,
+    /// `reasons` lists each backend's last health check outcome.
+    #[error("no healthy apiserver backend ({reasons})")]
+    NoHealthyBackend { reasons: String },
 }
 
 #[async_trait::async_trait]
@@ -147,10 +158,7 @@ impl Component for ApiLoadBalancer {
             self.cancel.clone(),
         )
         .await
-        .map_err(|e| ComponentError::Failed {
-            component: NAME,
-            message: e.to_string(),
-        })?;
+        .map_err(|e| ComponentError::during(NAME, "starting the load balancer", e))?;
         self.monitor.set(Some(lb.status_handle()));
         self.lb = Some(lb);
         Ok(())
@@ -161,9 +169,9 @@ impl Component for ApiLoadBalancer {
             component: NAME,
             message: "not started".into(),
         })?;
-        readiness(lb).map_err(|message| ComponentError::NotReady {
+        readiness(lb).map_err(|e| ComponentError::NotReady {
             component: NAME,
-            message,
+            message: e.to_string(),
         })
     }
 
@@ -173,9 +181,10 @@ impl Component for ApiLoadBalancer {
         if let Some(lb) = self.lb.take() {
             let bound = self.settings.config.drain_timeout + STOP_MARGIN;
             if tokio::time::timeout(bound, lb.join()).await.is_err() {
-                return Err(ComponentError::Failed {
+                return Err(ComponentError::StopTimeout {
                     component: NAME,
-                    message: format!("did not drain within {bound:?}"),
+                    what: "did not drain",
+                    bound,
                 });
             }
         }

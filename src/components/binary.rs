@@ -31,6 +31,12 @@ pub struct BinaryNotFound {
     pub not_executable: Vec<PathBuf>,
 }
 
+impl crate::exit::ExitCode for BinaryNotFound {
+    fn exit_code(&self) -> Option<u8> {
+        Some(crate::exit::UNAVAILABLE)
+    }
+}
+
 fn not_executable_note(paths: &[PathBuf]) -> String {
     if paths.is_empty() {
         return String::new();
@@ -119,6 +125,12 @@ pub enum UnusableBinary {
         expected: &'static str,
         expected_minor: String,
     },
+}
+
+impl crate::exit::ExitCode for UnusableBinary {
+    fn exit_code(&self) -> Option<u8> {
+        Some(crate::exit::UNAVAILABLE)
+    }
 }
 
 /// `v1.32` of `v1.32.8`.

@@ -85,6 +85,19 @@ pub const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 pub const TRAVERSE_DIR_MODE: u32 = 0o711;
 /// Size of `sun_path` in `struct sockaddr_un` on Linux, NUL included.
 pub const MAX_SOCKET_PATH: usize = 108;
+
+/// Settings containerd cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdSettingsError {
+    #[error(
+        "socket path {} is {len} bytes; at most {} fit in a unix socket address: use a shorter run dir",
+        path.display(),
+        MAX_SOCKET_PATH - 1
+    )]
+    SocketPathTooLong { path: PathBuf, len: usize },
+    #[error("sandbox image is empty")]
+    EmptySandboxImage,
+}
 /// The systemd marker directory: present iff systemd is PID 1.
 pub const SYSTEMD_MARKER: &str = "/run/systemd/system";
 
@@ -172,19 +185,18 @@ impl ContainerdSettings {
     /// Refuses socket paths the kernel cannot bind (`sun_path` holds 108
     /// bytes including the terminating NUL); containerd's own error for this
     /// does not name the cause.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ContainerdSettingsError> {
         for sock in [&self.socket, &self.ttrpc_socket] {
             let len = sock.as_os_str().len();
             if len >= MAX_SOCKET_PATH {
-                return Err(format!(
-                    "socket path {} is {len} bytes; at most {} fit in a unix socket address: use a shorter run dir",
-                    sock.display(),
-                    MAX_SOCKET_PATH - 1
-                ));
+                return Err(ContainerdSettingsError::SocketPathTooLong {
+                    path: sock.clone(),
+                    len,
+                });
             }
         }
         if self.sandbox_image.trim().is_empty() {
-            return Err("sandbox image is empty".into());
+            return Err(ContainerdSettingsError::EmptySandboxImage);
         }
         Ok(())
     }
@@ -360,7 +372,7 @@ impl Containerd {
         match tokio::time::timeout(TASK_DRAIN_TIMEOUT, drained).await {
             Ok(Ok(n)) => info!(component = NAME, tasks = n, "all tasks deleted"),
             Ok(Err(e)) => {
-                warn!(component = NAME, error = %e, "cannot stop tasks through containerd; sweeping")
+                warn!(component = NAME, error = %crate::telemetry::Chain(&e), "cannot stop tasks through containerd; sweeping")
             }
             Err(_) => warn!(component = NAME, "stopping tasks timed out; sweeping"),
         }
@@ -387,10 +399,8 @@ impl Component for Containerd {
 
     async fn init(&mut self) -> Result<(), ComponentError> {
         let s = &self.settings;
-        s.validate().map_err(|message| ComponentError::Failed {
-            component: NAME,
-            message,
-        })?;
+        s.validate()
+            .map_err(|e| ComponentError::during(NAME, "checking the settings", e))?;
         // root and state (and the dirs holding them) get the modes containerd
         // itself uses; the rest is private.
         for dir in [&s.root, &s.state] {
@@ -451,7 +461,7 @@ impl Component for Containerd {
         if guard.is_none() {
             let c = ContainerdClient::connect(&self.settings.socket, PROBE_TIMEOUT)
                 .await
-                .map_err(|e| not_ready(e.to_string()))?;
+                .map_err(|e| not_ready(crate::telemetry::Chain(&e).to_string()))?;
             *guard = Some(c);
         }
         let Some(client) = guard.as_mut() else {
@@ -465,7 +475,7 @@ impl Component for Containerd {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 *guard = None;
-                Err(not_ready(e.to_string()))
+                Err(not_ready(crate::telemetry::Chain(&e).to_string()))
             }
             Err(_) => {
                 *guard = None;
@@ -557,7 +567,7 @@ mod tests {
         let long = format!("/{}", "r".repeat(100));
         let paths = NodePaths::new(Path::new("/d"), Path::new(&long), None);
         let s = ContainerdSettings::new(&paths, DEFAULT_SANDBOX_IMAGE, CgroupDriver::Cgroupfs);
-        let e = s.validate().unwrap_err();
+        let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("shorter run dir"), "{e}");
         settings().validate().unwrap();
         let rel = NodePaths::new(Path::new("data"), Path::new("run"), None);

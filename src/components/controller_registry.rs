@@ -74,10 +74,7 @@ impl Component for ControllerRegistry {
         }
         let client = connect(&self.etcd_endpoint, &self.etcd_tls)
             .await
-            .map_err(|e| ComponentError::Failed {
-                component: NAME,
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ComponentError::during(NAME, "connecting to etcd", e))?;
         self.cancel = CancellationToken::new();
         let reg = Registration {
             record: self.record.clone(),
@@ -108,9 +105,10 @@ impl Component for ControllerRegistry {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
             if tokio::time::timeout(STOP_TIMEOUT, task).await.is_err() {
-                return Err(ComponentError::Failed {
+                return Err(ComponentError::StopTimeout {
                     component: NAME,
-                    message: "did not leave the registry within the stop timeout".into(),
+                    what: "did not leave the registry",
+                    bound: STOP_TIMEOUT,
                 });
             }
         }

@@ -171,34 +171,48 @@ struct Requested {
     other_sans: Vec<String>,
 }
 
-fn parse_request(pem: &[u8]) -> Result<Requested, String> {
-    let (_, pem) =
-        x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("request is not PEM: {e}"))?;
+/// Why a CSR's request cannot be approved on its face; the text becomes
+/// the denial reason.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("request is not PEM")]
+    NotPem(#[source] x509_parser::nom::Err<x509_parser::error::PEMError>),
+    #[error("request is a PEM {0:?}, not a CERTIFICATE REQUEST")]
+    WrongLabel(String),
+    #[error("request does not parse")]
+    Parse(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("RSA key of {bits} bits (at least {MIN_RSA_BITS} required)")]
+    WeakRsa { bits: usize },
+    #[error("key type not allowed (EC or RSA only)")]
+    KeyType,
+    #[error("public key does not parse")]
+    PublicKey(#[source] x509_parser::error::X509Error),
+    #[error("request signature does not verify")]
+    Signature(#[source] x509_parser::error::X509Error),
+}
+
+fn parse_request(pem: &[u8]) -> Result<Requested, RequestError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(RequestError::NotPem)?;
     if pem.label != "CERTIFICATE REQUEST" {
-        return Err(format!(
-            "request is a PEM {:?}, not a CERTIFICATE REQUEST",
-            pem.label
-        ));
+        return Err(RequestError::WrongLabel(pem.label));
     }
-    let (_, csr) = X509CertificationRequest::from_der(&pem.contents)
-        .map_err(|e| format!("request does not parse: {e}"))?;
+    let (_, csr) =
+        X509CertificationRequest::from_der(&pem.contents).map_err(RequestError::Parse)?;
     let info = &csr.certification_request_info;
     match info.subject_pki.parsed() {
         Ok(PublicKey::EC(_)) => {}
         Ok(PublicKey::RSA(rsa)) if rsa.key_size() >= MIN_RSA_BITS => {}
         Ok(PublicKey::RSA(rsa)) => {
-            return Err(format!(
-                "RSA key of {} bits (at least {MIN_RSA_BITS} required)",
-                rsa.key_size()
-            ))
+            return Err(RequestError::WeakRsa {
+                bits: rsa.key_size(),
+            })
         }
-        Ok(_) => return Err("key type not allowed (EC or RSA only)".into()),
-        Err(e) => return Err(format!("public key does not parse: {e}")),
+        Ok(_) => return Err(RequestError::KeyType),
+        Err(e) => return Err(RequestError::PublicKey(e)),
     }
     // After the key check: ring refuses to verify with weak keys, and the
     // reason should say why.
-    csr.verify_signature()
-        .map_err(|e| format!("request signature does not verify: {e}"))?;
+    csr.verify_signature().map_err(RequestError::Signature)?;
     let strings = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>| {
         it.map(|a| a.as_str().map(str::to_string).unwrap_or_default())
             .collect::<Vec<_>>()
@@ -270,7 +284,7 @@ pub fn decide(csr: &CsrFacts, node: Option<&NodeFacts>) -> Decision {
     }
     let req = match parse_request(&csr.request) {
         Ok(r) => r,
-        Err(e) => return Decision::Deny(e),
+        Err(e) => return Decision::Deny(crate::telemetry::Chain(&e).to_string()),
     };
     if req.common_names != [csr.username.as_str()] {
         return Decision::Deny(format!(
@@ -448,6 +462,19 @@ async fn handle(
     Ok(())
 }
 
+/// Why one list-and-watch round ended early.
+#[derive(Debug, thiserror::Error)]
+enum LoopError {
+    #[error("cannot build the API client")]
+    Client(#[source] crate::kubeapi::KubeClientError),
+    #[error("no client")]
+    NoClient,
+    #[error("list CSRs")]
+    List(#[source] kube::Error),
+    #[error("watch CSRs")]
+    Watch(#[source] kube::Error),
+}
+
 /// Lists pending kubelet-serving CSRs, then watches for new ones; relists on
 /// every resync and after errors (with backoff). Runs until `cancel`.
 async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: CancellationToken) {
@@ -455,23 +482,23 @@ async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: Ca
     let selector = format!("spec.signerName={KUBELET_SERVING_SIGNER}");
     let mut client = None;
     loop {
-        let result: Result<(), String> = async {
+        let result: Result<(), LoopError> = async {
             if client.is_none() {
                 client = Some(
                     crate::kubeapi::client_from_kubeconfig(&settings.kubeconfig)
                         .await
-                        .map_err(|e| e.to_string())?,
+                        .map_err(LoopError::Client)?,
                 );
             }
             let Some(c) = client.clone() else {
-                return Err("no client".into());
+                return Err(LoopError::NoClient);
             };
             let csrs: Api<CertificateSigningRequest> = Api::all(c.clone());
             let nodes: Api<Node> = Api::all(c);
             let list = csrs
                 .list(&ListParams::default().fields(&selector))
                 .await
-                .map_err(|e| format!("list CSRs: {e}"))?;
+                .map_err(LoopError::List)?;
             {
                 let mut s = lock(&state);
                 s.listed = true;
@@ -479,7 +506,7 @@ async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: Ca
             }
             for csr in &list.items {
                 if let Err(e) = handle(&csrs, &nodes, csr, &state).await {
-                    warn!(component = NAME, csr = ?csr.metadata.name, error = %e, "cannot decide");
+                    warn!(component = NAME, csr = ?csr.metadata.name, error = %crate::telemetry::Chain(&e), "cannot decide");
                 }
             }
             let version = list.metadata.resource_version.unwrap_or_default();
@@ -488,7 +515,7 @@ async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: Ca
             let stream = csrs
                 .watch(&wp, &version)
                 .await
-                .map_err(|e| format!("watch CSRs: {e}"))?;
+                .map_err(LoopError::Watch)?;
             futures::pin_mut!(stream);
             // Relist at every resync even if the server keeps the watch open
             // past its timeout: pending CSRs (Node not yet registered) are
@@ -505,7 +532,7 @@ async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: Ca
                     None => return Ok(()), // server-side timeout: relist
                     Some(Ok(WatchEvent::Added(csr) | WatchEvent::Modified(csr))) => {
                         if let Err(e) = handle(&csrs, &nodes, &csr, &state).await {
-                            warn!(component = NAME, csr = ?csr.metadata.name, error = %e, "cannot decide");
+                            warn!(component = NAME, csr = ?csr.metadata.name, error = %crate::telemetry::Chain(&e), "cannot decide");
                         }
                     }
                     Some(Ok(WatchEvent::Error(status))) => {
@@ -514,7 +541,7 @@ async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: Ca
                         return Ok(());
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(format!("watch CSRs: {e}")),
+                    Some(Err(e)) => return Err(LoopError::Watch(e)),
                 }
             }
         }
@@ -525,6 +552,7 @@ async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: Ca
         match result {
             Ok(()) => retry = RETRY_INITIAL,
             Err(e) => {
+                let e = crate::telemetry::Chain(&e).to_string();
                 warn!(component = NAME, error = %e, retry_in = ?retry, "apiserver error");
                 lock(&state).last_error = Some(e);
                 tokio::select! {
@@ -545,9 +573,10 @@ impl Component for CsrApprover {
 
     async fn init(&mut self) -> Result<(), ComponentError> {
         if !self.settings.kubeconfig.is_file() {
-            return Err(ComponentError::Failed {
+            return Err(ComponentError::MissingFile {
                 component: NAME,
-                message: format!("kubeconfig {} missing", self.settings.kubeconfig.display()),
+                path: self.settings.kubeconfig.clone(),
+                note: "",
             });
         }
         Ok(())

@@ -202,7 +202,7 @@ impl Component for Etcd {
         if guard.is_none() {
             let c = connect(&self.settings.client_url(), &self.settings.probe_client)
                 .await
-                .map_err(|e| not_ready(e.to_string()))?;
+                .map_err(|e| not_ready(crate::telemetry::Chain(&e).to_string()))?;
             *guard = Some(c);
         }
         let Some(client) = guard.as_mut() else {
@@ -278,7 +278,7 @@ async fn promote_until_voting(learner: LearnerPromotion, cancel: CancellationTok
             }
             Ok(false) => {}
             Err(e) if last_log.elapsed() >= Duration::from_secs(5) => {
-                tracing::info!(component = NAME, error = %e, "etcd learner not promoted yet");
+                tracing::info!(component = NAME, error = %crate::telemetry::Chain(&e), "etcd learner not promoted yet");
                 last_log = tokio::time::Instant::now();
             }
             Err(_) => {}

@@ -94,10 +94,7 @@ impl Component for ImageImport {
             return Ok(());
         }
         let Some(settings) = self.settings.clone() else {
-            return Err(ComponentError::Failed {
-                component: NAME,
-                message: "start before init".into(),
-            });
+            return Err(ComponentError::NotInitialized { component: NAME });
         };
         let progress = self.progress.clone();
         *progress.lock().unwrap_or_else(PoisonError::into_inner) =

@@ -63,7 +63,7 @@ impl Component for JoinApi {
         }
         let handle = api::start(self.settings.clone(), CancellationToken::new())
             .await
-            .map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
+            .map_err(|e| ComponentError::during(NAME, "starting the join API", e))?;
         self.handle = Some(handle);
         Ok(())
     }
@@ -81,10 +81,11 @@ impl Component for JoinApi {
     async fn stop(&mut self) -> Result<(), ComponentError> {
         if let Some(h) = self.handle.take() {
             if !h.shutdown(STOP_TIMEOUT).await {
-                return Err(ComponentError::failed(
-                    NAME,
-                    "connections did not close within the stop timeout",
-                ));
+                return Err(ComponentError::StopTimeout {
+                    component: NAME,
+                    what: "connections did not close",
+                    bound: STOP_TIMEOUT,
+                });
             }
         }
         Ok(())

@@ -107,13 +107,9 @@ impl Component for KonnectivityAgent {
         cfg.identifiers = s.identifiers.clone();
         cfg.admin_listen = s.admin_listen;
         cfg.sync_interval_cap = RECONNECT_CAP;
-        let handle =
-            Agent::start(cfg, self.cancel.clone())
-                .await
-                .map_err(|e| ComponentError::Failed {
-                    component: NAME,
-                    message: e.to_string(),
-                })?;
+        let handle = Agent::start(cfg, self.cancel.clone())
+            .await
+            .map_err(|e| ComponentError::during(NAME, "starting the agent", e))?;
         info!(servers = ?tx.borrow().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "konnectivity agent connecting to every controller");
         tokio::spawn(follow_registry(
@@ -168,9 +164,10 @@ impl Component for KonnectivityAgent {
             .await
             .is_err()
         {
-            return Err(ComponentError::Failed {
+            return Err(ComponentError::StopTimeout {
                 component: NAME,
-                message: "agent tasks did not end within the stop timeout".into(),
+                what: "agent tasks did not end",
+                bound: DRAIN_TIMEOUT,
             });
         }
         Ok(())

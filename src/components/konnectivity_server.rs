@@ -86,7 +86,9 @@ impl Component for KonnectivityServer {
             &self.paths.egress_selector_file(),
             &self.paths.konnectivity_uds(),
         )
-        .map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
+        .map_err(|e| {
+            ComponentError::during(NAME, "writing the egress selector configuration", e)
+        })?;
         if written {
             info!(path = %self.paths.egress_selector_file().display(), "wrote egress selector configuration");
         }
@@ -117,7 +119,7 @@ impl Component for KonnectivityServer {
         self.cancel = CancellationToken::new();
         let handle = Server::start(cfg, self.cancel.clone())
             .await
-            .map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
+            .map_err(|e| ComponentError::during(NAME, "starting the server", e))?;
         info!(
             agent_addr = %handle.agent_addr(),
             uds = %self.paths.konnectivity_uds().display(),
@@ -179,10 +181,11 @@ impl Component for KonnectivityServer {
                 .await
                 .is_err()
             {
-                return Err(ComponentError::failed(
-                    NAME,
-                    "tunnels did not drain within the stop timeout",
-                ));
+                return Err(ComponentError::StopTimeout {
+                    component: NAME,
+                    what: "tunnels did not drain",
+                    bound: STOP_TIMEOUT,
+                });
             }
         }
         Ok(())

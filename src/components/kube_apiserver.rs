@@ -254,11 +254,11 @@ impl KubeApiserverSettings {
         let dur = |flag: &str, default: Duration| -> Result<Duration, ComponentError> {
             match flags.get(flag) {
                 None => Ok(default),
-                Some(v) => parse_go_duration(v).ok_or_else(|| ComponentError::Failed {
+                Some(v) => parse_go_duration(v).ok_or_else(|| ComponentError::BadFlag {
                     component: NAME,
-                    message: format!(
-                        "flag --{flag}={v:?} (spec.extraArgs.{NAME}): not a duration like 10s or 1m0s"
-                    ),
+                    flag: flag.to_string(),
+                    value: v.to_string(),
+                    problem: "not a duration like 10s or 1m0s",
                 }),
             }
         };
@@ -340,21 +340,20 @@ impl Component for KubeApiserver {
         if let Some(dir) = file.parent() {
             fsutil::ensure_dir(dir, fsutil::PRIVATE_DIR_MODE).map_err(fs_err(NAME))?;
         }
-        let failed = |message: String| ComponentError::Failed {
-            component: NAME,
-            message,
-        };
         crate::konnectivity::write_egress_selector_config(file, uds)
-            .map_err(|e| failed(format!("writing {}: {e}", file.display())))?;
+            .map_err(|e| ComponentError::during(NAME, format!("writing {}", file.display()), e))?;
         let text = fsutil::read(file).map_err(fs_err(NAME))?;
         let parsed: EgressSelectorConfiguration = serde_saphyr::from_slice(&text)
-            .map_err(|e| failed(format!("{}: {e}", file.display())))?;
+            .map_err(|e| ComponentError::during(NAME, format!("parsing {}", file.display()), e))?;
         if !parsed.is_cluster_grpc_over(uds) {
-            return Err(failed(format!(
-                "{} does not route cluster traffic over gRPC to {}",
-                file.display(),
-                uds.display()
-            )));
+            return Err(ComponentError::Invalid {
+                component: NAME,
+                problem: format!(
+                    "{} does not route cluster traffic over gRPC to {}",
+                    file.display(),
+                    uds.display()
+                ),
+            });
         }
         write_args_file(NAME, &self.paths, &self.settings.args())?;
         Ok(())
@@ -372,7 +371,7 @@ impl Component for KubeApiserver {
         };
         probe.check().await.map_err(|e| ComponentError::NotReady {
             component: NAME,
-            message: e.to_string(),
+            message: crate::telemetry::Chain(&e).to_string(),
         })
     }
 

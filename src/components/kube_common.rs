@@ -66,19 +66,26 @@ impl Flags {
         self.0.iter().map(|(k, v)| format!("--{k}={v}")).collect()
     }
 
-    /// Parses `--name=value` arguments back (args files, tests). Arguments
-    /// that are not of that form are returned as the error.
-    pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Flags, String> {
+    /// Parses `--name=value` arguments back (args files, tests). The first
+    /// argument that is not of that form is the error.
+    pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Flags, NotAFlag> {
         let mut flags = Flags::new();
         for a in args {
             let a = a.as_ref();
             let Some((k, v)) = a.strip_prefix("--").and_then(|r| r.split_once('=')) else {
-                return Err(a.to_string());
+                return Err(NotAFlag { arg: a.to_string() });
             };
             flags.set(k, v);
         }
         Ok(flags)
     }
+}
+
+/// An argument of an args file that is not `--name=value`.
+#[derive(Debug, thiserror::Error)]
+#[error("{arg:?} is not --name=value")]
+pub struct NotAFlag {
+    pub arg: String,
 }
 
 /// The args file text: one argument per line.
@@ -141,9 +148,11 @@ pub fn secure_endpoint(
     flags: &Flags,
     default_port: u16,
 ) -> Result<SocketAddr, ComponentError> {
-    let bad = |flag: &str, value: &str, why: &str| ComponentError::Failed {
+    let bad = |flag: &str, value: &str, problem: &'static str| ComponentError::BadFlag {
         component,
-        message: format!("flag --{flag}={value:?} (spec.extraArgs.{component}): {why}"),
+        flag: flag.to_string(),
+        value: value.to_string(),
+        problem,
     };
     let ip = match flags.get("bind-address") {
         None | Some("") => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -400,7 +409,7 @@ impl<S: LocalKubeSettings> super::Component for LocalKubeComponent<S> {
         let probe = self.settings.readiness_probe()?;
         probe.check().await.map_err(|e| ComponentError::NotReady {
             component: S::NAME,
-            message: e.to_string(),
+            message: crate::telemetry::Chain(&e).to_string(),
         })
     }
 
@@ -434,7 +443,7 @@ mod tests {
         let back = Flags::parse_args(&f.to_args()).unwrap();
         assert_eq!(back, f);
         assert_eq!(
-            Flags::parse_args(&["positional"]).unwrap_err(),
+            Flags::parse_args(&["positional"]).unwrap_err().arg,
             "positional"
         );
     }

@@ -255,7 +255,7 @@ impl Component for KubeProxy {
     async fn init(&mut self) -> Result<(), ComponentError> {
         self.settings
             .write_files()
-            .map_err(|e| ComponentError::failed(NAME, e))
+            .map_err(|e| ComponentError::during(NAME, "writing its configuration", e))
     }
 
     /// Started after the kubelet is ready, which is after TLS bootstrap
@@ -265,10 +265,11 @@ impl Component for KubeProxy {
             return Ok(());
         }
         if !self.settings.kubeconfig.is_file() {
-            return Err(ComponentError::failed(NAME, format!(
-                "{} does not exist: kube-proxy uses the kubelet's credentials, which kubelet writes after TLS bootstrap",
-                self.settings.kubeconfig.display()
-            )));
+            return Err(ComponentError::MissingFile {
+                component: NAME,
+                path: self.settings.kubeconfig.clone(),
+                note: ": kube-proxy uses the kubelet's credentials, which kubelet writes after TLS bootstrap",
+            });
         }
         let program = binary::find(NAME, &self.paths)?;
         let spec = ChildSpec {
@@ -288,9 +289,9 @@ impl Component for KubeProxy {
     async fn ready(&self) -> Result<(), ComponentError> {
         super::kubelet::probe_http_healthz(self.settings.healthz_address(), PROBE_TIMEOUT)
             .await
-            .map_err(|message| ComponentError::NotReady {
+            .map_err(|e| ComponentError::NotReady {
                 component: NAME,
-                message,
+                message: crate::telemetry::Chain(&e).to_string(),
             })
     }
 

@@ -185,7 +185,8 @@ impl KubeletSettings {
     pub fn apply_spec(&mut self, spec: &WorkerSpec) -> Result<(), KubeletError> {
         self.labels.extend(spec.labels.clone());
         for (i, t) in spec.taints.iter().enumerate() {
-            let taint = Taint::parse(t).map_err(|m| invalid(format!("taints[{i}]"), m))?;
+            let taint =
+                Taint::parse(t).map_err(|m| invalid(format!("taints[{i}]"), m.to_string()))?;
             self.taints.push(taint);
         }
         self.port = spec.kubelet_port;
@@ -215,7 +216,7 @@ impl KubeletSettings {
             ));
         }
         for (k, v) in &self.labels {
-            validate_node_label(k, v).map_err(|m| invalid(format!("labels.{k}"), m))?;
+            validate_node_label(k, v).map_err(|m| invalid(format!("labels.{k}"), m.to_string()))?;
         }
         if self.port == 0 || self.healthz_port == 0 || self.port == self.healthz_port {
             return Err(invalid(
@@ -439,33 +440,54 @@ pub struct KubeletAuthorization {
     pub mode: String,
 }
 
+/// Why a plain-HTTP healthz probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthzError {
+    #[error("connect {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("handshake")]
+    Handshake(#[source] hyper::Error),
+    #[error("building the request")]
+    Request(#[source] http::Error),
+    #[error("request")]
+    Send(#[source] hyper::Error),
+    #[error("healthz answered {status}: {body}")]
+    Status {
+        status: http::StatusCode,
+        body: String,
+    },
+    #[error("healthz probe timed out")]
+    Timeout,
+}
+
 /// GET `http://127.0.0.1:<port>/healthz`; Ok when it answers 200.
-pub async fn probe_healthz(port: u16) -> Result<(), String> {
+pub async fn probe_healthz(port: u16) -> Result<(), HealthzError> {
     // HEALTHZ_BIND_ADDRESS.
     probe_http_healthz(SocketAddr::from(([127, 0, 0, 1], port)), PROBE_TIMEOUT).await
 }
 
 /// GET `http://<addr>/healthz` (plain HTTP, as kubelet and kube-proxy serve
 /// it); Ok when it answers 200 within `timeout`.
-pub async fn probe_http_healthz(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+pub async fn probe_http_healthz(addr: SocketAddr, timeout: Duration) -> Result<(), HealthzError> {
     use http_body_util::{BodyExt, Empty};
     let probe = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
+            .map_err(|source| HealthzError::Connect { addr, source })?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
-                .map_err(|e| format!("handshake: {e}"))?;
+                .map_err(HealthzError::Handshake)?;
         let conn = tokio::spawn(conn);
         let req = http::Request::get("/healthz")
             .header(http::header::HOST, addr.to_string())
             .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(HealthzError::Request)?;
+        let resp = sender.send_request(req).await.map_err(HealthzError::Send)?;
         let status = resp.status();
         let body = resp
             .into_body()
@@ -477,15 +499,15 @@ pub async fn probe_http_healthz(addr: SocketAddr, timeout: Duration) -> Result<(
         if status == http::StatusCode::OK {
             Ok(())
         } else {
-            Err(format!(
-                "healthz answered {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            ))
+            Err(HealthzError::Status {
+                status,
+                body: String::from_utf8_lossy(&body).trim().to_string(),
+            })
         }
     };
     match tokio::time::timeout(timeout, probe).await {
         Ok(r) => r,
-        Err(_) => Err("healthz probe timed out".into()),
+        Err(_) => Err(HealthzError::Timeout),
     }
 }
 
@@ -537,7 +559,7 @@ impl Component for Kubelet {
     async fn init(&mut self) -> Result<(), ComponentError> {
         self.settings
             .write_files()
-            .map_err(|e| ComponentError::failed(NAME, e))
+            .map_err(|e| ComponentError::during(NAME, "writing its configuration", e))
     }
 
     async fn start(&mut self) -> Result<(), ComponentError> {
@@ -563,9 +585,9 @@ impl Component for Kubelet {
     async fn ready(&self) -> Result<(), ComponentError> {
         probe_healthz(self.settings.healthz_port)
             .await
-            .map_err(|message| ComponentError::NotReady {
+            .map_err(|e| ComponentError::NotReady {
                 component: NAME,
-                message,
+                message: crate::telemetry::Chain(&e).to_string(),
             })
     }
 
@@ -689,7 +711,9 @@ mod tests {
         assert!(validate_node_label("node.kubernetes.io/pool", "a").is_ok());
         assert!(validate_node_label("topology.kubernetes.io/zone", "z1").is_ok());
         assert!(validate_node_label("example.com/x", "").is_ok());
-        let e = validate_node_label("node-role.kubernetes.io/worker", "").unwrap_err();
+        let e = validate_node_label("node-role.kubernetes.io/worker", "")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("may not set"), "{e}");
         assert!(validate_node_label("Bad_Prefix/x", "y").is_err());
         assert!(validate_node_label("x", "has space").is_err());
@@ -757,10 +781,11 @@ mod tests {
             }
         });
         probe_healthz(port).await.unwrap();
-        let e = probe_healthz(port).await.unwrap_err();
+        let e = probe_healthz(port).await.unwrap_err().to_string();
         assert!(e.contains("500") && e.contains("sick"), "{e}");
         server.await.unwrap();
         // Nothing listens any more: refused, not a hang.
-        assert!(probe_healthz(port).await.unwrap_err().contains("connect"));
+        let e = probe_healthz(port).await.unwrap_err();
+        assert!(matches!(e, HealthzError::Connect { .. }), "{e}");
     }
 }

@@ -19,6 +19,7 @@ use tracing::{info, info_span, warn, Instrument};
 use super::{Component, ComponentError, Peers};
 use crate::pki::Leaf;
 use crate::supervisor::{signal_name, ChildState, ChildStatus, Supervised};
+use crate::telemetry::Chain;
 
 /// First interval between readiness probes; doubles up to the cap.
 pub const READY_POLL_INITIAL: Duration = Duration::from_millis(20);
@@ -142,7 +143,7 @@ impl Entry {
     fn fail(&self, e: &ComponentError) {
         let mut st = self.state();
         st.phase = Phase::Failed;
-        st.error = Some(e.to_string());
+        st.error = Some(Chain(e).to_string());
     }
     fn remember_child(&self, child: Option<&Supervised>) {
         self.state().child = child.map(Supervised::subscribe);
@@ -228,7 +229,7 @@ impl Manager {
                 Ok(()) => e.set_phase(Phase::Running),
                 Err(err) => {
                     e.fail(&err);
-                    warn!(component = e.name, error = %err, "start failed; stopping what was started");
+                    warn!(component = e.name, error = %Chain(&err), "start failed; stopping what was started");
                     self.stop_all(Duration::from_secs(30)).await;
                     return Err(err);
                 }
@@ -254,7 +255,7 @@ impl Manager {
                 let stop = async { e.component.write().await.stop().await };
                 match tokio::time::timeout(left, stop).await {
                     Ok(Ok(())) => info!("stopped"),
-                    Ok(Err(e)) => warn!(error = %e, "stop failed"),
+                    Ok(Err(e)) => warn!(error = %Chain(&e), "stop failed"),
                     Err(_) => warn!("stop did not finish within the shutdown deadline"),
                 }
                 e.set_phase(Phase::Stopped);
@@ -270,7 +271,7 @@ impl Manager {
         for e in &snapshot(&self.entries)[..self.started] {
             match e.component.read().await.ready().await {
                 Ok(()) => out.push((e.name, true, String::new())),
-                Err(err) => out.push((e.name, false, err.to_string())),
+                Err(err) => out.push((e.name, false, Chain(&err).to_string())),
             }
         }
         out
@@ -338,7 +339,7 @@ impl ManagerHandle {
             match &result {
                 Ok(()) => e.set_phase(Phase::Running),
                 Err(err) => {
-                    warn!(component = e.name, error = %err, "restart failed");
+                    warn!(component = e.name, error = %Chain(err), "restart failed");
                     e.fail(err);
                 }
             }
@@ -434,7 +435,7 @@ async fn entry_status(e: &Entry, probe_timeout: Duration) -> ComponentStatus {
             status.peers = peers;
         }
         Ok((Err(err), peers)) => {
-            let msg = err.to_string();
+            let msg = Chain(&err).to_string();
             let prefix = format!("{}: ", e.name);
             status.message = Some(msg.strip_prefix(&prefix).map(str::to_string).unwrap_or(msg));
             status.peers = peers;
@@ -456,7 +457,7 @@ async fn wait_ready(c: &dyn Component, cancel: &CancellationToken) -> Result<(),
                 info!(elapsed_ms = begin.elapsed().as_millis() as u64, "ready");
                 return Ok(());
             }
-            Err(e) => e.to_string(),
+            Err(e) => Chain(&e).to_string(),
         };
         let now = Instant::now();
         if now.duration_since(begin) >= timeout {
@@ -532,10 +533,11 @@ mod tests {
         async fn start(&mut self) -> Result<(), ComponentError> {
             self.log.push(format!("start {}", self.name));
             if self.fail_start {
-                return Err(ComponentError::Failed {
-                    component: self.name,
-                    message: "boom".into(),
-                });
+                return Err(ComponentError::during(
+                    self.name,
+                    "starting",
+                    std::io::Error::other("boom"),
+                ));
             }
             self.started_at = Some(Instant::now());
             Ok(())
@@ -664,7 +666,7 @@ mod tests {
         m.add(Box::new(b));
         m.add(Box::new(Fake::new("c", &log)));
         let e = m.start_all(&CancellationToken::new()).await.unwrap_err();
-        assert!(e.to_string().contains("boom"));
+        assert!(Chain(&e).to_string().contains("boom"));
         assert_eq!(log.take(), ["start a", "start b", "stop b", "stop a"]);
     }
 

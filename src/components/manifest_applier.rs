@@ -72,7 +72,7 @@ impl Component for ApplierComponent {
             }
         })?;
         let report = applier::write_default_stacks(&dir, &self.addons, &self.inputs)
-            .map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
+            .map_err(|e| ComponentError::during(NAME, "rendering the default stacks", e))?;
         info!(
             enabled = ?report.enabled,
             disabled = ?report.disabled,
@@ -89,17 +89,17 @@ impl Component for ApplierComponent {
         }
         let client = crate::kubeapi::client_from_kubeconfig(&self.admin_kubeconfig)
             .await
-            .map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
+            .map_err(|e| ComponentError::during(NAME, "connecting to the API server", e))?;
         let mut cfg = ApplierConfig::new(self.paths.manifests_dir(), client, self.identity.clone());
         cfg.removed_stacks = self.removed_stacks.clone();
-        let runner =
-            applier::Applier::new(cfg).map_err(|e| ComponentError::failed(NAME, e.to_string()))?;
+        let runner = applier::Applier::new(cfg)
+            .map_err(|e| ComponentError::during(NAME, "setting up the applier", e))?;
         self.status = Some(runner.status());
         self.cancel = CancellationToken::new();
         let cancel = self.cancel.clone();
         self.task = Some(tokio::spawn(async move {
             if let Err(e) = runner.run(cancel).await {
-                warn!(component = NAME, error = %e, "applier stopped with an error");
+                warn!(component = NAME, error = %crate::telemetry::Chain(&e), "applier stopped with an error");
             }
         }));
         Ok(())
@@ -108,7 +108,10 @@ impl Component for ApplierComponent {
     async fn ready(&self) -> Result<(), ComponentError> {
         match &self.task {
             Some(t) if !t.is_finished() => Ok(()),
-            Some(_) => Err(ComponentError::failed(NAME, "the applier task ended")),
+            Some(_) => Err(ComponentError::TaskEnded {
+                component: NAME,
+                task: "applier",
+            }),
             None => Err(ComponentError::NotReady {
                 component: NAME,
                 message: "not started".into(),
@@ -126,10 +129,11 @@ impl Component for ApplierComponent {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
             if tokio::time::timeout(STOP_TIMEOUT, task).await.is_err() {
-                return Err(ComponentError::failed(
-                    NAME,
-                    "did not stop within the stop timeout",
-                ));
+                return Err(ComponentError::StopTimeout {
+                    component: NAME,
+                    what: "did not stop",
+                    bound: STOP_TIMEOUT,
+                });
             }
         }
         Ok(())

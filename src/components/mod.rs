@@ -81,39 +81,99 @@ pub(crate) async fn start_supervised(
 }
 
 impl ComponentError {
-    /// `component` failed for the reason `message` says.
-    pub fn failed(component: &'static str, message: impl std::fmt::Display) -> Self {
-        ComponentError::Failed {
+    /// `component` failed while doing `what` because of `source`.
+    pub fn during(
+        component: &'static str,
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        ComponentError::Step {
             component,
-            message: message.to_string(),
+            what: what.into(),
+            source: source.into(),
         }
     }
 }
 
+/// Why a component's `init`, `start`, `ready` or `stop` failed. The message
+/// names the component and what it was doing; the cause, when there is one,
+/// is the `source` (printed by the chain, never repeated in the message).
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
-    #[error("{component}: {message}")]
-    Failed {
+    /// A step failed because of another module's error. The causes come from
+    /// many modules (applier, konnectivity, etcd, ...), so the source is
+    /// boxed rather than one variant per cause type.
+    #[error("{component}: {what}")]
+    Step {
         component: &'static str,
-        message: String,
+        /// What was being done (`writing the egress selector configuration`).
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A flag in the final command line (defaults plus `spec.extraArgs`) has a
+    /// value mkectl cannot use.
+    #[error("{component}: flag --{flag}={value:?} (spec.extraArgs.{component}): {problem}")]
+    BadFlag {
+        component: &'static str,
+        flag: String,
+        value: String,
+        problem: &'static str,
+    },
+    /// A file the component needs is not there (yet).
+    #[error("{component}: {} does not exist{note}", path.display())]
+    MissingFile {
+        component: &'static str,
+        path: std::path::PathBuf,
+        /// Why it is missing or who writes it; empty or starting with `: `.
+        note: &'static str,
+    },
+    /// The component checked its own inputs and found them unusable; a
+    /// finding with no underlying error value, so it is text.
+    #[error("{component}: {problem}")]
+    Invalid {
+        component: &'static str,
+        problem: String,
+    },
+    /// `start` was called before `init`.
+    #[error("{component}: start before init")]
+    NotInitialized { component: &'static str },
+    /// The background task that is the component ended on its own.
+    #[error("{component}: the {task} task ended")]
+    TaskEnded {
+        component: &'static str,
+        task: &'static str,
+    },
+    /// `stop` gave up waiting for `what` to end.
+    #[error("{component}: {what} within {bound:?}")]
+    StopTimeout {
+        component: &'static str,
+        /// What did not finish (`tunnels did not drain`).
+        what: &'static str,
+        bound: Duration,
+    },
+    /// A readiness probe's answer. It describes an observation (a refused
+    /// connection, a 500, "not started") rather than wrapping one error
+    /// value, so it stays text.
     #[error("{component}: not ready: {message}")]
     NotReady {
         component: &'static str,
         message: String,
     },
-    #[error("{component}: {source}")]
+    #[error("{component}")]
     Fs {
         component: &'static str,
         source: crate::fsutil::FsError,
     },
-    #[error("{component}: {source}")]
+    #[error("{component}")]
     Supervisor {
         component: &'static str,
         source: crate::supervisor::SupervisorError,
     },
     #[error(transparent)]
     BinaryNotFound(#[from] binary::BinaryNotFound),
+    /// `last` is the text of the last `NotReady`, a probe observation (see
+    /// `NotReady`), not an error value.
     #[error("{component} did not become ready within {waited:?}: {last}")]
     ReadyTimeout {
         component: &'static str,
@@ -122,6 +182,17 @@ pub enum ComponentError {
     },
     #[error("start of {component} cancelled")]
     Cancelled { component: &'static str },
+}
+
+impl crate::exit::ExitCode for ComponentError {
+    /// A missing binary is exit 69; `transparent` hides it from the chain, so
+    /// the wrapper answers for it. Other variants leave it to their causes.
+    fn exit_code(&self) -> Option<u8> {
+        match self {
+            ComponentError::BinaryNotFound(e) => crate::exit::ExitCode::exit_code(e),
+            _ => None,
+        }
+    }
 }
 
 /// A long-lived part of a node. See the module docs for the state machine.
@@ -168,7 +239,7 @@ pub trait Component: Send + Sync {
         // Start even when the stop reported a problem (e.g. a slow drain):
         // a component left stopped serves nobody.
         if let Err(e) = self.stop().await {
-            tracing::warn!(component = self.name(), error = %e, "stop before restart failed; starting anyway");
+            tracing::warn!(component = self.name(), error = %crate::telemetry::Chain(&e), "stop before restart failed; starting anyway");
         }
         self.start().await
     }

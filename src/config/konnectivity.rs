@@ -33,15 +33,18 @@ impl fmt::Display for AgentIdentity {
     }
 }
 
+/// An agent identity source other than `certificate` or `headers`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown agent identity source {0:?} (expected certificate or headers)")]
+pub struct UnknownAgentIdentity(pub String);
+
 impl FromStr for AgentIdentity {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownAgentIdentity;
+    fn from_str(s: &str) -> Result<Self, UnknownAgentIdentity> {
         match s.trim() {
             "certificate" => Ok(AgentIdentity::Certificate),
             "headers" => Ok(AgentIdentity::Headers),
-            other => Err(format!(
-                "unknown agent identity source {other:?} (expected certificate or headers)"
-            )),
+            other => Err(UnknownAgentIdentity(other.to_string())),
         }
     }
 }

@@ -35,7 +35,7 @@ pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {file}: {source}")]
+    #[error("cannot read config file {file}")]
     Read {
         file: String,
         source: std::io::Error,
@@ -59,6 +59,13 @@ pub enum ConfigError {
     },
     #[error("cannot render config as YAML: {0}")]
     Render(String),
+}
+
+impl crate::exit::ExitCode for ConfigError {
+    /// Every config error is the operator's input: exit 64.
+    fn exit_code(&self) -> Option<u8> {
+        Some(crate::exit::USAGE)
+    }
 }
 
 impl ConfigError {

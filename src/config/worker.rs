@@ -134,7 +134,7 @@ impl WorkerSpec {
             ));
         }
         for (k, v) in &self.labels {
-            validate_node_label(k, v).map_err(|m| err(format!("labels.{k}"), m))?;
+            validate_node_label(k, v).map_err(|m| err(format!("labels.{k}"), m.to_string()))?;
         }
         if let Some(root) = &self.cgroup_root {
             if !root.starts_with('/') || root.contains(char::is_whitespace) {
@@ -145,7 +145,7 @@ impl WorkerSpec {
             }
         }
         for (i, t) in self.taints.iter().enumerate() {
-            Taint::parse(t).map_err(|m| err(format!("taints[{i}]"), m))?;
+            Taint::parse(t).map_err(|m| err(format!("taints[{i}]"), m.to_string()))?;
         }
         let mut ports = vec![
             ("kubeletPort", self.kubelet_port),
@@ -193,25 +193,62 @@ pub struct Taint {
 
 impl Taint {
     /// Parses `key[=value]:Effect`.
-    pub fn parse(s: &str) -> Result<Taint, String> {
-        let (kv, effect) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?}: expected key[=value]:Effect"))?;
+    pub fn parse(s: &str) -> Result<Taint, TaintError> {
+        let (kv, effect) = s.rsplit_once(':').ok_or_else(|| TaintError::Syntax {
+            taint: s.to_string(),
+        })?;
         if !TAINT_EFFECTS.contains(&effect) {
-            return Err(format!(
-                "{s:?}: effect must be one of {}",
-                TAINT_EFFECTS.join(", ")
-            ));
+            return Err(TaintError::Effect {
+                taint: s.to_string(),
+            });
         }
         let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
-        validate_qualified_name(key).map_err(|m| format!("{s:?}: key {m}"))?;
-        validate_label_value(value).map_err(|m| format!("{s:?}: value {m}"))?;
+        validate_qualified_name(key).map_err(|problem| TaintError::Key {
+            taint: s.to_string(),
+            problem,
+        })?;
+        validate_label_value(value).map_err(|problem| TaintError::Value {
+            taint: s.to_string(),
+            problem,
+        })?;
         Ok(Taint {
             key: key.into(),
             value: value.into(),
             effect: effect.into(),
         })
     }
+}
+
+/// A taint that is not `key[=value]:Effect` with a valid key and value.
+/// `problem` is a finding about one part of the taint, not a failure it
+/// caused, so it is part of the message rather than a `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum TaintError {
+    #[error("{taint:?}: expected key[=value]:Effect")]
+    Syntax { taint: String },
+    #[error("{taint:?}: effect must be one of {}", TAINT_EFFECTS.join(", "))]
+    Effect { taint: String },
+    #[error("{taint:?}: key {problem}")]
+    Key { taint: String, problem: LabelError },
+    #[error("{taint:?}: value {problem}")]
+    Value { taint: String, problem: LabelError },
+}
+
+/// A node label key or value Kubernetes (or NodeRestriction) refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum LabelError {
+    #[error("{key:?}: prefix must be a lowercase DNS subdomain")]
+    Prefix { key: String },
+    #[error("{key:?}: name must be 1-63 letters, digits, '-', '_', '.', starting and ending alphanumeric")]
+    Name { key: String },
+    #[error("{value:?}: must be empty or 1-63 letters, digits, '-', '_', '.', starting and ending alphanumeric")]
+    Value { value: String },
+    #[error(
+        "{key:?}: kubelet may not set labels in the kubernetes.io/k8s.io namespaces except under {} or {}",
+        ALLOWED_KUBERNETES_LABEL_NAMESPACES.join(", "),
+        ALLOWED_KUBERNETES_LABELS.join(", ")
+    )]
+    Restricted { key: String },
 }
 
 /// `[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?`, at most 63 characters.
@@ -240,37 +277,33 @@ pub fn is_dns_subdomain(s: &str) -> bool {
 }
 
 /// A label key: `[prefix/]name`, prefix a DNS subdomain.
-fn validate_qualified_name(key: &str) -> Result<(), String> {
+fn validate_qualified_name(key: &str) -> Result<(), LabelError> {
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
     if let Some(p) = prefix {
         if !is_dns_subdomain(p) {
-            return Err(format!("{key:?}: prefix must be a lowercase DNS subdomain"));
+            return Err(LabelError::Prefix { key: key.into() });
         }
     }
     if !is_label_name(name) {
-        return Err(format!(
-            "{key:?}: name must be 1-63 letters, digits, '-', '_', '.', starting and ending alphanumeric"
-        ));
+        return Err(LabelError::Name { key: key.into() });
     }
     Ok(())
 }
 
-fn validate_label_value(v: &str) -> Result<(), String> {
+fn validate_label_value(v: &str) -> Result<(), LabelError> {
     if v.is_empty() || is_label_name(v) {
         Ok(())
     } else {
-        Err(format!(
-            "{v:?}: must be empty or 1-63 letters, digits, '-', '_', '.', starting and ending alphanumeric"
-        ))
+        Err(LabelError::Value { value: v.into() })
     }
 }
 
 /// A label kubelet may set on its own Node: a valid key and value, and in the
 /// `kubernetes.io` / `k8s.io` namespaces only what NodeRestriction allows.
-pub fn validate_node_label(key: &str, value: &str) -> Result<(), String> {
+pub fn validate_node_label(key: &str, value: &str) -> Result<(), LabelError> {
     validate_qualified_name(key)?;
     validate_label_value(value)?;
     if let Some((prefix, _)) = key.split_once('/') {
@@ -282,11 +315,7 @@ pub fn validate_node_label(key: &str, value: &str) -> Result<(), String> {
                 .iter()
                 .any(|ns| prefix == *ns || prefix.ends_with(&format!(".{ns}")));
         if k8s_namespace && !allowed {
-            return Err(format!(
-                "{key:?}: kubelet may not set labels in the kubernetes.io/k8s.io namespaces except under {} or {}",
-                ALLOWED_KUBERNETES_LABEL_NAMESPACES.join(", "),
-                ALLOWED_KUBERNETES_LABELS.join(", ")
-            ));
+            return Err(LabelError::Restricted { key: key.into() });
         }
     }
     Ok(())

@@ -20,7 +20,7 @@ const SIGKILL: u32 = 9;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdError {
-    #[error("cannot connect to containerd at {socket}: {source}")]
+    #[error("cannot connect to containerd at {socket}")]
     Connect {
         socket: PathBuf,
         source: tonic::transport::Error,
@@ -428,7 +428,7 @@ pub async fn drain_tasks(client: &mut ContainerdClient) -> Result<usize, Contain
         let tasks = client.tasks(&ns).await?;
         for t in tasks.iter().filter(|t| t.status != api::STATUS_STOPPED) {
             if let Err(e) = client.kill_all(&ns, t.task_id()).await {
-                warn!(component = COMPONENT, namespace = %ns, task = %t.task_id(), error = %e, "kill failed");
+                warn!(component = COMPONENT, namespace = %ns, task = %t.task_id(), error = %crate::telemetry::Chain(&e), "kill failed");
             }
         }
         // Wait concurrently: each Wait is one stream on the same channel.
@@ -443,14 +443,14 @@ pub async fn drain_tasks(client: &mut ContainerdClient) -> Result<usize, Contain
         });
         for (id, r) in futures::future::join_all(waits).await {
             if let Err(e) = r {
-                warn!(component = COMPONENT, namespace = %ns, task = %id, error = %e, "wait failed");
+                warn!(component = COMPONENT, namespace = %ns, task = %id, error = %crate::telemetry::Chain(&e), "wait failed");
             }
         }
         for t in &tasks {
             match client.delete_task(&ns, t.task_id()).await {
                 Ok(()) => deleted += 1,
                 Err(e) => {
-                    warn!(component = COMPONENT, namespace = %ns, task = %t.task_id(), error = %e, "delete failed")
+                    warn!(component = COMPONENT, namespace = %ns, task = %t.task_id(), error = %crate::telemetry::Chain(&e), "delete failed")
                 }
             }
         }

@@ -45,7 +45,7 @@ pub struct EtcdClientTls {
 pub enum EtcdClientError {
     #[error(transparent)]
     Fs(#[from] fsutil::FsError),
-    #[error("etcd at {endpoint}: {source}")]
+    #[error("etcd at {endpoint}")]
     Etcd {
         endpoint: String,
         source: etcd_client::Error,
@@ -92,7 +92,17 @@ pub async fn connect_with_timeout(
 #[async_trait::async_trait]
 pub trait PromoteMember: Send + Sync {
     /// `Ok(true)` once the member votes, `Ok(false)` while it catches up.
-    async fn promote(&self, member_id: u64) -> Result<bool, String>;
+    async fn promote(&self, member_id: u64) -> Result<bool, PromoteError>;
+}
+
+/// A promotion request that did not get an answer. The implementation lives
+/// outside this module (the join API client), so its cause is boxed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot ask for the promotion of learner {member_id:x}")]
+pub struct PromoteError {
+    pub member_id: u64,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// A member that joined as a learner and must be promoted after start.

@@ -203,7 +203,7 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!(component = COMPONENT, error = %e, "accept failed");
+                    warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -235,7 +235,7 @@ async fn accept_loop(
                 Ok(Ok(Hello::NotTls)) => Route::ApiServer,
                 Ok(Err(e)) => {
                     status.refused.fetch_add(1, Ordering::Relaxed);
-                    debug!(component = COMPONENT, %peer, error = %e, "no ClientHello");
+                    debug!(component = COMPONENT, %peer, error = %crate::telemetry::Chain(&e), "no ClientHello");
                     return;
                 }
                 Err(_) => {
@@ -287,7 +287,7 @@ async fn relay(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             status.refused.fetch_add(1, Ordering::Relaxed);
-            debug!(component = COMPONENT, %peer, apiserver = %cfg.apiserver, error = %e, "apiserver not reachable");
+            debug!(component = COMPONENT, %peer, apiserver = %cfg.apiserver, error = %crate::telemetry::Chain(&e), "apiserver not reachable");
             return;
         }
         Err(_) => {
@@ -304,7 +304,7 @@ async fn relay(
         _ = hard.cancelled() => {}
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {
-                debug!(component = COMPONENT, %peer, error = %e, "apiserver relay ended");
+                debug!(component = COMPONENT, %peer, error = %crate::telemetry::Chain(&e), "apiserver relay ended");
             }
         }
     }

@@ -122,9 +122,9 @@ struct Seen {
 /// Reads the archive at `path` completely and says what it holds; any
 /// defect is an [`ImagesError::Archive`] naming the file.
 pub fn inspect(path: &Path) -> Result<ArchiveInfo, ImagesError> {
-    let corrupt = |detail: String| ImagesError::Archive {
+    let corrupt = |source: ArchiveError| ImagesError::Archive {
         path: path.to_path_buf(),
-        detail,
+        source,
     };
     let gzip = is_gzip(path).map_err(|source| ImagesError::Read {
         path: path.to_path_buf(),
@@ -148,32 +148,135 @@ pub fn inspect(path: &Path) -> Result<ArchiveInfo, ImagesError> {
     })
 }
 
+/// What is wrong with an image archive.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("not a tar archive")]
+    NotTar(#[source] io::Error),
+    #[error("reading the tar")]
+    ReadTar(#[source] io::Error),
+    #[error("unreadable entry name")]
+    EntryName(#[source] io::Error),
+    #[error("unsafe entry name {0:?}")]
+    UnsafeName(PathBuf),
+    #[error("{name}: unreadable link target")]
+    LinkTarget {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{name}: symlink without a target")]
+    NoLinkTarget { name: String },
+    #[error("{name} is {size} bytes, too large for an index")]
+    IndexTooLarge { name: String, size: u64 },
+    #[error("reading {name}")]
+    ReadEntry {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{name}: {total} bytes where the tar says {size}")]
+    SizeMismatch { name: String, total: u64, size: u64 },
+    #[error("reading the archive")]
+    ReadRest(#[source] io::Error),
+    #[error("unsafe path {0:?}")]
+    UnsafePath(String),
+    #[error("{0} is missing")]
+    Missing(String),
+    #[error("{0}: link leaves the archive")]
+    LinkEscapes(String),
+    #[error("{0}: too many symlinks")]
+    SymlinkLoop(String),
+    #[error("{OCI_LAYOUT_FILE}: layout version {0:?} (containerd imports {OCI_LAYOUT_VERSION})")]
+    LayoutVersion(String),
+    #[error("{OCI_LAYOUT_FILE} but no {INDEX_FILE}")]
+    NoIndex,
+    #[error("{INDEX_FILE} lists no images")]
+    EmptyIndex,
+    #[error("{INDEX_FILE}: image name {0:?} is not a reference")]
+    IndexImageName(String),
+    #[error("{DOCKER_MANIFEST_FILE} lists no images")]
+    EmptyManifest,
+    #[error("{DOCKER_MANIFEST_FILE}: config")]
+    DockerConfig(#[source] Box<ArchiveError>),
+    #[error("config {name}: not a JSON object")]
+    ConfigNotObject {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{DOCKER_MANIFEST_FILE}: an image without layers")]
+    NoLayers,
+    #[error("{DOCKER_MANIFEST_FILE}: layer")]
+    DockerLayer(#[source] Box<ArchiveError>),
+    #[error("{DOCKER_MANIFEST_FILE}: RepoTags")]
+    RepoTag(#[source] reference::ReferenceError),
+    #[error("neither an OCI image layout (no {OCI_LAYOUT_FILE}) nor a docker archive (no {DOCKER_MANIFEST_FILE})")]
+    UnknownFormat,
+    #[error("{0} is too large to be read")]
+    TooLargeToRead(String),
+    #[error("{name}")]
+    Json {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("config of {digest}")]
+    ManifestConfig {
+        digest: String,
+        #[source]
+        source: Box<ArchiveError>,
+    },
+    #[error("layer of {digest}")]
+    ManifestLayer {
+        digest: String,
+        #[source]
+        source: Box<ArchiveError>,
+    },
+    #[error("indexes nested deeper than {MAX_INDEX_DEPTH}")]
+    IndexDepth,
+    #[error("blob digest")]
+    Digest(#[source] reference::BadDigest),
+    #[error("bad digest {0:?}")]
+    BadDigest(String),
+    #[error("blob {0} is missing")]
+    BlobMissing(String),
+    #[error("blob {digest} is corrupt: its bytes hash to {actual}")]
+    BlobCorrupt { digest: String, actual: String },
+    #[error("blob {digest} is {size} bytes, its descriptor says {expected}")]
+    BlobSize {
+        digest: String,
+        size: u64,
+        expected: u64,
+    },
+}
+
 type Files = BTreeMap<String, Seen>;
 type Links = BTreeMap<String, String>;
 
 /// Reads every entry: regular files hashed (small ones kept), symlinks
 /// recorded, everything else skipped as containerd's importer does.
-fn scan(r: &mut impl Read) -> Result<(Files, Links), String> {
+fn scan(r: &mut impl Read) -> Result<(Files, Links), ArchiveError> {
     let mut archive = tar::Archive::new(r);
     let mut files = Files::new();
     let mut links = Links::new();
     let mut kept = 0u64;
-    let entries = archive
-        .entries()
-        .map_err(|e| format!("not a tar archive: {e}"))?;
+    let entries = archive.entries().map_err(ArchiveError::NotTar)?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("reading the tar: {e}"))?;
-        let raw = entry
-            .path()
-            .map_err(|e| format!("unreadable entry name: {e}"))?
-            .into_owned();
-        let name = clean_name(&raw).ok_or_else(|| format!("unsafe entry name {raw:?}"))?;
+        let mut entry = entry.map_err(ArchiveError::ReadTar)?;
+        let raw = entry.path().map_err(ArchiveError::EntryName)?.into_owned();
+        let Some(name) = clean_name(&raw) else {
+            return Err(ArchiveError::UnsafeName(raw));
+        };
         let kind = entry.header().entry_type();
         if kind.is_symlink() {
             let target = entry
                 .link_name()
-                .map_err(|e| format!("{name}: unreadable link target: {e}"))?
-                .ok_or_else(|| format!("{name}: symlink without a target"))?;
+                .map_err(|source| ArchiveError::LinkTarget {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| ArchiveError::NoLinkTarget { name: name.clone() })?;
             links.insert(name, target.to_string_lossy().into_owned());
             continue;
         }
@@ -186,7 +289,7 @@ fn scan(r: &mut impl Read) -> Result<(Files, Links), String> {
             OCI_LAYOUT_FILE | INDEX_FILE | DOCKER_MANIFEST_FILE
         ) || (size <= KEEP_MAX && kept + size <= KEEP_TOTAL_MAX);
         if keep && size > KEEP_MAX * 4 {
-            return Err(format!("{name} is {size} bytes, too large for an index"));
+            return Err(ArchiveError::IndexTooLarge { name, size });
         }
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         let mut body = keep.then(|| Vec::with_capacity(size as usize));
@@ -197,7 +300,7 @@ fn scan(r: &mut impl Read) -> Result<(Files, Links), String> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("reading {name}: {e}")),
+                Err(source) => return Err(ArchiveError::ReadEntry { name, source }),
             };
             ctx.update(&buf[..n]);
             if let Some(b) = body.as_mut() {
@@ -206,7 +309,7 @@ fn scan(r: &mut impl Read) -> Result<(Files, Links), String> {
             total += n as u64;
         }
         if total != size {
-            return Err(format!("{name}: {total} bytes where the tar says {size}"));
+            return Err(ArchiveError::SizeMismatch { name, total, size });
         }
         if keep {
             kept += size;
@@ -223,7 +326,7 @@ fn scan(r: &mut impl Read) -> Result<(Files, Links), String> {
     // Reading to the end also catches a truncated gzip stream after the
     // tar's end-of-archive marker.
     let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| format!("reading the archive: {e}"))?;
+    io::copy(&mut rest, &mut io::sink()).map_err(ArchiveError::ReadRest)?;
     Ok((files, links))
 }
 
@@ -242,20 +345,21 @@ fn clean_name(raw: &Path) -> Option<String> {
 }
 
 /// Follows symlinks (relative to the link's directory) to a regular file.
-fn resolve<'a>(files: &'a Files, links: &Links, name: &str) -> Result<&'a Seen, String> {
-    let mut cur = clean_name(Path::new(name)).ok_or_else(|| format!("unsafe path {name:?}"))?;
+fn resolve<'a>(files: &'a Files, links: &Links, name: &str) -> Result<&'a Seen, ArchiveError> {
+    let mut cur =
+        clean_name(Path::new(name)).ok_or_else(|| ArchiveError::UnsafePath(name.to_string()))?;
     for _ in 0..=MAX_SYMLINKS {
         if let Some(f) = files.get(&cur) {
             return Ok(f);
         }
         let Some(target) = links.get(&cur) else {
-            return Err(format!("{name} is missing"));
+            return Err(ArchiveError::Missing(name.to_string()));
         };
         let base = Path::new(&cur).parent().unwrap_or(Path::new(""));
         let joined: PathBuf = base.join(target);
-        cur = normalize_path(&joined).ok_or_else(|| format!("{name}: link leaves the archive"))?;
+        cur = normalize_path(&joined).ok_or_else(|| ArchiveError::LinkEscapes(name.to_string()))?;
     }
-    Err(format!("{name}: too many symlinks"))
+    Err(ArchiveError::SymlinkLoop(name.to_string()))
 }
 
 /// Resolves `..` lexically; None when it climbs above the root.
@@ -274,30 +378,26 @@ fn normalize_path(p: &Path) -> Option<String> {
     Some(parts.join("/"))
 }
 
-fn interpret(files: &Files, links: &Links) -> Result<(ArchiveFormat, Vec<ArchiveImage>), String> {
+fn interpret(
+    files: &Files,
+    links: &Links,
+) -> Result<(ArchiveFormat, Vec<ArchiveImage>), ArchiveError> {
     if let Some(layout) = files.get(OCI_LAYOUT_FILE) {
         let layout: ImageLayout = parse_json(OCI_LAYOUT_FILE, layout)?;
         if layout.image_layout_version != OCI_LAYOUT_VERSION {
-            return Err(format!(
-                "{OCI_LAYOUT_FILE}: layout version {:?} (containerd imports {OCI_LAYOUT_VERSION})",
-                layout.image_layout_version
-            ));
+            return Err(ArchiveError::LayoutVersion(layout.image_layout_version));
         }
-        let index_file = files
-            .get(INDEX_FILE)
-            .ok_or_else(|| format!("{OCI_LAYOUT_FILE} but no {INDEX_FILE}"))?;
+        let index_file = files.get(INDEX_FILE).ok_or(ArchiveError::NoIndex)?;
         let index: Index = parse_json(INDEX_FILE, index_file)?;
         if index.manifests.is_empty() {
-            return Err(format!("{INDEX_FILE} lists no images"));
+            return Err(ArchiveError::EmptyIndex);
         }
         let mut images = Vec::new();
         for d in &index.manifests {
             let config_digest = check_descriptor(files, d, 0)?;
             if let Some(name) = d.image_name() {
                 if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(format!(
-                        "{INDEX_FILE}: image name {name:?} is not a reference"
-                    ));
+                    return Err(ArchiveError::IndexImageName(name.to_string()));
                 }
             }
             images.push(ArchiveImage {
@@ -311,29 +411,28 @@ fn interpret(files: &Files, links: &Links) -> Result<(ArchiveFormat, Vec<Archive
     if let Some(m) = files.get(DOCKER_MANIFEST_FILE) {
         let entries: Vec<DockerArchiveEntry> = parse_json(DOCKER_MANIFEST_FILE, m)?;
         if entries.is_empty() {
-            return Err(format!("{DOCKER_MANIFEST_FILE} lists no images"));
+            return Err(ArchiveError::EmptyManifest);
         }
         let mut images = Vec::new();
         for e in &entries {
             let config = resolve(files, links, &e.config)
-                .map_err(|d| format!("{DOCKER_MANIFEST_FILE}: config {d}"))?;
+                .map_err(|e| ArchiveError::DockerConfig(Box::new(e)))?;
             if let Some(body) = &config.body {
                 serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
-                    .map_err(|err| format!("config {}: not a JSON object: {err}", e.config))?;
+                    .map_err(|source| ArchiveError::ConfigNotObject {
+                        name: e.config.clone(),
+                        source,
+                    })?;
             }
             if e.layers.is_empty() {
-                return Err(format!("{DOCKER_MANIFEST_FILE}: an image without layers"));
+                return Err(ArchiveError::NoLayers);
             }
             for l in &e.layers {
-                resolve(files, links, l)
-                    .map_err(|d| format!("{DOCKER_MANIFEST_FILE}: layer {d}"))?;
+                resolve(files, links, l).map_err(|e| ArchiveError::DockerLayer(Box::new(e)))?;
             }
             let mut names = Vec::new();
             for t in &e.repo_tags {
-                names.push(
-                    reference::normalize(t)
-                        .map_err(|err| format!("{DOCKER_MANIFEST_FILE}: RepoTags: {err}"))?,
-                );
+                names.push(reference::normalize(t).map_err(ArchiveError::RepoTag)?);
             }
             if names.is_empty() {
                 images.push(ArchiveImage {
@@ -352,35 +451,46 @@ fn interpret(files: &Files, links: &Links) -> Result<(ArchiveFormat, Vec<Archive
         }
         return Ok((ArchiveFormat::DockerArchive, images));
     }
-    Err(format!(
-        "neither an OCI image layout (no {OCI_LAYOUT_FILE}) nor a docker archive (no {DOCKER_MANIFEST_FILE})"
-    ))
+    Err(ArchiveError::UnknownFormat)
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(name: &str, f: &Seen) -> Result<T, String> {
+fn parse_json<T: serde::de::DeserializeOwned>(name: &str, f: &Seen) -> Result<T, ArchiveError> {
     let body = f
         .body
         .as_ref()
-        .ok_or_else(|| format!("{name} is too large to be read"))?;
-    serde_json::from_slice(body).map_err(|e| format!("{name}: {e}"))
+        .ok_or_else(|| ArchiveError::TooLargeToRead(name.to_string()))?;
+    serde_json::from_slice(body).map_err(|source| ArchiveError::Json {
+        name: name.to_string(),
+        source,
+    })
 }
 
 /// Checks that the blob `d` points to is present with its digest and size,
 /// and, for manifests and indexes, that everything they point to is too.
 /// Returns the config digest when `d` is a manifest.
-fn check_descriptor(files: &Files, d: &Descriptor, depth: usize) -> Result<Option<String>, String> {
+fn check_descriptor(
+    files: &Files,
+    d: &Descriptor,
+    depth: usize,
+) -> Result<Option<String>, ArchiveError> {
     let blob = blob(files, d)?;
     if d.is_manifest() {
         let m: spec::Manifest = parse_json(&d.digest, blob)?;
-        blob_of(files, &m.config).map_err(|e| format!("config of {}: {e}", d.digest))?;
+        blob_of(files, &m.config).map_err(|e| ArchiveError::ManifestConfig {
+            digest: d.digest.clone(),
+            source: Box::new(e),
+        })?;
         for l in &m.layers {
-            blob_of(files, l).map_err(|e| format!("layer of {}: {e}", d.digest))?;
+            blob_of(files, l).map_err(|e| ArchiveError::ManifestLayer {
+                digest: d.digest.clone(),
+                source: Box::new(e),
+            })?;
         }
         return Ok(Some(m.config.digest));
     }
     if d.is_index() {
         if depth >= MAX_INDEX_DEPTH {
-            return Err(format!("indexes nested deeper than {MAX_INDEX_DEPTH}"));
+            return Err(ArchiveError::IndexDepth);
         }
         let idx: Index = parse_json(&d.digest, blob)?;
         for child in &idx.manifests {
@@ -390,28 +500,30 @@ fn check_descriptor(files: &Files, d: &Descriptor, depth: usize) -> Result<Optio
     Ok(None)
 }
 
-fn blob_of(files: &Files, d: &Descriptor) -> Result<(), String> {
+fn blob_of(files: &Files, d: &Descriptor) -> Result<(), ArchiveError> {
     blob(files, d).map(|_| ())
 }
 
 /// The blob for `d`, checked against its digest and size.
-fn blob<'a>(files: &'a Files, d: &Descriptor) -> Result<&'a Seen, String> {
-    reference::check_digest(&d.digest)?;
-    let path = spec::blob_path(&d.digest).ok_or_else(|| format!("bad digest {:?}", d.digest))?;
+fn blob<'a>(files: &'a Files, d: &Descriptor) -> Result<&'a Seen, ArchiveError> {
+    reference::check_digest(&d.digest).map_err(ArchiveError::Digest)?;
+    let path =
+        spec::blob_path(&d.digest).ok_or_else(|| ArchiveError::BadDigest(d.digest.clone()))?;
     let f = files
         .get(&path)
-        .ok_or_else(|| format!("blob {} is missing", d.digest))?;
+        .ok_or_else(|| ArchiveError::BlobMissing(d.digest.clone()))?;
     if f.digest != d.digest {
-        return Err(format!(
-            "blob {} is corrupt: its bytes hash to {}",
-            d.digest, f.digest
-        ));
+        return Err(ArchiveError::BlobCorrupt {
+            digest: d.digest.clone(),
+            actual: f.digest.clone(),
+        });
     }
     if f.size != d.size {
-        return Err(format!(
-            "blob {} is {} bytes, its descriptor says {}",
-            d.digest, f.size, d.size
-        ));
+        return Err(ArchiveError::BlobSize {
+            digest: d.digest.clone(),
+            size: f.size,
+            expected: d.size,
+        });
     }
     Ok(f)
 }
@@ -553,7 +665,7 @@ mod tests {
         for (want, edit) in cases {
             let (path, _) = packed(d.path(), Format::Oci, false);
             rewrite(&path, edit);
-            let e = inspect(&path).unwrap_err().to_string();
+            let e = crate::telemetry::Chain(&inspect(&path).unwrap_err()).to_string();
             assert!(
                 e.contains(want) && e.contains(&path.display().to_string()),
                 "{e} (wanted {want})"

@@ -147,7 +147,7 @@ pub async fn import_dir(
     let (archives, ignored) = match list_archives(&settings.images_dir) {
         Ok(v) => v,
         Err(e) => {
-            error!(component = COMPONENT, dir = %settings.images_dir.display(), error = %e, "cannot list the images dir; importing nothing from it");
+            error!(component = COMPONENT, dir = %settings.images_dir.display(), error = %crate::telemetry::Chain(&e), "cannot list the images dir; importing nothing from it");
             (Vec::new(), Vec::new())
         }
     };
@@ -159,7 +159,7 @@ pub async fn import_dir(
     let mut client = match ContainerdClient::connect(&settings.socket, API_TIMEOUT).await {
         Ok(c) => Some(c),
         Err(e) => {
-            warn!(component = COMPONENT, error = %e, "cannot ask containerd which images it has; importing everything");
+            warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot ask containerd which images it has; importing everything");
             None
         }
     };
@@ -178,13 +178,17 @@ pub async fn import_dir(
         let info = match inspected {
             Ok(Ok(info)) => info,
             Ok(Err(e)) => {
-                error!(component = COMPONENT, file = %file, error = %e, "skipped: corrupt or unsupported image archive");
-                report.failed.push((file, e.to_string()));
+                error!(component = COMPONENT, file = %file, error = %crate::telemetry::Chain(&e), "skipped: corrupt or unsupported image archive");
+                report
+                    .failed
+                    .push((file, crate::telemetry::Chain(&e).to_string()));
                 continue;
             }
             Err(e) => {
-                error!(component = COMPONENT, file = %file, error = %e, "skipped: reading the archive failed");
-                report.failed.push((file, e.to_string()));
+                error!(component = COMPONENT, file = %file, error = %crate::telemetry::Chain(&e), "skipped: reading the archive failed");
+                report
+                    .failed
+                    .push((file, crate::telemetry::Chain(&e).to_string()));
                 continue;
             }
         };
@@ -223,8 +227,10 @@ pub async fn import_dir(
                 report.imported.push(ImportedArchive { file, images });
             }
             Err(e) => {
-                error!(component = COMPONENT, file = %file, error = %e, "skipped: import failed");
-                report.failed.push((file, e.to_string()));
+                error!(component = COMPONENT, file = %file, error = %crate::telemetry::Chain(&e), "skipped: import failed");
+                report
+                    .failed
+                    .push((file, crate::telemetry::Chain(&e).to_string()));
             }
         }
     }
@@ -295,7 +301,7 @@ async fn list_present(client: &mut Option<ContainerdClient>, namespace: &str) ->
             .filter_map(|i| i.target.map(|t| (i.name, t.digest)))
             .collect(),
         Ok(Err(e)) => {
-            warn!(component = COMPONENT, error = %e, "cannot list containerd's images; treating none as present");
+            warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot list containerd's images; treating none as present");
             Present::new()
         }
         Err(_) => {
@@ -338,7 +344,7 @@ async fn cri_image_id(client: &mut Option<ContainerdClient>, name: &str) -> Opti
     match tokio::time::timeout(API_TIMEOUT, c.cri_image_status(name)).await {
         Ok(Ok(img)) => img.map(|i| i.id),
         Ok(Err(e)) => {
-            debug!(component = COMPONENT, image = %name, error = %e, "CRI image status failed");
+            debug!(component = COMPONENT, image = %name, error = %crate::telemetry::Chain(&e), "CRI image status failed");
             None
         }
         Err(_) => None,
@@ -481,7 +487,7 @@ async fn provide_sandbox(
         Ok(n) => n,
         Err(e) => {
             error!(component = COMPONENT, sandbox_image = %sandbox.name, error = %e, "the sandbox image name is not a reference");
-            return SandboxOutcome::Failed(e);
+            return SandboxOutcome::Failed(e.to_string());
         }
     };
     if let Some(file) = provided_by.get(&name) {
@@ -508,8 +514,8 @@ async fn provide_sandbox(
     let (bytes, packed) = match packed {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
-            error!(component = COMPONENT, sandbox_image = %name, pause = %binary.display(), error = %e, "cannot pack the sandbox image");
-            return SandboxOutcome::Failed(e.to_string());
+            error!(component = COMPONENT, sandbox_image = %name, pause = %binary.display(), error = %crate::telemetry::Chain(&e), "cannot pack the sandbox image");
+            return SandboxOutcome::Failed(crate::telemetry::Chain(&e).to_string());
         }
         Err(e) => return SandboxOutcome::Failed(e.to_string()),
     };
@@ -531,8 +537,8 @@ async fn provide_sandbox(
     )
     .await
     {
-        error!(component = COMPONENT, sandbox_image = %name, error = %e, "cannot import the sandbox image");
-        return SandboxOutcome::Failed(e.to_string());
+        error!(component = COMPONENT, sandbox_image = %name, error = %crate::telemetry::Chain(&e), "cannot import the sandbox image");
+        return SandboxOutcome::Failed(crate::telemetry::Chain(&e).to_string());
     }
     *present = list_present(client, &settings.namespace).await;
     match present.get(&name) {

@@ -49,14 +49,18 @@ pub fn is_archive_name(name: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum ImagesError {
     /// The archive is truncated, corrupt, or in no format containerd imports.
-    #[error("{path}: not a usable image archive: {detail}")]
-    Archive { path: PathBuf, detail: String },
-    #[error("cannot read {path}: {source}")]
+    #[error("{path}: not a usable image archive")]
+    Archive {
+        path: PathBuf,
+        #[source]
+        source: archive::ArchiveError,
+    },
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
@@ -64,7 +68,7 @@ pub enum ImagesError {
     /// An input of `images pack` is unusable; `field` is the flag.
     #[error("--{field}: {detail}")]
     Spec { field: &'static str, detail: String },
-    #[error("packing image {name}: {source}")]
+    #[error("packing image {name}")]
     Pack {
         name: String,
         source: std::io::Error,

@@ -77,26 +77,66 @@ pub struct FileSpec {
     pub mode: u32,
 }
 
+/// A `--file` value that is not `SRC:DEST[:MODE]`, or whose source cannot
+/// be looked at.
+#[derive(Debug, thiserror::Error)]
+pub enum FileSpecError {
+    #[error("{spec:?}: expected SRC:DEST or SRC:DEST:MODE")]
+    Syntax { spec: String },
+    #[error("{spec:?}: empty source path")]
+    EmptySource { spec: String },
+    #[error("{spec:?}: mode {mode:?} is not octal")]
+    ModeNotOctal { spec: String, mode: String },
+    #[error("{spec:?}: mode {mode} is larger than 7777")]
+    ModeTooLarge { spec: String, mode: String },
+    #[error("{}", path.display())]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A file's destination inside the image that is not an absolute,
+/// normalised path.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerPathError {
+    #[error("destination {dest:?} is not absolute")]
+    NotAbsolute { dest: String },
+    #[error("destination {dest:?} names no file")]
+    NoFile { dest: String },
+    #[error("destination {dest:?} is not a normalised path")]
+    NotNormalised { dest: String },
+    #[error("destination {dest:?} holds control characters")]
+    ControlCharacters { dest: String },
+}
+
 impl FileSpec {
     /// Parses `SRC:DEST[:MODE]` (MODE in octal). Without MODE a file any
     /// user may execute gets 0755, any other 0644: the source's other bits
     /// (umask accidents) do not reach the image.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, FileSpecError> {
+        let spec = || s.to_string();
         let parts: Vec<&str> = s.split(':').collect();
         let (src, dest, mode) = match parts[..] {
             [src, dest] => (src, dest, None),
             [src, dest, mode] => (src, dest, Some(mode)),
-            _ => return Err(format!("{s:?}: expected SRC:DEST or SRC:DEST:MODE")),
+            _ => return Err(FileSpecError::Syntax { spec: spec() }),
         };
         if src.is_empty() {
-            return Err(format!("{s:?}: empty source path"));
+            return Err(FileSpecError::EmptySource { spec: spec() });
         }
         let mode = match mode {
             Some(m) => {
-                let v = u32::from_str_radix(m, 8)
-                    .map_err(|_| format!("{s:?}: mode {m:?} is not octal"))?;
+                let v = u32::from_str_radix(m, 8).map_err(|_| FileSpecError::ModeNotOctal {
+                    spec: spec(),
+                    mode: m.to_string(),
+                })?;
                 if v > 0o7777 {
-                    return Err(format!("{s:?}: mode {m} is larger than 7777"));
+                    return Err(FileSpecError::ModeTooLarge {
+                        spec: spec(),
+                        mode: m.to_string(),
+                    });
                 }
                 Some(v)
             }
@@ -106,7 +146,10 @@ impl FileSpec {
         let mode = match mode {
             Some(m) => m,
             None => {
-                let meta = fs::metadata(&source).map_err(|e| format!("{src}: {e}"))?;
+                let meta = fs::metadata(&source).map_err(|e| FileSpecError::Stat {
+                    path: source.clone(),
+                    source: e,
+                })?;
                 if meta.permissions().mode() & 0o111 != 0 {
                     0o755
                 } else {
@@ -166,7 +209,7 @@ impl PackSpec {
                 "name",
                 match reference::normalize(&self.name) {
                     Ok(n) => format!("{:?} is not fully qualified; use {n:?}", self.name),
-                    Err(e) => e,
+                    Err(e) => e.to_string(),
                 },
             ));
         }
@@ -184,7 +227,7 @@ impl PackSpec {
         }
         let mut seen = BTreeSet::new();
         for f in &self.files {
-            let rel = layer_path(&f.dest).map_err(|e| bad("file", e))?;
+            let rel = layer_path(&f.dest).map_err(|e| bad("file", e.to_string()))?;
             if !seen.insert(rel.clone()) {
                 return Err(bad("file", format!("{} is given twice", f.dest)));
             }
@@ -240,20 +283,21 @@ pub struct Packed {
 }
 
 /// `dest` as a layer entry path (relative, normalised), or why not.
-fn layer_path(dest: &str) -> Result<String, String> {
+fn layer_path(dest: &str) -> Result<String, LayerPathError> {
+    let dest_ = || dest.to_string();
     let Some(rel) = dest.strip_prefix('/') else {
-        return Err(format!("destination {dest:?} is not absolute"));
+        return Err(LayerPathError::NotAbsolute { dest: dest_() });
     };
     if rel.is_empty() || rel.ends_with('/') {
-        return Err(format!("destination {dest:?} names no file"));
+        return Err(LayerPathError::NoFile { dest: dest_() });
     }
     for c in rel.split('/') {
         if c.is_empty() || c == "." || c == ".." {
-            return Err(format!("destination {dest:?} is not a normalised path"));
+            return Err(LayerPathError::NotNormalised { dest: dest_() });
         }
     }
     if dest.chars().any(char::is_control) {
-        return Err(format!("destination {dest:?} holds control characters"));
+        return Err(LayerPathError::ControlCharacters { dest: dest_() });
     }
     Ok(rel.to_string())
 }
@@ -525,9 +569,9 @@ fn build_layer(spec: &PackSpec) -> Result<Layer, ImagesError> {
     let mut entries: BTreeMap<String, Option<&FileSpec>> = BTreeMap::new();
     for f in &spec.files {
         // validate() checked every destination.
-        let rel = layer_path(&f.dest).map_err(|detail| ImagesError::Spec {
+        let rel = layer_path(&f.dest).map_err(|e| ImagesError::Spec {
             field: "file",
-            detail,
+            detail: e.to_string(),
         })?;
         let mut parent = String::new();
         let comps: Vec<&str> = rel.split('/').collect();

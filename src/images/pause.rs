@@ -53,9 +53,9 @@ pub fn find_binary(paths: &NodePaths) -> Option<PathBuf> {
 /// The image spec: `binary` as `/pause`, its entrypoint, under `name`
 /// (normalised the way CRI looks the sandbox image up).
 pub fn spec(name: &str, binary: &Path) -> Result<PackSpec, ImagesError> {
-    let name = reference::normalize(name).map_err(|detail| ImagesError::Spec {
+    let name = reference::normalize(name).map_err(|e| ImagesError::Spec {
         field: "name",
-        detail,
+        detail: e.to_string(),
     })?;
     let mut s = PackSpec::new(
         &name,

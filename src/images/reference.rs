@@ -14,18 +14,46 @@ pub const OFFICIAL_PREFIX: &str = "library/";
 /// The tag of references with neither tag nor digest.
 pub const DEFAULT_TAG: &str = "latest";
 
+/// Why a name is not an image reference.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("{name:?}: empty or longer than 255 characters")]
+    Length { name: String },
+    /// `problem` describes the digest part; it is a finding about the name,
+    /// not a failure that caused this one, so it is in the message.
+    #[error("{name:?}: {problem}")]
+    Digest { name: String, problem: BadDigest },
+    #[error("{name:?}: tag {tag:?} is not valid")]
+    Tag { name: String, tag: String },
+    #[error("{name:?}: registry {registry:?} is not valid")]
+    Registry { name: String, registry: String },
+    #[error("{name:?}: repository {path:?} is not valid (lowercase letters, digits and . _ - separators)")]
+    Repository { name: String, path: String },
+}
+
+/// A digest that is not `sha256:<64 lowercase hex digits>`.
+#[derive(Debug, thiserror::Error)]
+#[error("digest {digest:?} is not sha256:<64 lowercase hex digits>")]
+pub struct BadDigest {
+    pub digest: String,
+}
+
 /// `name` in its fully qualified form, or why it is not an image reference.
 /// Follows the distribution reference grammar: lowercase path components of
 /// `[a-z0-9]` joined by `.`, `_`, `__` or `-`; an optional domain (the first
 /// component when it holds a `.` or `:` or is `localhost`); an optional tag
 /// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`; an optional `@sha256:<64 hex>`.
-pub fn normalize(name: &str) -> Result<String, String> {
+pub fn normalize(name: &str) -> Result<String, ReferenceError> {
+    let name_ = || name.to_string();
     if name.is_empty() || name.len() > 255 {
-        return Err(format!("{name:?}: empty or longer than 255 characters"));
+        return Err(ReferenceError::Length { name: name_() });
     }
     let (rest, digest) = match name.split_once('@') {
         Some((r, d)) => {
-            check_digest(d).map_err(|e| format!("{name:?}: {e}"))?;
+            check_digest(d).map_err(|problem| ReferenceError::Digest {
+                name: name_(),
+                problem,
+            })?;
             (r, Some(d))
         }
         None => (name, None),
@@ -39,7 +67,10 @@ pub fn normalize(name: &str) -> Result<String, String> {
     };
     if let Some(t) = tag {
         if !valid_tag(t) {
-            return Err(format!("{name:?}: tag {t:?} is not valid"));
+            return Err(ReferenceError::Tag {
+                name: name_(),
+                tag: t.to_string(),
+            });
         }
     }
     let (domain, path) = match repo.split_once('/') {
@@ -47,16 +78,20 @@ pub fn normalize(name: &str) -> Result<String, String> {
             if first.contains('.') || first.contains(':') || first == "localhost" =>
         {
             if !valid_domain(first) {
-                return Err(format!("{name:?}: registry {first:?} is not valid"));
+                return Err(ReferenceError::Registry {
+                    name: name_(),
+                    registry: first.to_string(),
+                });
             }
             (first.to_string(), path.to_string())
         }
         _ => (DEFAULT_DOMAIN.to_string(), repo.to_string()),
     };
     if path.is_empty() || !path.split('/').all(valid_path_component) {
-        return Err(format!(
-            "{name:?}: repository {path:?} is not valid (lowercase letters, digits and . _ - separators)"
-        ));
+        return Err(ReferenceError::Repository {
+            name: name_(),
+            path,
+        });
     }
     let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
         format!("{OFFICIAL_PREFIX}{path}")
@@ -89,16 +124,16 @@ pub fn is_normalized(name: &str) -> bool {
 }
 
 /// `sha256:` followed by 64 lowercase hex digits.
-pub fn check_digest(d: &str) -> Result<(), String> {
+pub fn check_digest(d: &str) -> Result<(), BadDigest> {
     match d.strip_prefix("sha256:") {
         Some(hex)
             if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
         {
             Ok(())
         }
-        _ => Err(format!(
-            "digest {d:?} is not sha256:<64 lowercase hex digits>"
-        )),
+        _ => Err(BadDigest {
+            digest: d.to_string(),
+        }),
     }
 }
 

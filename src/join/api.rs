@@ -143,8 +143,8 @@ impl ApiError {
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }
-    fn internal(e: impl std::fmt::Display) -> Self {
-        Self::new(500, "Internal", e.to_string())
+    fn internal(e: impl std::error::Error + 'static) -> Self {
+        Self::new(500, "Internal", crate::telemetry::Chain(&e).to_string())
     }
 }
 
@@ -161,7 +161,11 @@ impl IntoResponse for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        ApiError::new(e.status(), e.reason(), e.to_string())
+        ApiError::new(
+            e.status(),
+            e.reason(),
+            crate::telemetry::Chain(&e).to_string(),
+        )
     }
 }
 
@@ -231,9 +235,13 @@ impl AppState {
     /// Live controllers (the registry) plus this one.
     async fn controllers(&self) -> Result<Vec<ControllerRecord>, ApiError> {
         let mut etcd = self.etcd.clone();
-        let mut list = registry::list(&mut etcd)
-            .await
-            .map_err(|e| ApiError::new(503, "EtcdUnavailable", e.to_string()))?;
+        let mut list = registry::list(&mut etcd).await.map_err(|e| {
+            ApiError::new(
+                503,
+                "EtcdUnavailable",
+                crate::telemetry::Chain(&e).to_string(),
+            )
+        })?;
         if !list.iter().any(|r| r.name == self.settings.this.name) {
             list.push(self.settings.this.clone());
             list.sort();
@@ -296,7 +304,7 @@ pub async fn start(
     let etcd = etcd_component::connect(&settings.etcd_endpoint, &settings.etcd_tls)
         .await
         .map_err(|e| JoinError::Internal {
-            reason: e.to_string(),
+            reason: crate::telemetry::Chain(&e).to_string(),
         })?;
     let state = Arc::new(AppState {
         tokens: TokenStore::new(etcd.clone()),
@@ -360,9 +368,11 @@ async fn renew_loop(cert: Arc<ServingCert>, cancel: CancellationToken) {
             ),
             Ok(Ok(false)) => {}
             Ok(Err(e)) => {
-                warn!(component = COMPONENT, error = %e, "cannot renew the join API serving certificate")
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot renew the join API serving certificate")
             }
-            Err(e) => warn!(component = COMPONENT, error = %e, "renewal task failed"),
+            Err(e) => {
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "renewal task failed")
+            }
         }
     }
 }
@@ -467,7 +477,7 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!(component = COMPONENT, error = %e, "accept failed");
+                    warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -502,7 +512,7 @@ async fn accept_loop(
                 r = handshake => match r {
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
-                        debug!(component = COMPONENT, %remote, error = %e, "TLS handshake failed");
+                        debug!(component = COMPONENT, %remote, error = %crate::telemetry::Chain(&e), "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
@@ -680,7 +690,8 @@ async fn join_worker(
     let address = req.address.parse::<IpAddr>().map_err(|_| {
         ApiError::bad_request(format!("address {:?} is not an IP address", req.address))
     })?;
-    let csr = pki::inspect_csr(&req.csr).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let csr = pki::inspect_csr(&req.csr)
+        .map_err(|e| ApiError::bad_request(crate::telemetry::Chain(&e).to_string()))?;
     // What `mkectl worker` generates, as the design says; nothing else is
     // signed, and the refusal names the key type.
     if csr.key_type != pki::CsrKeyType::EcdsaP256 {
@@ -739,7 +750,9 @@ async fn join_worker(
     if let Some(kc) = &state.settings.mirror_kubeconfig {
         super::mirror::mirror_bootstrap_token(kc, &token, &stored)
             .await
-            .map_err(|e| ApiError::new(503, "MirrorFailed", e.to_string()))?;
+            .map_err(|e| {
+                ApiError::new(503, "MirrorFailed", crate::telemetry::Chain(&e).to_string())
+            })?;
     }
     info!(
         component = COMPONENT,

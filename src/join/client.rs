@@ -170,7 +170,7 @@ impl JoinClient {
                 Ok(resp) => return Ok((endpoint.clone(), resp)),
                 Err(e) if e.is_retryable() => {
                     if more {
-                        info!(component = COMPONENT, %endpoint, error = %e, "trying the next join API");
+                        info!(component = COMPONENT, %endpoint, error = %crate::telemetry::Chain(&e), "trying the next join API");
                     }
                     last = Some(e);
                 }
@@ -193,19 +193,24 @@ impl JoinClient {
         })
     }
 
-    async fn connect(&self, host: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
+    async fn connect(&self, host: &str, port: u16) -> Result<tokio::net::TcpStream, ConnectError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| format!("resolve {host}: {e}"))?
+            .map_err(|source| ConnectError::Resolve {
+                host: host.to_string(),
+                source,
+            })?
             .collect();
-        let mut last = format!("{host} resolves to no address");
+        let mut last = ConnectError::NoAddress {
+            host: host.to_string(),
+        };
         for addr in addrs {
             let sock = if addr.is_ipv4() {
                 tokio::net::TcpSocket::new_v4()
             } else {
                 tokio::net::TcpSocket::new_v6()
             }
-            .map_err(|e| e.to_string())?;
+            .map_err(ConnectError::Socket)?;
             if let Some(local) = self.local_address {
                 if local.is_ipv4() == addr.is_ipv4() {
                     // Not fatal: the address may not be local (NAT).
@@ -214,8 +219,8 @@ impl JoinClient {
             }
             match tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr)).await {
                 Ok(Ok(s)) => return Ok(s),
-                Ok(Err(e)) => last = format!("connect {addr}: {e}"),
-                Err(_) => last = format!("connect {addr}: timed out"),
+                Ok(Err(source)) => last = ConnectError::Connect { addr, source },
+                Err(_) => last = ConnectError::Timeout { addr },
             }
         }
         Err(last)
@@ -234,7 +239,10 @@ impl JoinClient {
         };
         let (host, port) = tls::split_host_port(endpoint)?;
         let name = tls::server_name(endpoint)?;
-        let tcp = self.connect(&host, port).await.map_err(unreachable)?;
+        let tcp = self
+            .connect(&host, port)
+            .await
+            .map_err(|e| unreachable(crate::telemetry::Chain(&e).to_string()))?;
         let (config, name) = self
             .tls
             .for_route(crate::expose::Route::Join, name)
@@ -499,7 +507,7 @@ pub async fn join_controller(
         match client.join_controller(&req).await {
             Ok(r) => break r,
             Err(e) if e.status() == Some(503) && tokio::time::Instant::now() < deadline => {
-                info!(component = COMPONENT, error = %e, "join API busy; retrying");
+                info!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "join API busy; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => return Err(e),
@@ -571,6 +579,30 @@ pub async fn join_controller(
     Ok(st)
 }
 
+/// Why no TCP connection to a join endpoint could be made; it becomes the
+/// `last` text of `JoinError::Unreachable`.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("resolve {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{host} resolves to no address")]
+    NoAddress { host: String },
+    #[error("cannot create a socket")]
+    Socket(#[source] std::io::Error),
+    #[error("connect {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect {addr}: timed out")]
+    Timeout { addr: SocketAddr },
+}
+
 /// Promotes this controller's etcd learner through the other controllers'
 /// join APIs (mTLS with its etcd peer certificate, server checked against
 /// the cluster CA) and records success in the join state.
@@ -585,15 +617,19 @@ pub struct JoinPromoter {
 
 #[async_trait::async_trait]
 impl crate::etcd::PromoteMember for JoinPromoter {
-    async fn promote(&self, member_id: u64) -> Result<bool, String> {
-        let ca = fsutil::read(&self.ca).map_err(|e| e.to_string())?;
+    async fn promote(&self, member_id: u64) -> Result<bool, crate::etcd::PromoteError> {
+        let failed = |e: JoinError| crate::etcd::PromoteError {
+            member_id,
+            source: Box::new(e),
+        };
+        let ca = fsutil::read(&self.ca).map_err(|e| failed(e.into()))?;
         let client = JoinClient::new(
             self.endpoints.clone(),
             Trust::CaPem(ca),
             Some(&self.identity),
         )
-        .map_err(|e| e.to_string())?;
-        let resp = client.promote(member_id).await.map_err(|e| e.to_string())?;
+        .map_err(failed)?;
+        let resp = client.promote(member_id).await.map_err(failed)?;
         if !resp.voting {
             return Ok(false);
         }
@@ -601,11 +637,13 @@ impl crate::etcd::PromoteMember for JoinPromoter {
             Ok(Some(mut st)) if !st.promoted => {
                 st.promoted = true;
                 if let Err(e) = state::write(&self.state_file, &st) {
-                    warn!(component = COMPONENT, error = %e, "cannot record the promotion");
+                    warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot record the promotion");
                 }
             }
             Ok(_) => {}
-            Err(e) => warn!(component = COMPONENT, error = %e, "cannot record the promotion"),
+            Err(e) => {
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot record the promotion")
+            }
         }
         Ok(true)
     }
@@ -646,14 +684,14 @@ pub async fn refresh_controllers(
         let ca = match fsutil::read(&paths.ca_cert) {
             Ok(ca) => ca,
             Err(e) => {
-                warn!(component = COMPONENT, error = %e, "cannot read the cluster CA");
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot read the cluster CA");
                 continue;
             }
         };
         let client = match JoinClient::new(st.join_endpoints(), Trust::CaPem(ca), Some(&identity)) {
             Ok(c) => c.with_local_address(local),
             Err(e) => {
-                warn!(component = COMPONENT, error = %e, "cannot build the join API client");
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot build the join API client");
                 continue;
             }
         };
@@ -670,13 +708,13 @@ pub async fn refresh_controllers(
                 );
                 st.controllers = list;
                 if let Err(e) = state::write(&paths.state, &st) {
-                    warn!(component = COMPONENT, error = %e, "cannot save the controller list");
+                    warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot save the controller list");
                 }
                 controllers.send_replace(st.controllers.clone());
             }
             Ok(_) => {}
             Err(e) => {
-                warn!(component = COMPONENT, error = %e, "cannot refresh the controller list")
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot refresh the controller list")
             }
         }
     }

@@ -21,7 +21,7 @@ const FIELD_MANAGER: &str = "mkectl-join-api";
 pub enum MirrorError {
     #[error("cannot build a Kubernetes client from {path}: {reason}")]
     Client { path: String, reason: String },
-    #[error("cannot apply Secret kube-system/{name}: {source}")]
+    #[error("cannot apply Secret kube-system/{name}")]
     Apply { name: String, source: kube::Error },
 }
 

@@ -55,7 +55,7 @@ pub enum JoinError {
         want: Role,
         what: &'static str,
     },
-    #[error("etcd: cannot {what}: {source}")]
+    #[error("etcd: cannot {what}")]
     Etcd {
         what: &'static str,
         source: etcd_client::Error,

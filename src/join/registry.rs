@@ -85,7 +85,7 @@ pub async fn list(client: &mut etcd_client::Client) -> Result<Vec<ControllerReco
             Err(e) => warn!(
                 component = COMPONENT,
                 key = %String::from_utf8_lossy(kv.key()),
-                error = %e,
+                error = %crate::telemetry::Chain(&e),
                 "ignoring an unreadable controller record"
             ),
         }
@@ -158,7 +158,7 @@ impl Registration {
                         next_poll = tokio::time::Instant::now();
                     }
                     Err(e) => {
-                        warn!(component = COMPONENT, error = %e, "cannot register; retrying");
+                        warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot register; retrying");
                         tokio::select! {
                             _ = cancel.cancelled() => break,
                             _ = tokio::time::sleep(RETRY_AFTER) => {}
@@ -177,7 +177,7 @@ impl Registration {
             }
             if let Some(l) = lease.as_mut() {
                 if let Err(e) = l.renew().await {
-                    warn!(component = COMPONENT, error = %e, "lease renewal failed; registering again");
+                    warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "lease renewal failed; registering again");
                     lease = None;
                 }
             }
@@ -189,7 +189,7 @@ impl Registration {
                     "left the controller registry (lease revoked)"
                 ),
                 Err(e) => {
-                    warn!(component = COMPONENT, error = %e, "could not revoke the registry lease; the record expires with it")
+                    warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "could not revoke the registry lease; the record expires with it")
                 }
             }
         }
@@ -226,7 +226,7 @@ impl Registration {
         let records = match list(client).await {
             Ok(r) => r,
             Err(e) => {
-                warn!(component = COMPONENT, error = %e, "cannot read the controller registry");
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot read the controller registry");
                 return;
             }
         };
@@ -243,7 +243,9 @@ impl Registration {
                 "controller set changed"
             ),
             Ok(false) => {}
-            Err(e) => warn!(component = COMPONENT, error = %e, "cannot write the controller cache"),
+            Err(e) => {
+                warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "cannot write the controller cache")
+            }
         }
         self.controllers.send_if_modified(|c| {
             let changed = *c != records;

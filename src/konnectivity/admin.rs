@@ -83,6 +83,6 @@ pub async fn serve(
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
     {
-        tracing::warn!(component, error = %e, "admin server failed");
+        tracing::warn!(component, error = %crate::telemetry::Chain(&e), "admin server failed");
     }
 }

@@ -72,13 +72,13 @@ pub use tls::TlsFiles;
 pub enum KonnectivityError {
     #[error("TLS material {path}: {reason}")]
     Tls { path: PathBuf, reason: String },
-    #[error("cannot bind {what} on {addr}: {source}")]
+    #[error("cannot bind {what} on {addr}")]
     Bind {
         what: &'static str,
         addr: String,
         source: std::io::Error,
     },
-    #[error("unix socket {path}: {source}")]
+    #[error("unix socket {path}")]
     Uds {
         path: PathBuf,
         source: std::io::Error,

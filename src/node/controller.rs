@@ -407,7 +407,7 @@ async fn leader_election_on_growth(
                 .await
             {
                 if let Err(e) = result {
-                    warn!(component = name, error = %e, "restart for leader election failed");
+                    warn!(component = name, error = %crate::telemetry::Chain(&e), "restart for leader election failed");
                 }
             }
             return;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::components::binary::{BinaryNotFound, UnusableBinary};
 use crate::components::ComponentError;
-use crate::exit::{FAILURE, UNAVAILABLE, USAGE};
+use crate::exit::{ExitCode, UNAVAILABLE, USAGE};
 use crate::join::JoinError;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,26 +76,30 @@ pub enum NodeError {
     },
 }
 
-impl NodeError {
+impl ExitCode for NodeError {
     /// 64 for what the operator asked for, 69 for what is missing on the
-    /// host or unreachable, 1 for the rest.
-    pub fn exit_code(&self) -> u8 {
+    /// host or unreachable; the wrapped error's own code otherwise (the
+    /// transparent variants hide it from the chain walk).
+    fn exit_code(&self) -> Option<u8> {
         match self {
-            Self::Usage(_) | Self::Config(_) => USAGE,
-            Self::Bundle(e) if e.is_usage() => USAGE,
+            Self::Usage(_) => Some(USAGE),
+            Self::Config(e) => e.exit_code(),
+            Self::Bundle(e) if e.is_usage() => Some(USAGE),
             Self::Join { source, .. } => match source {
-                JoinError::Token(_) | JoinError::WrongRole { .. } => USAGE,
-                JoinError::Unreachable { .. } => UNAVAILABLE,
-                _ => FAILURE,
+                JoinError::Token(_) | JoinError::WrongRole { .. } => Some(USAGE),
+                JoinError::Unreachable { .. } => Some(UNAVAILABLE),
+                _ => None,
             },
-            Self::Component(ComponentError::BinaryNotFound(_))
-            | Self::BinaryNotFound(_)
-            | Self::UnusableBinary(_)
-            | Self::HostCheck(_) => UNAVAILABLE,
-            _ => FAILURE,
+            Self::Component(e) => e.exit_code(),
+            Self::BinaryNotFound(e) => e.exit_code(),
+            Self::UnusableBinary(e) => e.exit_code(),
+            Self::HostCheck(e) => e.exit_code(),
+            _ => None,
         }
     }
+}
 
+impl NodeError {
     pub(crate) fn join(what: &'static str) -> impl FnOnce(JoinError) -> Self {
         move |source| Self::Join { what, source }
     }

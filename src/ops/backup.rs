@@ -45,7 +45,7 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -233,7 +233,7 @@ async fn snapshot_to(input: &BackupInput, out: &Path) -> Result<(u64, String), B
     };
     let mut client = connect_with_timeout(&input.etcd_endpoint, &input.etcd_tls, SNAPSHOT_TIMEOUT)
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(crate::telemetry::Chain(&e).to_string()))?;
     let mut stream = client
         .snapshot()
         .await

@@ -22,7 +22,7 @@ pub const RENEW_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the socket: no node is running with this run dir.
-    #[error("no mkectl node is running with this run dir (status socket {path}: {source})")]
+    #[error("no mkectl node is running with this run dir (status socket {path})")]
     NotRunning {
         path: PathBuf,
         source: std::io::Error,

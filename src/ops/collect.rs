@@ -43,7 +43,7 @@ impl Collector {
             Ok(certs) => summarize(&certs, SystemTime::now()),
             Err(e) => CertSummary {
                 soonest: None,
-                error: Some(e),
+                error: Some(crate::telemetry::Chain(&e).to_string()),
             },
         };
         let not_ready = components
@@ -76,13 +76,22 @@ impl Collector {
     }
 
     /// Every certificate of the PKI (read off the runtime's worker threads).
-    pub async fn certificates(&self) -> Result<Vec<CertInfo>, String> {
+    pub async fn certificates(&self) -> Result<Vec<CertInfo>, CertListError> {
         let dir = self.pki_dir.clone();
         tokio::task::spawn_blocking(move || pki::list_certificates(&dir))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(CertListError::Task)?
+            .map_err(CertListError::Pki)
     }
+}
+
+/// Why the certificates could not be listed for the status page.
+#[derive(Debug, thiserror::Error)]
+pub enum CertListError {
+    #[error("certificate listing task")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("listing the certificates")]
+    Pki(#[source] crate::pki::PkiError),
 }
 
 /// The soonest expiry among `certs`.

@@ -35,7 +35,7 @@ impl EtcdInfo {
         if guard.is_none() {
             match connect(&self.endpoint, &self.tls).await {
                 Ok(c) => *guard = Some(c),
-                Err(e) => return unavailable(e.to_string()),
+                Err(e) => return unavailable(crate::telemetry::Chain(&e).to_string()),
             }
         }
         let Some(client) = guard.as_mut() else {

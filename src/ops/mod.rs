@@ -37,7 +37,7 @@ use crate::pki::{PkiPaths, PkiSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -47,15 +47,15 @@ pub enum OpsError {
         #[from]
         source: crate::fsutil::FsError,
     },
-    #[error("cannot bind the metrics endpoint {addr} (spec.metrics): {source}")]
+    #[error("cannot bind the metrics endpoint {addr} (spec.metrics)")]
     BindMetrics {
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
-    #[error("background task failed: {0}")]
-    Task(String),
+    #[error("background task failed")]
+    Task(#[source] tokio::task::JoinError),
     #[error("certificate {0} is not maintained on this node (only a controller running with --enable-worker has it)")]
     NotMaintained(&'static str),
 }

@@ -51,34 +51,56 @@ pub fn next_check_in(due: Option<SystemTime>, now: SystemTime) -> Duration {
     until.clamp(MIN_CHECK_INTERVAL, MAX_CHECK_INTERVAL)
 }
 
+/// Why a list of certificate names to renew was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LeafSelectionError {
+    #[error("give certificate names or --all, not both")]
+    NamesAndAll,
+    #[error("name the certificates to renew, or pass --all")]
+    NothingNamed,
+    #[error(
+        "{name} is a CA; mkectl never renews CAs (rotating a CA means re-trusting every node)"
+    )]
+    Ca { name: String },
+    #[error("certificate {name:?} is not maintained on this node (only a controller running with --enable-worker has it); known: {known}")]
+    NotMaintained { name: String, known: String },
+    #[error("certificate {name:?} is unknown; known: {known}")]
+    Unknown { name: String, known: String },
+}
+
 /// Leaf names (`etcd-server`, ...) to leaves; `all` means every leaf of
 /// `maintained` (the node's [`PkiSpec::leaves`]). CA names are refused: CAs
 /// are never renewed by mkectl; so are leaves this node does not maintain.
-pub fn parse_leaves(names: &[String], all: bool, maintained: &[Leaf]) -> Result<Vec<Leaf>, String> {
+pub fn parse_leaves(
+    names: &[String],
+    all: bool,
+    maintained: &[Leaf],
+) -> Result<Vec<Leaf>, LeafSelectionError> {
     match (all, names.is_empty()) {
-        (true, false) => return Err("give certificate names or --all, not both".into()),
-        (false, true) => return Err("name the certificates to renew, or pass --all".into()),
+        (true, false) => return Err(LeafSelectionError::NamesAndAll),
+        (false, true) => return Err(LeafSelectionError::NothingNamed),
         (true, true) => return Ok(maintained.to_vec()),
         (false, false) => {}
     }
     let mut out = Vec::new();
     for n in names {
         if pki::Ca::ALL.iter().any(|ca| ca.name() == n) {
-            return Err(format!(
-                "{n} is a CA; mkectl never renews CAs (rotating a CA means re-trusting every node)"
-            ));
+            return Err(LeafSelectionError::Ca { name: n.clone() });
         }
         let Some(leaf) = maintained.iter().find(|l| l.is_named(n)) else {
             let known: Vec<_> = maintained.iter().map(|l| l.name()).collect();
-            let why = if Leaf::every().any(|l| l.is_named(n)) {
-                "is not maintained on this node (only a controller running with --enable-worker has it)"
+            let known = known.join(", ");
+            return Err(if Leaf::every().any(|l| l.is_named(n)) {
+                LeafSelectionError::NotMaintained {
+                    name: n.clone(),
+                    known,
+                }
             } else {
-                "is unknown"
-            };
-            return Err(format!(
-                "certificate {n:?} {why}; known: {}",
-                known.join(", ")
-            ));
+                LeafSelectionError::Unknown {
+                    name: n.clone(),
+                    known,
+                }
+            });
         };
         if !out.contains(leaf) {
             out.push(*leaf);
@@ -191,7 +213,7 @@ impl Rotator {
         let spec = self.spec.clone();
         let renewed = tokio::task::spawn_blocking(move || force_renew(&spec, &leaves))
             .await
-            .map_err(|e| OpsError::Task(e.to_string()))??;
+            .map_err(OpsError::Task)??;
         let mut outcome = RenewOutcome {
             renewed: renewed.clone(),
             ..RenewOutcome::default()
@@ -207,7 +229,9 @@ impl Rotator {
         {
             match result {
                 Ok(()) => outcome.restarted.push(name.to_string()),
-                Err(e) => outcome.failed.push(format!("{name}: {e}")),
+                Err(e) => outcome
+                    .failed
+                    .push(format!("{name}: {}", crate::telemetry::Chain(&e))),
             }
         }
         Ok(outcome)
@@ -233,7 +257,7 @@ impl Rotator {
                                 MIN_CHECK_INTERVAL
                             }
                             Err(e) => {
-                                warn!(component = "rotation", error = %e, "certificate renewal failed; retrying");
+                                warn!(component = "rotation", error = %crate::telemetry::Chain(&e), "certificate renewal failed; retrying");
                                 RETRY_AFTER_ERROR
                             }
                         }
@@ -242,7 +266,7 @@ impl Rotator {
                     }
                 }
                 Ok(Err(e)) => {
-                    warn!(component = "rotation", error = %e, "cannot read certificate expiry");
+                    warn!(component = "rotation", error = %crate::telemetry::Chain(&e), "cannot read certificate expiry");
                     RETRY_AFTER_ERROR
                 }
                 Err(e) => {
@@ -307,15 +331,21 @@ mod tests {
         );
         assert!(parse_leaves(&[], false, &all).is_err());
         assert!(parse_leaves(&["admin".into()], true, &all).is_err());
-        let e = parse_leaves(&["etcd-ca".into()], false, &all).unwrap_err();
+        let e = parse_leaves(&["etcd-ca".into()], false, &all)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("never renews CAs"), "{e}");
-        let e = parse_leaves(&["nope".into()], false, &all).unwrap_err();
+        let e = parse_leaves(&["nope".into()], false, &all)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("unknown") && e.contains("apiserver-etcd-client"),
             "{e}"
         );
         // The worker leaves exist only on a controller with --enable-worker.
-        let e = parse_leaves(&["kubelet-client".into()], false, &all).unwrap_err();
+        let e = parse_leaves(&["kubelet-client".into()], false, &all)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--enable-worker"), "{e}");
         let with_worker: Vec<Leaf> = Leaf::every().collect();
         assert_eq!(

@@ -75,11 +75,14 @@ async fn renew(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
     };
     let leaves = match parse_leaves(&req.certificates, req.all, &rotator.leaves()) {
         Ok(l) => l,
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     match rotator.renew(leaves).await {
         Ok(outcome) => Json(outcome).into_response(),
-        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            crate::telemetry::Chain(&e).to_string(),
+        ),
     }
 }
 

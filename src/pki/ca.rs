@@ -136,9 +136,9 @@ fn load_pair(
         }
     };
     let facts =
-        super::x509::facts_from_pem(cert.as_bytes()).map_err(|reason| PkiError::ParseCert {
+        super::x509::facts_from_pem(cert.as_bytes()).map_err(|source| PkiError::CertParse {
             path: files.cert.clone(),
-            reason,
+            source,
         })?;
     let key = keys::load_pem(&key).map_err(|source| PkiError::ParseKey {
         path: files.key.clone(),
@@ -199,9 +199,9 @@ fn create(paths: &PkiPaths, ca: Ca, spec: &PkiSpec, now: SystemTime) -> Result<L
     store::write_key(&files.key, &key.serialize_pem())?;
     store::write_cert(&files.cert, &cert_pem)?;
     tracing::info!(component = COMPONENT, ca = ca.name(), path = %files.cert.display(), "created CA");
-    let facts = CertFacts::from_der(cert.der()).map_err(|reason| PkiError::ParseCert {
+    let facts = CertFacts::from_der(cert.der()).map_err(|source| PkiError::CertParse {
         path: files.cert.clone(),
-        reason,
+        source,
     })?;
     // Same construction as a CA loaded from disk, so leaves come out
     // identical either way.

@@ -18,7 +18,14 @@ pub enum PkiError {
     #[error("cannot parse certificate {path}: {reason}")]
     ParseCert { path: PathBuf, reason: String },
 
-    #[error("cannot parse private key {path}: {source}")]
+    #[error("cannot parse certificate {path}")]
+    CertParse {
+        path: PathBuf,
+        #[source]
+        source: super::x509::CertParseError,
+    },
+
+    #[error("cannot parse private key {path}")]
     ParseKey { path: PathBuf, source: rcgen::Error },
 
     #[error("CA certificate {cert} exists but its private key {key} is missing; refusing to create a new CA over it (restore the key or remove both files deliberately)")]
@@ -42,7 +49,7 @@ pub enum PkiError {
     #[error("service-account public key {public} exists but the private key {key} is missing; refusing to generate a new signing key over it")]
     SaKeyMissing { key: PathBuf, public: PathBuf },
 
-    #[error("cannot generate {what}: {source}")]
+    #[error("cannot generate {what}")]
     Generate { what: String, source: rcgen::Error },
 
     #[error("cannot generate RSA key for {what}: {reason}")]
@@ -54,7 +61,7 @@ pub enum PkiError {
     #[error("invalid certificate signing request: {reason}")]
     Csr { reason: String },
 
-    #[error("cannot render kubeconfig {name}: {source}")]
+    #[error("cannot render kubeconfig {name}")]
     Kubeconfig {
         name: String,
         source: serde_saphyr::SerializeError,

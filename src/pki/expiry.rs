@@ -54,9 +54,9 @@ pub fn list_certificates(pki_dir: &Path) -> Result<Vec<CertInfo>, PkiError> {
         let Some(pem) = store::read_optional(&path)? else {
             continue;
         };
-        let facts = facts_from_pem(&pem).map_err(|reason| PkiError::ParseCert {
+        let facts = facts_from_pem(&pem).map_err(|source| PkiError::CertParse {
             path: path.clone(),
-            reason,
+            source,
         })?;
         out.push(CertInfo {
             name,

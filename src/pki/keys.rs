@@ -53,9 +53,9 @@ pub(crate) fn load_pem(pem: &str) -> Result<KeyPair, rcgen::Error> {
 /// DER SubjectPublicKeyInfo, the same value kubeadm's
 /// `--discovery-token-ca-cert-hash` uses.
 pub fn spki_sha256(cert_pem: &[u8]) -> Result<String, PkiError> {
-    let der = cert_der_from_pem(cert_pem).map_err(|reason| PkiError::InvalidPem {
+    let der = cert_der_from_pem(cert_pem).map_err(|e| PkiError::InvalidPem {
         what: "certificate".to_string(),
-        reason,
+        reason: crate::telemetry::Chain(&e).to_string(),
     })?;
     spki_sha256_der(&der)
 }

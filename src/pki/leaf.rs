@@ -290,16 +290,31 @@ pub(crate) fn reissue_reason(
     let cert = match store::read_optional(&files.cert) {
         Ok(Some(c)) => c,
         Ok(None) => return Some("certificate missing".to_string()),
-        Err(e) => return Some(format!("certificate unreadable: {e}")),
+        Err(e) => {
+            return Some(format!(
+                "certificate unreadable: {}",
+                crate::telemetry::Chain(&e)
+            ))
+        }
     };
     let facts = match facts_from_pem(&cert) {
         Ok(f) => f,
-        Err(e) => return Some(format!("certificate unparseable: {e}")),
+        Err(e) => {
+            return Some(format!(
+                "certificate unparseable: {}",
+                crate::telemetry::Chain(&e)
+            ))
+        }
     };
     let key = match store::read_optional_string(&files.key) {
         Ok(Some(k)) => k,
         Ok(None) => return Some("private key missing".to_string()),
-        Err(e) => return Some(format!("private key unreadable: {e}")),
+        Err(e) => {
+            return Some(format!(
+                "private key unreadable: {}",
+                crate::telemetry::Chain(&e)
+            ))
+        }
     };
     let key = match keys::load_pem(&key) {
         Ok(k) => k,
@@ -426,9 +441,9 @@ fn sign(
         &subject::encode_name(common_name, organizations),
         ca.issuer.key(),
     )
-    .map_err(|reason| PkiError::InvalidPem {
+    .map_err(|e| PkiError::InvalidPem {
         what: what.to_string(),
-        reason,
+        reason: crate::telemetry::Chain(&e).to_string(),
     })?;
     Ok(pem_encode("CERTIFICATE", &der))
 }
@@ -628,7 +643,9 @@ impl std::fmt::Display for CsrKeyType {
 
 /// The key type of a CSR's SubjectPublicKeyInfo, or a description of one
 /// that cannot be checked (`ECDSA P-521`, `Ed448`, an unknown OID).
-fn csr_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<CsrKeyType, String> {
+fn csr_key_type(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> Result<CsrKeyType, UnsupportedKey> {
     use x509_parser::public_key::PublicKey;
     let alg = spki.algorithm.algorithm.to_id_string();
     match spki.parsed() {
@@ -651,16 +668,21 @@ fn csr_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<Cs
             match curve.as_str() {
                 "1.2.840.10045.3.1.7" => Ok(CsrKeyType::EcdsaP256),
                 "1.3.132.0.34" => Ok(CsrKeyType::EcdsaP384),
-                "1.3.132.0.35" => Err("ECDSA P-521".into()),
-                other => Err(format!("ECDSA on curve {other}")),
+                "1.3.132.0.35" => Err(UnsupportedKey("ECDSA P-521".into())),
+                other => Err(UnsupportedKey(format!("ECDSA on curve {other}"))),
             }
         }
         _ if alg == "1.3.101.112" => Ok(CsrKeyType::Ed25519),
-        _ if alg == "1.3.101.113" => Err("Ed448".into()),
-        _ if alg == "1.2.840.10040.4.1" => Err("DSA".into()),
-        _ => Err(format!("key algorithm {alg}")),
+        _ if alg == "1.3.101.113" => Err(UnsupportedKey("Ed448".into())),
+        _ if alg == "1.2.840.10040.4.1" => Err(UnsupportedKey("DSA".into())),
+        _ => Err(UnsupportedKey(format!("key algorithm {alg}"))),
     }
 }
+
+/// A CSR key mkectl does not sign for; the text names the key type.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UnsupportedKey(String);
 
 struct ParsedCsr {
     params: CertificateSigningRequestParams,

@@ -84,6 +84,7 @@ pub use spec::{
     KeyType, PkiSpec, DEFAULT_CA_LIFETIME, DEFAULT_CLUSTER_DOMAIN, DEFAULT_CLUSTER_NAME,
     DEFAULT_FIRST_SERVICE_IP, DEFAULT_LEAF_LIFETIME, DEFAULT_RENEW_BEFORE,
 };
+pub use x509::CertParseError;
 
 /// The `component` field of every span and event this module emits.
 pub(crate) const COMPONENT: &str = "pki";

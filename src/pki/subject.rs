@@ -39,9 +39,24 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Why a certificate's subject could not be replaced.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DerError {
+    #[error("truncated DER")]
+    Truncated,
+    #[error("unsupported DER length")]
+    UnsupportedLength,
+    #[error("{0} is not a SEQUENCE")]
+    NotSequence(&'static str),
+    #[error("tbsCertificate has no subject")]
+    NoSubject,
+    #[error("cannot sign the new tbsCertificate")]
+    Sign(#[source] rcgen::Error),
+}
+
 /// Reads one TLV at the start of `buf`: (tag, header length, content length).
-fn read_tlv(buf: &[u8]) -> Result<(u8, usize, usize), String> {
-    let short = || "truncated DER".to_string();
+fn read_tlv(buf: &[u8]) -> Result<(u8, usize, usize), DerError> {
+    let short = || DerError::Truncated;
     let tag = *buf.first().ok_or_else(short)?;
     let first = *buf.get(1).ok_or_else(short)?;
     let (header, len) = if first < 0x80 {
@@ -49,7 +64,7 @@ fn read_tlv(buf: &[u8]) -> Result<(u8, usize, usize), String> {
     } else {
         let n = (first & 0x7f) as usize;
         if n == 0 || n > 4 {
-            return Err("unsupported DER length".to_string());
+            return Err(DerError::UnsupportedLength);
         }
         let bytes = buf.get(2..2 + n).ok_or_else(short)?;
         (
@@ -85,15 +100,15 @@ pub(crate) fn replace_subject(
     cert_der: &[u8],
     subject_der: &[u8],
     signer: &KeyPair,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, DerError> {
     let (tag, h, len) = read_tlv(cert_der)?;
     if tag != TAG_SEQUENCE {
-        return Err("certificate is not a SEQUENCE".to_string());
+        return Err(DerError::NotSequence("certificate"));
     }
     let outer = &cert_der[h..h + len];
     let (tag, tbs_h, tbs_len) = read_tlv(outer)?;
     if tag != TAG_SEQUENCE {
-        return Err("tbsCertificate is not a SEQUENCE".to_string());
+        return Err(DerError::NotSequence("tbsCertificate"));
     }
     let tbs = &outer[tbs_h..tbs_h + tbs_len];
     let rest = &outer[tbs_h + tbs_len..];
@@ -115,10 +130,10 @@ pub(crate) fn replace_subject(
         index += 1;
     }
     if index <= SUBJECT_INDEX {
-        return Err("tbsCertificate has no subject".to_string());
+        return Err(DerError::NoSubject);
     }
     let new_tbs = tlv(TAG_SEQUENCE, &new_tbs_content);
-    let signature = signer.sign(&new_tbs).map_err(|e| e.to_string())?;
+    let signature = signer.sign(&new_tbs).map_err(DerError::Sign)?;
     let mut bits = Vec::with_capacity(signature.len() + 1);
     bits.push(0); // no unused bits
     bits.extend(signature);

@@ -136,10 +136,10 @@ fn key_type_of(cert: &X509Certificate<'_>) -> Option<KeyType> {
 }
 
 impl CertFacts {
-    pub(crate) fn from_der(der: &[u8]) -> Result<CertFacts, String> {
-        let (rest, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    pub(crate) fn from_der(der: &[u8]) -> Result<CertFacts, CertParseError> {
+        let (rest, cert) = X509Certificate::from_der(der).map_err(CertParseError::Der)?;
         if !rest.is_empty() {
-            return Err("trailing bytes after the certificate".to_string());
+            return Err(CertParseError::Trailing);
         }
         let common_name = cert
             .subject()
@@ -155,7 +155,10 @@ impl CertFacts {
             .collect();
         let mut sans = BTreeSet::new();
         let mut foreign_sans = 0;
-        if let Some(ext) = cert.subject_alternative_name().map_err(|e| e.to_string())? {
+        if let Some(ext) = cert
+            .subject_alternative_name()
+            .map_err(|e| CertParseError::Extension("subjectAltName", e))?
+        {
             for name in &ext.value.general_names {
                 match name {
                     GeneralName::DNSName(d) => {
@@ -177,14 +180,16 @@ impl CertFacts {
                 }
             }
         }
-        let (server_auth, client_auth) =
-            match cert.extended_key_usage().map_err(|e| e.to_string())? {
-                Some(eku) => (eku.value.server_auth, eku.value.client_auth),
-                None => (false, false),
-            };
+        let (server_auth, client_auth) = match cert
+            .extended_key_usage()
+            .map_err(|e| CertParseError::Extension("extendedKeyUsage", e))?
+        {
+            Some(eku) => (eku.value.server_auth, eku.value.client_auth),
+            None => (false, false),
+        };
         let is_ca = cert
             .basic_constraints()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| CertParseError::Extension("basicConstraints", e))?
             .is_some_and(|bc| bc.value.ca);
         Ok(CertFacts {
             der: der.to_vec(),
@@ -223,18 +228,33 @@ impl CertFacts {
 }
 
 /// Decodes the first `CERTIFICATE` block of a PEM file to DER.
-pub(crate) fn cert_der_from_pem(pem_bytes: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn cert_der_from_pem(pem_bytes: &[u8]) -> Result<Vec<u8>, CertParseError> {
     for block in x509_parser::pem::Pem::iter_from_buffer(pem_bytes) {
-        let block = block.map_err(|e| e.to_string())?;
+        let block = block.map_err(CertParseError::Pem)?;
         if block.label == "CERTIFICATE" {
             return Ok(block.contents);
         }
     }
-    Err("no CERTIFICATE block".to_string())
+    Err(CertParseError::NoCertificate)
+}
+
+/// Why a certificate cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertParseError {
+    #[error("not a DER certificate")]
+    Der(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("trailing bytes after the certificate")]
+    Trailing,
+    #[error("extension {0}")]
+    Extension(&'static str, #[source] x509_parser::error::X509Error),
+    #[error("invalid PEM")]
+    Pem(#[source] x509_parser::error::PEMError),
+    #[error("no CERTIFICATE block")]
+    NoCertificate,
 }
 
 /// Parses a PEM certificate into its facts.
-pub(crate) fn facts_from_pem(pem_bytes: &[u8]) -> Result<CertFacts, String> {
+pub(crate) fn facts_from_pem(pem_bytes: &[u8]) -> Result<CertFacts, CertParseError> {
     CertFacts::from_der(&cert_der_from_pem(pem_bytes)?)
 }
 

@@ -104,7 +104,7 @@ impl Launcher for OsLauncher {
 
     fn forget(&self) {
         if let Err(e) = pidfile::remove(&self.pid_file) {
-            tracing::warn!(component = %self.name, error = %e, "cannot remove pid file");
+            tracing::warn!(component = %self.name, error = %crate::telemetry::Chain(&e), "cannot remove pid file");
         }
     }
 }
@@ -145,7 +145,7 @@ impl ExitWatch {
         match spawned {
             Ok(_) => ExitWatch::Thread(rx),
             Err(e) => {
-                tracing::warn!(component = %name, pid, error = %e, "cannot start exit watcher thread; polling");
+                tracing::warn!(component = %name, pid, error = %crate::telemetry::Chain(&e), "cannot start exit watcher thread; polling");
                 ExitWatch::Poll
             }
         }
@@ -171,7 +171,7 @@ impl Instance for OsInstance {
             match fd.readable().await {
                 Ok(_guard) => return,
                 Err(e) => {
-                    tracing::warn!(pid = self.pid, error = %e, "pidfd watch failed; polling");
+                    tracing::warn!(pid = self.pid, error = %crate::telemetry::Chain(&e), "pidfd watch failed; polling");
                     self.exit = ExitWatch::Poll;
                 }
             }
@@ -193,7 +193,7 @@ impl Instance for OsInstance {
 
     fn signal_group(&self, sig: Signal) {
         if let Err(e) = proc::signal_group(self.pid, sig) {
-            tracing::error!(pid = self.pid, signal = sig.as_str(), error = %e, "cannot signal process group");
+            tracing::error!(pid = self.pid, signal = sig.as_str(), error = %crate::telemetry::Chain(&e), "cannot signal process group");
         }
     }
 
@@ -201,7 +201,7 @@ impl Instance for OsInstance {
         match proc::live_group_members(self.pid) {
             Ok(members) => members.iter().any(|&p| p != self.pid),
             Err(e) => {
-                tracing::warn!(pid = self.pid, error = %e, "cannot scan /proc for the process group");
+                tracing::warn!(pid = self.pid, error = %crate::telemetry::Chain(&e), "cannot scan /proc for the process group");
                 false
             }
         }
@@ -214,7 +214,7 @@ impl Instance for OsInstance {
         match child.wait() {
             Ok(status) => ExitInfo::from_status(status),
             Err(e) => {
-                tracing::warn!(pid = self.pid, error = %e, "cannot collect exit status");
+                tracing::warn!(pid = self.pid, error = %crate::telemetry::Chain(&e), "cannot collect exit status");
                 ExitInfo::UNKNOWN
             }
         }
@@ -236,7 +236,7 @@ impl Drop for OsInstance {
                 let _ = child.wait();
             });
         if let Err(e) = reaper {
-            tracing::warn!(pid = self.pid, error = %e, "cannot start reaper thread; zombie stays until exit");
+            tracing::warn!(pid = self.pid, error = %crate::telemetry::Chain(&e), "cannot start reaper thread; zombie stays until exit");
         }
     }
 }

@@ -100,7 +100,7 @@ pub(crate) async fn forward<R: AsyncRead + Unpin>(
             Ok(n) => splitter.feed(&chunk[..n], &mut emit),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::warn!(component = %component, stream, error = %e, "cannot read child output");
+                tracing::warn!(component = %component, stream, error = %crate::telemetry::Chain(&e), "cannot read child output");
                 break;
             }
         }
@@ -118,7 +118,7 @@ pub(crate) fn spawn_forwarder(fd: OwnedFd, component: Arc<str>, stream: &'static
         Err(e) => {
             // The fd came from Stdio::piped(), so this would be a bug; the
             // pipe is closed by the drop and the child gets EPIPE/SIGPIPE.
-            tracing::error!(component = %component, stream, error = %e, "cannot watch child output pipe");
+            tracing::error!(component = %component, stream, error = %crate::telemetry::Chain(&e), "cannot watch child output pipe");
         }
     }
 }

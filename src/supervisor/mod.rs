@@ -98,43 +98,43 @@ use crate::fsutil::FsError;
 pub enum SupervisorError {
     #[error("invalid child spec for component {name:?}: {reason}")]
     InvalidSpec { name: String, reason: String },
-    #[error("cannot prepare run directory {path}: {source}")]
+    #[error("cannot prepare run directory {path}")]
     RunDir { path: PathBuf, source: FsError },
-    #[error("cannot resolve run directory {path}: {source}")]
+    #[error("cannot resolve run directory {path}")]
     ResolveRunDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot spawn {program}: {source}")]
+    #[error("cannot spawn {program}")]
     Spawn {
         program: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot watch {program} (pid {pid}) for exit: {source}")]
+    #[error("cannot watch {program} (pid {pid}) for exit")]
     Watch {
         program: PathBuf,
         pid: i32,
         source: std::io::Error,
     },
-    #[error("cannot write pid file {path}: {source}")]
+    #[error("cannot write pid file {path}")]
     PidFileWrite { path: PathBuf, source: FsError },
-    #[error("cannot read pid file {path}: {source}")]
+    #[error("cannot read pid file {path}")]
     PidFileRead {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot remove pid file {path}: {source}")]
+    #[error("cannot remove pid file {path}")]
     PidFileRemove {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot signal process group {pgid} (from pid file {path}): {source}")]
+    #[error("cannot signal process group {pgid} (from pid file {path})")]
     Signal {
         pgid: i32,
         path: PathBuf,
         source: nix::errno::Errno,
     },
-    #[error("cannot scan /proc for process group {pgid} (from pid file {path}): {source}")]
+    #[error("cannot scan /proc for process group {pgid} (from pid file {path})")]
     ScanProc {
         pgid: i32,
         path: PathBuf,

@@ -33,6 +33,8 @@ struct Job {
     reply: oneshot::Sender<io::Result<Spawned>>,
 }
 
+/// The spawner thread's channel, or why the thread could not start. Kept as
+/// text: the `io::Error` is not `Clone` and every later call reports it again.
 static SPAWNER: OnceLock<Result<mpsc::Sender<Job>, String>> = OnceLock::new();
 
 fn spawner() -> io::Result<&'static mpsc::Sender<Job>> {

@@ -219,7 +219,7 @@ impl<L: Launcher> Supervisor<L> {
                 let next = self.streak.on_spawn_failure(&self.cfg.backoff);
                 tracing::error!(
                     component = %self.cfg.name,
-                    error = %e,
+                    error = %crate::telemetry::Chain(&e),
                     "restart failed; retrying in {}",
                     humantime::format_duration(next)
                 );
@@ -229,7 +229,7 @@ impl<L: Launcher> Supervisor<L> {
                         until: until.into_std(),
                     };
                     s.pid = None;
-                    s.last_error = Some(e.to_string());
+                    s.last_error = Some(crate::telemetry::Chain(&e).to_string());
                 });
                 // Zero only with a zero-delay policy step; still go through
                 // Waiting so a stop request is seen between attempts.

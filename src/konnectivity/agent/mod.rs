@@ -64,16 +64,31 @@ impl std::fmt::Display for ServerAddr {
     }
 }
 
+/// A server address that is not `host:port`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerAddrError {
+    #[error("{addr:?}: expected host:port")]
+    NoPort { addr: String },
+    #[error("{addr:?}: bad port")]
+    BadPort { addr: String },
+    #[error("{addr:?}: empty host")]
+    EmptyHost { addr: String },
+}
+
 impl std::str::FromStr for ServerAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?}: expected host:port"))?;
-        let port = port.parse().map_err(|_| format!("{s:?}: bad port"))?;
+    type Err = ServerAddrError;
+    fn from_str(s: &str) -> Result<Self, ServerAddrError> {
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| ServerAddrError::NoPort {
+            addr: s.to_string(),
+        })?;
+        let port = port.parse().map_err(|_| ServerAddrError::BadPort {
+            addr: s.to_string(),
+        })?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
-            return Err(format!("{s:?}: empty host"));
+            return Err(ServerAddrError::EmptyHost {
+                addr: s.to_string(),
+            });
         }
         Ok(ServerAddr {
             host: host.to_string(),
@@ -473,7 +488,7 @@ async fn worker(shared: Arc<Shared>, addr: ServerAddr, cancel: CancellationToken
                 tracing::info!(
                     component = COMPONENT,
                     server = %addr,
-                    error = %e,
+                    error = %crate::telemetry::Chain(&e),
                     retry_in_ms = backoff.as_millis() as u64,
                     "cannot connect to proxy server"
                 );

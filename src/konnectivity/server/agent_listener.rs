@@ -47,7 +47,7 @@ pub(crate) fn spawn(
                 r = listener.accept() => match r {
                     Ok(v) => v,
                     Err(e) => {
-                        tracing::warn!(component = COMPONENT, error = %e, "agent listener accept failed");
+                        tracing::warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "agent listener accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -68,7 +68,7 @@ pub(crate) fn spawn(
                         let _ = tx.send(Ok(tls)).await;
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(component = COMPONENT, %peer, error = %e, "agent TLS handshake refused");
+                        tracing::warn!(component = COMPONENT, %peer, error = %crate::telemetry::Chain(&e), "agent TLS handshake refused");
                     }
                     Err(_) => {
                         tracing::warn!(component = COMPONENT, %peer, "agent TLS handshake timed out");
@@ -103,7 +103,7 @@ pub(crate) fn spawn(
             );
         tokio::select! {
             r = serve => if let Err(e) = r {
-                tracing::warn!(component = COMPONENT, error = %e, "agent gRPC server failed");
+                tracing::warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "agent gRPC server failed");
             },
             _ = async { cancel.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {}
         }
@@ -197,7 +197,9 @@ impl AgentSvc {
             return Err(Status::invalid_argument("agentid header is empty"));
         }
         let identifiers = match one_header(md, "agentidentifiers", false)? {
-            Some(s) => Identifiers::parse(&s).map_err(Status::invalid_argument)?,
+            Some(s) => {
+                Identifiers::parse(&s).map_err(|e| Status::invalid_argument(e.to_string()))?
+            }
             None => Identifiers::default(),
         };
         if shared.agent_identity == AgentIdentity::Certificate {

@@ -25,17 +25,31 @@ pub enum ProxyStrategy {
 }
 
 impl FromStr for ProxyStrategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = StrategyError;
+    fn from_str(s: &str) -> Result<Self, StrategyError> {
         match s.trim() {
             "default" => Ok(ProxyStrategy::Default),
             "destHost" => Ok(ProxyStrategy::DestHost),
             "defaultRoute" => Ok(ProxyStrategy::DefaultRoute),
-            other => Err(format!(
-                "unknown proxy strategy {other:?} (expected default, destHost or defaultRoute)"
-            )),
+            other => Err(StrategyError::Unknown(other.to_string())),
         }
     }
+}
+
+/// A `--proxy-strategies` value that names no strategy mkectl knows.
+#[derive(Debug, thiserror::Error)]
+pub enum StrategyError {
+    #[error("unknown proxy strategy {0:?} (expected default, destHost or defaultRoute)")]
+    Unknown(String),
+    #[error("no proxy strategy given")]
+    Empty,
+}
+
+/// An agent identifier pair that is not valid percent-encoding.
+#[derive(Debug, thiserror::Error)]
+#[error("bad encoding in {pair:?}")]
+pub struct BadIdentifiers {
+    pub pair: String,
 }
 
 impl ProxyStrategy {
@@ -48,14 +62,14 @@ impl ProxyStrategy {
     }
 
     /// Parses a comma list such as `destHost,default`.
-    pub fn parse_list(s: &str) -> Result<Vec<ProxyStrategy>, String> {
+    pub fn parse_list(s: &str) -> Result<Vec<ProxyStrategy>, StrategyError> {
         let list = s
             .split(',')
             .filter(|p| !p.trim().is_empty())
             .map(ProxyStrategy::from_str)
             .collect::<Result<Vec<_>, _>>()?;
         if list.is_empty() {
-            return Err("no proxy strategy given".into());
+            return Err(StrategyError::Empty);
         }
         Ok(list)
     }
@@ -92,12 +106,15 @@ fn percent_decode(s: &str) -> Option<String> {
 impl Identifiers {
     /// Parses the URL-query form (`host=node1&ipv4=10.0.0.5&default-route=true`).
     /// Unknown keys are ignored, as upstream does.
-    pub fn parse(s: &str) -> Result<Identifiers, String> {
+    pub fn parse(s: &str) -> Result<Identifiers, BadIdentifiers> {
         let mut ids = Identifiers::default();
         for pair in s.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let k = percent_decode(k).ok_or_else(|| format!("bad encoding in {pair:?}"))?;
-            let v = percent_decode(v).ok_or_else(|| format!("bad encoding in {pair:?}"))?;
+            let bad = || BadIdentifiers {
+                pair: pair.to_string(),
+            };
+            let k = percent_decode(k).ok_or_else(bad)?;
+            let v = percent_decode(v).ok_or_else(bad)?;
             match k.as_str() {
                 "host" | "ipv4" | "ipv6" if !v.is_empty() => ids.hosts.push(v),
                 "cidr" => ids.cidrs.push(v),

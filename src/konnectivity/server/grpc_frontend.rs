@@ -55,7 +55,7 @@ pub(crate) fn spawn_uds(shared: Arc<Shared>, listener: UnixListener) {
             );
         tokio::select! {
             r = serve => if let Err(e) = r {
-                tracing::warn!(component = COMPONENT, error = %e, "gRPC frontend failed");
+                tracing::warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "gRPC frontend failed");
             },
             _ = async { cancel.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {}
         }

@@ -43,7 +43,7 @@ pub(crate) fn spawn_uds(shared: Arc<Shared>, listener: UnixListener) {
                 r = listener.accept() => match r {
                     Ok((sock, _)) => sock,
                     Err(e) => {
-                        tracing::warn!(component = COMPONENT, error = %e, "HTTP-CONNECT accept failed");
+                        tracing::warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "HTTP-CONNECT accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -69,7 +69,7 @@ pub(crate) fn spawn_tcp(
                 r = listener.accept() => match r {
                     Ok(v) => v,
                     Err(e) => {
-                        tracing::warn!(component = COMPONENT, error = %e, "HTTP-CONNECT accept failed");
+                        tracing::warn!(component = COMPONENT, error = %crate::telemetry::Chain(&e), "HTTP-CONNECT accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -84,7 +84,7 @@ pub(crate) fn spawn_tcp(
                         let (rd, wr) = tokio::io::split(tls);
                         serve_conn(s2, BufRead(rd), wr).await;
                     }
-                    Ok(Err(e)) => tracing::warn!(component = COMPONENT, %peer, error = %e, "HTTP-CONNECT TLS handshake refused"),
+                    Ok(Err(e)) => tracing::warn!(component = COMPONENT, %peer, error = %crate::telemetry::Chain(&e), "HTTP-CONNECT TLS handshake refused"),
                     Err(_) => tracing::warn!(component = COMPONENT, %peer, "HTTP-CONNECT TLS handshake timed out"),
                 }
             });

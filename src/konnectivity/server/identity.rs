@@ -60,22 +60,38 @@ pub struct CertIdentity {
     hosts: BTreeSet<Host>,
 }
 
+/// Why an agent's certificate yields no identity.
+#[derive(Debug, thiserror::Error)]
+pub enum CertIdentityError {
+    #[error("the certificate does not parse")]
+    Parse(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("the certificate has no common name")]
+    NoCommonName,
+    #[error("common name {cn:?} names no node")]
+    NoNode { cn: String },
+    #[error("the subject alternative names do not parse")]
+    San(#[source] x509_parser::error::X509Error),
+}
+
 impl CertIdentity {
     /// Reads the identity from a DER certificate (the TLS peer's leaf).
-    pub fn from_der(der: &[u8]) -> Result<CertIdentity, String> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    pub fn from_der(der: &[u8]) -> Result<CertIdentity, CertIdentityError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(CertIdentityError::Parse)?;
         let cn = cert
             .subject()
             .iter_common_name()
             .next()
             .and_then(|a| a.as_str().ok())
-            .ok_or("the certificate has no common name")?;
+            .ok_or(CertIdentityError::NoCommonName)?;
         let name = cn.strip_prefix(AGENT_CN_PREFIX).unwrap_or(cn).trim();
         if name.is_empty() {
-            return Err(format!("common name {cn:?} names no node"));
+            return Err(CertIdentityError::NoNode { cn: cn.to_string() });
         }
         let mut hosts = BTreeSet::from([Host::parse(name)]);
-        if let Some(ext) = cert.subject_alternative_name().map_err(|e| e.to_string())? {
+        if let Some(ext) = cert
+            .subject_alternative_name()
+            .map_err(CertIdentityError::San)?
+        {
             for n in &ext.value.general_names {
                 match n {
                     GeneralName::DNSName(d) => {
@@ -161,7 +177,8 @@ impl fmt::Display for Refusal {
 /// peer's leaf).
 pub fn bind(der: Option<&[u8]>, header_id: &str, ids: &Identifiers) -> Result<Bound, Refusal> {
     let der = der.ok_or_else(|| Refusal::Certificate("no client certificate".into()))?;
-    let cert = CertIdentity::from_der(der).map_err(Refusal::Certificate)?;
+    let cert = CertIdentity::from_der(der)
+        .map_err(|e| Refusal::Certificate(crate::telemetry::Chain(&e).to_string()))?;
     for h in &ids.hosts {
         if !cert.hosts.contains(&Host::parse(h)) {
             return Err(Refusal::Identifier {
