@@ -161,21 +161,14 @@ fn single_port_on_a_loopback_node_address_is_bad_usage_and_writes_nothing() {
 fn no_node_address_is_bad_usage_not_loopback() {
     let ns = common::netns::Netns::new("noaddr");
     ns.ip(&["link", "set", "lo", "up"]);
-    let node = Node::new("cli-noaddr");
+    let mut node = Node::new("cli-noaddr");
+    node.netns = Some(ns.name.clone());
     // The default config, but no spec.api.address.
     let cfg = std::fs::read_to_string(&node.config)
         .unwrap()
         .replace("    address: 127.0.0.1\n", "");
     std::fs::write(&node.config, cfg).unwrap();
-    let mut cmd = ns.cmd(MKECTL);
-    cmd.arg("--data-dir")
-        .arg(&node.data)
-        .arg("--run-dir")
-        .arg(&node.run)
-        .arg("--config")
-        .arg(&node.config)
-        .args(["controller", "--init-only"]);
-    let out = cmd.output().unwrap();
+    let out = node.cmd(&["controller", "--init-only"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(
