@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 # A ratchet, not the goal: the goal (#18) is 15 MB, which opt-level "s"
 # reaches only by costing the tunnel 10-37% of its throughput (README
-# "Binary size"). The budget holds today's ~20.5 MB plus ~2.5% so growth is
+# "Binary size"). The budget holds today's 20.67 MB plus 1.6% so growth is
 # caught; lower it as cuts land.
 budget="${MKECTL_SIZE_BUDGET:-21000000}"
 target_dir="${CARGO_TARGET_DIR:-target}"

@@ -2,7 +2,7 @@
 //! start; shared by the plan (`controller`) and the join half
 //! (`controller_join`), which do not import each other.
 
-use crate::components::kubelet::WorkerSpec;
+use crate::config::worker::WorkerSpec;
 use crate::config::{ClusterConfig, NodePaths};
 use crate::{ops, pki};
 

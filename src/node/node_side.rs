@@ -18,7 +18,8 @@ use crate::components::konnectivity_agent::{
     KonnectivityAgent, KonnectivityAgentSettings, ServerSource,
 };
 use crate::components::kube_proxy::{self, KubeProxy, KubeProxySettings};
-use crate::components::kubelet::{self, Kubelet, KubeletSettings, WorkerSpec};
+use crate::components::kubelet::{self, Kubelet, KubeletSettings};
+use crate::config::worker::WorkerSpec;
 use crate::components::Manager;
 use crate::config::{ClusterConfig, NodePaths};
 use crate::https_probe::ClientIdentity;

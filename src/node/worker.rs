@@ -24,7 +24,8 @@ use super::node_side::{add_node_components, check_node_side, NodeApiLb, NodeSide
 use super::{lifecycle, NodeError};
 use crate::components::api_lb::ApiLbMonitor;
 use crate::components::konnectivity_agent::ServerSource;
-use crate::components::kubelet::{self, WorkerSpec};
+use crate::components::kubelet;
+use crate::config::worker::WorkerSpec;
 use crate::components::Manager;
 use crate::config::{ClusterConfig, NodePaths};
 use crate::fsutil::{self, absolute};
