@@ -7,14 +7,6 @@ use std::path::Path;
 use super::NodeError;
 use crate::config::NodePaths;
 
-/// What every component of a node is built from, resolved once.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub name: String,
-    pub address: IpAddr,
-    pub paths: NodePaths,
-}
-
 /// The default node name (lowercased hostname), shared with the commands
 /// that must agree with the controller on it (`restore`, `certs renew`).
 pub fn hostname() -> Result<String, NodeError> {

@@ -20,4 +20,4 @@ pub mod node_side;
 pub mod worker;
 
 pub use error::NodeError;
-pub use identity::{hostname, url_for, Identity};
+pub use identity::{hostname, url_for};
