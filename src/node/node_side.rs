@@ -19,8 +19,8 @@ use crate::components::konnectivity_agent::{
 };
 use crate::components::kube_proxy::{self, KubeProxy, KubeProxySettings};
 use crate::components::kubelet::{self, Kubelet, KubeletSettings};
-use crate::config::worker::WorkerSpec;
 use crate::components::Manager;
+use crate::config::worker::WorkerSpec;
 use crate::config::{ClusterConfig, NodePaths};
 use crate::https_probe::ClientIdentity;
 use crate::join::registry::ControllerRecord;
