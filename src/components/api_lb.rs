@@ -180,13 +180,7 @@ impl Component for ApiLoadBalancer {
         self.monitor.set(None);
         if let Some(lb) = self.lb.take() {
             let bound = self.settings.config.drain_timeout + STOP_MARGIN;
-            if tokio::time::timeout(bound, lb.join()).await.is_err() {
-                return Err(ComponentError::StopTimeout {
-                    component: NAME,
-                    what: "did not drain",
-                    bound,
-                });
-            }
+            super::stop_within(NAME, "did not drain", bound, lb.join()).await?;
         }
         Ok(())
     }

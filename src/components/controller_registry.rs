@@ -104,13 +104,7 @@ impl Component for ControllerRegistry {
     async fn stop(&mut self) -> Result<(), ComponentError> {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
-            if tokio::time::timeout(STOP_TIMEOUT, task).await.is_err() {
-                return Err(ComponentError::StopTimeout {
-                    component: NAME,
-                    what: "did not leave the registry",
-                    bound: STOP_TIMEOUT,
-                });
-            }
+            super::stop_within(NAME, "did not leave the registry", STOP_TIMEOUT, task).await?;
         }
         Ok(())
     }

@@ -160,17 +160,8 @@ impl Component for KonnectivityAgent {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.cancel.cancel();
-        if tokio::time::timeout(DRAIN_TIMEOUT, handle.wait_stopped())
-            .await
-            .is_err()
-        {
-            return Err(ComponentError::StopTimeout {
-                component: NAME,
-                what: "agent tasks did not end",
-                bound: DRAIN_TIMEOUT,
-            });
-        }
-        Ok(())
+        let ended = handle.wait_stopped();
+        super::stop_within(NAME, "agent tasks did not end", DRAIN_TIMEOUT, ended).await
     }
 }
 

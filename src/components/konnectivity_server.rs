@@ -177,16 +177,8 @@ impl Component for KonnectivityServer {
     async fn stop(&mut self) -> Result<(), ComponentError> {
         if let Some(handle) = self.handle.take() {
             handle.shutdown();
-            if tokio::time::timeout(STOP_TIMEOUT, handle.wait_stopped())
-                .await
-                .is_err()
-            {
-                return Err(ComponentError::StopTimeout {
-                    component: NAME,
-                    what: "tunnels did not drain",
-                    bound: STOP_TIMEOUT,
-                });
-            }
+            let drained = handle.wait_stopped();
+            super::stop_within(NAME, "tunnels did not drain", STOP_TIMEOUT, drained).await?;
         }
         Ok(())
     }

@@ -80,6 +80,24 @@ pub(crate) async fn start_supervised(
         .map_err(|source| ComponentError::Supervisor { component, source })
 }
 
+/// Waits at `stop` up to `bound` for `done` (a task's end, a drain); a
+/// timeout is [`ComponentError::StopTimeout`] naming `what` did not finish.
+pub(crate) async fn stop_within<F: std::future::Future>(
+    component: &'static str,
+    what: &'static str,
+    bound: Duration,
+    done: F,
+) -> Result<(), ComponentError> {
+    tokio::time::timeout(bound, done)
+        .await
+        .map(drop)
+        .map_err(|_| ComponentError::StopTimeout {
+            component,
+            what,
+            bound,
+        })
+}
+
 impl ComponentError {
     /// `component` failed while doing `what` because of `source`.
     pub fn during(

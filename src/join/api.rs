@@ -49,6 +49,7 @@ use super::tls::{self, Peer, PeerCas, ServingCert, ServingSpec};
 use super::token::{BootstrapToken, Role, StoredToken};
 use super::wire::*;
 use super::JoinError;
+use crate::config::worker::is_dns_subdomain;
 use crate::etcd::{self as etcd_component, EtcdClientTls};
 use crate::fsutil;
 use crate::pki::{self, Ca, CertUsage, KubeconfigUser, PkiPaths};
@@ -652,20 +653,6 @@ async fn authenticate(
     }
 }
 
-/// RFC 1123 subdomain, as Kubernetes node names.
-fn valid_node_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
-}
-
 async fn get_ca(State(state): State<Arc<AppState>>) -> Json<CaResponse> {
     Json(CaResponse {
         ca_cert: state.ca_pem.clone(),
@@ -681,7 +668,7 @@ async fn join_worker(
     let (token, stored) = authenticate(&state, &conn, &headers, Role::Worker).await?;
     conn.admit();
     let req: WorkerJoinRequest = read_body(&conn, body).await?;
-    if !valid_node_name(&req.node_name) {
+    if !is_dns_subdomain(&req.node_name) {
         return Err(ApiError::bad_request(format!(
             "node name {:?} is not a valid DNS subdomain (lower case letters, digits, '-', '.')",
             req.node_name
@@ -789,7 +776,7 @@ async fn join_controller(
     let (token, _) = authenticate(&state, &conn, &headers, Role::Controller).await?;
     conn.admit();
     let req: ControllerJoinRequest = read_body(&conn, body).await?;
-    if !valid_node_name(&req.node_name) {
+    if !is_dns_subdomain(&req.node_name) {
         return Err(ApiError::bad_request(format!(
             "node name {:?} is not a valid DNS subdomain",
             req.node_name
@@ -961,10 +948,10 @@ mod tests {
     #[test]
     fn node_names() {
         for ok in ["w1", "worker-1.example", "a"] {
-            assert!(valid_node_name(ok), "{ok}");
+            assert!(is_dns_subdomain(ok), "{ok}");
         }
         for bad in ["", "W1", "-x", "x-", "a..b", "a_b", &"x".repeat(64)] {
-            assert!(!valid_node_name(bad), "{bad}");
+            assert!(!is_dns_subdomain(bad), "{bad}");
         }
     }
 }
