@@ -3,16 +3,15 @@
 # payload) from the lock file, strips a copy and fails when it exceeds the
 # budget. Prints the size and the budget either way.
 #   packaging/check-size.sh            build, then check
-#   MKECTL_SIZE_BUDGET=<bytes>         override the budget (default 21 MB)
+#   MKECTL_SIZE_BUDGET=<bytes>         override the budget (default 15.8 MB)
 #   MKECTL_SIZE_SKIP_BUILD=1           check an existing target/release/mkectl
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A ratchet, not the goal: the goal (#18) is 15 MB, which opt-level "s"
-# reaches only by costing the tunnel 10-37% of its throughput (README
-# "Binary size"). The budget holds today's 20.67 MB plus 1.6% so growth is
-# caught; lower it as cuts land.
-budget="${MKECTL_SIZE_BUDGET:-21000000}"
+# A ratchet, not yet the goal: #18 asks for 15 MB. The release profile
+# (Cargo.toml) gives 15.47 MB with the benches within 5% of opt-level 3; the
+# budget is that plus 2.1%, so growth fails CI. Lower it as cuts land.
+budget="${MKECTL_SIZE_BUDGET:-15800000}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 bin="$target_dir/release/mkectl"
 
