@@ -124,6 +124,30 @@ fn kubectl_at(admin: &Path, at: &Ctl, args: &[&str]) -> Output {
         .expect("kubectl runs")
 }
 
+/// etcd's answer to a request that was in flight while its leader changed
+/// (the kill of an etcd leader causes one); etcd clients retry it.
+const ETCD_LEADER_CHANGED: &str = "etcdserver: leader changed";
+/// Tries per call when etcd answers [`ETCD_LEADER_CHANGED`].
+const LEADER_CHANGE_TRIES: usize = 3;
+
+/// [`kubectl_at`], retried (at most [`LEADER_CHANGE_TRIES`] times, 200 ms
+/// apart) only when the apiserver passes on etcd's transient "leader
+/// changed"; every other failure is returned at once. Also returns how many
+/// retries it took.
+fn kubectl_at_through_leader_change(admin: &Path, at: &Ctl, args: &[&str]) -> (Output, usize) {
+    let mut retries = 0;
+    loop {
+        let out = kubectl_at(admin, at, args);
+        let transient = !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains(ETCD_LEADER_CHANGED);
+        if !transient || retries + 1 >= LEADER_CHANGE_TRIES {
+            return (out, retries);
+        }
+        retries += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn stdout_ok(what: &str, out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -335,6 +359,7 @@ fn kill_and_recover(
     // --- A survivor takes each Lease over, while kubectl against both
     // survivors keeps working (every call must succeed).
     let mut calls = 0;
+    let mut leader_change_retries = 0;
     let mut moved: Vec<Option<(Lease, Duration)>> = vec![None; held.len()];
     let end = t_kill + Duration::from_secs(90);
     let mut turn = 0;
@@ -349,7 +374,7 @@ fn kill_and_recover(
             if moved[k].is_some() {
                 continue;
             }
-            let out = kubectl_at(
+            let (out, retries) = kubectl_at_through_leader_change(
                 admin,
                 at,
                 &[
@@ -363,6 +388,7 @@ fn kill_and_recover(
                 ],
             );
             calls += 1;
+            leader_change_retries += retries;
             let holder = stdout_ok(
                 &format!("{round}: kubectl against survivor {}", at.node.name),
                 &out,
@@ -412,7 +438,8 @@ fn kill_and_recover(
         });
     }
     println!(
-        "{round}: {calls} kubectl calls against the survivors during the takeover, all succeeded"
+        "{round}: {calls} kubectl calls against the survivors during the takeover, all succeeded \
+         ({leader_change_retries} retried after etcd's transient \"{ETCD_LEADER_CHANGED}\")"
     );
 
     // Exactly one survivor process leads each Lease now.
