@@ -22,7 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 use common::cluster::*;
 use common::join::{token_create, token_file};
 use common::netns::{bridge_port, Netns};
-use common::upstream::{kube_ports_spec, wait_ready};
+use common::upstream::{
+    kube_ports_spec, through_etcd_leader_change, wait_ready, ETCD_LEADER_CHANGED,
+};
 use common::*;
 
 const CONTROLLERS: [(&str, &str); 3] = [
@@ -64,28 +66,45 @@ fn backends(w: &Worker, bin: &Path) -> Vec<(String, bool, u64)> {
         .unwrap_or_default()
 }
 
-fn node_lease_renewed(ctl: &Node, node: &str) -> Option<SystemTime> {
-    let o = ctl.kubectl(&[
-        "get",
-        "lease",
-        "-n",
-        "kube-node-lease",
-        node,
-        "-o",
-        "jsonpath={.spec.renewTime}",
-    ]);
+/// The node's Lease renewTime, or None when it cannot be read. Both
+/// queries below go to a survivor right after the kill of a controller
+/// whose etcd member may have led, so they pass through etcd's transient
+/// "leader changed" ([`through_etcd_leader_change`]); the retries are
+/// added to `retries` for the test to print.
+fn node_lease_renewed(ctl: &Node, node: &str, retries: &mut usize) -> Option<SystemTime> {
+    let (o, r) = through_etcd_leader_change(|| {
+        ctl.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            node,
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ])
+    });
+    *retries += r;
     humantime::parse_rfc3339(text(&o.stdout).trim()).ok()
 }
 
-fn node_ready(ctl: &Node, node: &str) -> Option<bool> {
-    let o = ctl.kubectl(&[
-        "get",
-        "node",
-        node,
-        "-o",
-        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-    ]);
-    o.status.success().then(|| text(&o.stdout).trim() == "True")
+/// Whether the node's Ready condition is True; Err(kubectl's message) when
+/// the apiserver could not answer, which is not the same as NotReady.
+fn node_ready(ctl: &Node, node: &str, retries: &mut usize) -> Result<bool, String> {
+    let (o, r) = through_etcd_leader_change(|| {
+        ctl.kubectl(&[
+            "get",
+            "node",
+            node,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+    });
+    *retries += r;
+    if o.status.success() {
+        Ok(text(&o.stdout).trim() == "True")
+    } else {
+        Err(format!("{}: {}", o.status, text(&o.stderr)))
+    }
 }
 
 const CALLER: &str = r#"
@@ -217,7 +236,7 @@ fn worker_keeps_its_apiserver_when_the_controller_it_used_dies() {
         "worker Ready",
         NODE_READY,
         || diag(&w),
-        || node_ready(&nodes[0], "lb-w1").filter(|r| *r),
+        || node_ready(&nodes[0], "lb-w1", &mut 0).ok().filter(|r| *r),
     );
     // The balancer knows all three apiservers and finds them healthy; the
     // kubelet's kubeconfigs point at it.
@@ -303,7 +322,7 @@ fn worker_keeps_its_apiserver_when_the_controller_it_used_dies() {
         "the node's Lease",
         NODE_READY,
         || diag(&w),
-        || node_lease_renewed(survivor, "lb-w1"),
+        || node_lease_renewed(survivor, "lb-w1", &mut 0),
     );
     eprintln!(
         "killing {} ({victim_addr}, {conns} node connections)",
@@ -331,15 +350,22 @@ fn worker_keeps_its_apiserver_when_the_controller_it_used_dies() {
     let mut renewals = Vec::new();
     let mut last = renewed_before;
     let mut api_ok_after = None;
+    let mut leader_change_retries = 0;
     while killed.elapsed() < WATCH_AFTER_KILL {
-        assert_eq!(
-            node_ready(survivor, "lb-w1"),
-            Some(true),
-            "the node went NotReady {:?} after the kill\n{}",
-            killed.elapsed(),
-            diag(&w)
-        );
-        if let Some(r) = node_lease_renewed(survivor, "lb-w1") {
+        match node_ready(survivor, "lb-w1", &mut leader_change_retries) {
+            Ok(true) => {}
+            Ok(false) => panic!(
+                "the node went NotReady {:?} after the kill\n{}",
+                killed.elapsed(),
+                diag(&w)
+            ),
+            Err(e) => panic!(
+                "the survivor's apiserver did not answer {:?} after the kill: {e}\n{}",
+                killed.elapsed(),
+                diag(&w)
+            ),
+        }
+        if let Some(r) = node_lease_renewed(survivor, "lb-w1", &mut leader_change_retries) {
             if r > last {
                 renewals.push(killed.elapsed());
                 last = r;
@@ -351,7 +377,8 @@ fn worker_keeps_its_apiserver_when_the_controller_it_used_dies() {
         std::thread::sleep(Duration::from_secs(1));
     }
     eprintln!(
-        "after the kill: node Ready throughout {WATCH_AFTER_KILL:?}; lease renewed at {renewals:?}; pod reached kubernetes.default.svc after {api_ok_after:?}"
+        "after the kill: node Ready throughout {WATCH_AFTER_KILL:?}; lease renewed at {renewals:?}; pod reached kubernetes.default.svc after {api_ok_after:?}; \
+         {leader_change_retries} kubectl call(s) retried after etcd's transient \"{ETCD_LEADER_CHANGED}\""
     );
     assert!(
         renewals.len() >= 3,

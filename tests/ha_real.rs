@@ -31,7 +31,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::join::{etcd_healthy, members, token_create, token_file};
-use common::upstream::{control_plane_bins, kube_ports_spec, wait_ready, CONTROL_PLANE_READY};
+use common::upstream::{
+    control_plane_bins, kube_ports_spec, through_etcd_leader_change, wait_ready,
+    CONTROL_PLANE_READY, ETCD_LEADER_CHANGED,
+};
 use common::*;
 use mkectl::components::kube_common::{parse_args_file, parse_go_duration, Flags};
 
@@ -124,28 +127,10 @@ fn kubectl_at(admin: &Path, at: &Ctl, args: &[&str]) -> Output {
         .expect("kubectl runs")
 }
 
-/// etcd's answer to a request that was in flight while its leader changed
-/// (the kill of an etcd leader causes one); etcd clients retry it.
-const ETCD_LEADER_CHANGED: &str = "etcdserver: leader changed";
-/// Tries per call when etcd answers [`ETCD_LEADER_CHANGED`].
-const LEADER_CHANGE_TRIES: usize = 3;
-
-/// [`kubectl_at`], retried (at most [`LEADER_CHANGE_TRIES`] times, 200 ms
-/// apart) only when the apiserver passes on etcd's transient "leader
-/// changed"; every other failure is returned at once. Also returns how many
-/// retries it took.
+/// [`kubectl_at`] through etcd's transient "leader changed"
+/// ([`through_etcd_leader_change`]); also returns how many retries it took.
 fn kubectl_at_through_leader_change(admin: &Path, at: &Ctl, args: &[&str]) -> (Output, usize) {
-    let mut retries = 0;
-    loop {
-        let out = kubectl_at(admin, at, args);
-        let transient = !out.status.success()
-            && String::from_utf8_lossy(&out.stderr).contains(ETCD_LEADER_CHANGED);
-        if !transient || retries + 1 >= LEADER_CHANGE_TRIES {
-            return (out, retries);
-        }
-        retries += 1;
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    through_etcd_leader_change(|| kubectl_at(admin, at, args))
 }
 
 fn stdout_ok(what: &str, out: &Output) -> String {

@@ -26,6 +26,31 @@ pub const KUBE_VERSION: &str = "v1.32.8";
 /// on a busy 2-core machine.
 pub const CONTROL_PLANE_READY: Duration = Duration::from_secs(240);
 
+/// etcd's answer to a request that was in flight while its leader changed
+/// (the kill of a controller whose etcd member led causes one); etcd's own
+/// clients retry it.
+pub const ETCD_LEADER_CHANGED: &str = "etcdserver: leader changed";
+/// Tries per call when etcd answers [`ETCD_LEADER_CHANGED`].
+const LEADER_CHANGE_TRIES: usize = 3;
+
+/// Runs `call` (a kubectl invocation) again, at most [`LEADER_CHANGE_TRIES`]
+/// times 200 ms apart, only while it fails with etcd's transient "leader
+/// changed"; every other outcome is returned at once. Also returns how many
+/// retries it took, for the test to print.
+pub fn through_etcd_leader_change(mut call: impl FnMut() -> Output) -> (Output, usize) {
+    let mut retries = 0;
+    loop {
+        let out = call();
+        let transient = !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains(ETCD_LEADER_CHANGED);
+        if !transient || retries + 1 >= LEADER_CHANGE_TRIES {
+            return (out, retries);
+        }
+        retries += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The directory holding every binary in `names`, or None (outside CI only)
 /// after saying on stderr that the test did not run.
 pub fn upstream_bins(names: &[&str]) -> Option<PathBuf> {
