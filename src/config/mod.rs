@@ -9,6 +9,7 @@
 pub mod addons;
 pub mod defaults;
 pub mod duration;
+mod field_path;
 pub mod konnectivity;
 pub mod paths;
 pub mod pki;
@@ -329,21 +330,12 @@ impl ClusterConfig {
     /// Parses YAML text; `file` only names the source in errors. The result is
     /// validated.
     pub fn from_yaml(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let mut failed_path = None;
-        let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
-            let mut track = serde_path_to_error::Track::new();
-            let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
-            let r = ClusterConfig::deserialize(tracked);
-            if r.is_err() {
-                failed_path = Some(track.path().to_string());
-            }
-            r
-        });
-        let cfg = match parsed {
+        let cfg = match serde_saphyr::from_str::<ClusterConfig>(text) {
             Ok(cfg) => cfg,
             Err(e) => {
-                let field = failed_path
-                    .filter(|p| p != ".")
+                let field = e
+                    .location()
+                    .and_then(|at| field_path::path_at(text, at.line(), at.column()))
                     .unwrap_or_else(|| "(document)".into());
                 return Err(ConfigError::Parse {
                     file: file.into(),

@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn invalid_values_name_their_field() {
         let cases = [
-            ("spec:\n  bogus: 1\n", "spec"),
+            ("spec:\n  bogus: 1\n", "spec.bogus"),
             (
                 "spec:\n  api:\n    address: 300.1.2.3\n",
                 "spec.api.address",
