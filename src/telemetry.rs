@@ -1,8 +1,13 @@
 //! Logging setup: `tracing` to stderr, text or JSON, verbosity from `-v` or
-//! `RUST_LOG`. Every component runs inside a span carrying `component`, and
+//! `RUST_LOG` (`level` and `target=level` directives, comma-separated; span
+//! and field filters are not supported: the filter is `Targets`, which needs
+//! no regex engine in the binary). Every component runs inside a span carrying `component`, and
 //! child output is re-logged with `component` and `stream` fields.
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -22,21 +27,36 @@ pub fn init(format: LogFormat, verbosity: u8) {
     };
     // Dependencies are chatty at debug; keep them one notch quieter.
     let default = format!("{level},h2=info,hyper=info,tower=info,rustls=info,tonic=info");
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec.parse::<Targets>().unwrap_or_else(|e| {
+            // Logging is not up yet: say it on stderr, once, and go on.
+            eprintln!("mkectl: RUST_LOG {spec:?} is not a level or target=level list ({e}); using {default:?}");
+            default_targets(&default)
+        }),
+        _ => default_targets(&default),
+    };
     let builder = fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     // try_init: a second call (tests) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.finish().with(filter).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .finish()
+            .with(filter)
             .try_init(),
     };
+}
+
+/// The built-in filter; it always parses (its directives are fixed above),
+/// and a failure would still log at info rather than not at all.
+fn default_targets(spec: &str) -> Targets {
+    spec.parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
 }
 
 /// Displays an error with all its causes, `outer: inner: innermost`, the way
@@ -72,6 +92,20 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("reading /etc/x")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn rust_log_directives_mkectl_documents_parse() {
+        use tracing::Level;
+        use tracing_subscriber::filter::LevelFilter;
+        let t = default_targets("debug,h2=info,hyper=info,tower=info,rustls=info,tonic=info");
+        assert!(t.would_enable("mkectl::applier", &Level::DEBUG));
+        assert!(!t.would_enable("h2::codec", &Level::DEBUG));
+        // src/supervisor/logs.rs tells operators to quiet child output so.
+        let t: Targets = "info,mkectl::child=warn".parse().unwrap();
+        assert!(!t.would_enable("mkectl::child", &Level::INFO));
+        assert!(t.would_enable("mkectl::child", &Level::WARN));
+        assert_eq!(t.default_level(), Some(LevelFilter::INFO));
+    }
 
     #[test]
     fn chain_prints_every_cause_once() {

@@ -159,12 +159,17 @@ fn captured_log() -> Arc<Mutex<Vec<u8>>> {
     LOG.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let w = buf.clone();
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let filter: tracing_subscriber::filter::Targets =
+            "info,mkectl::konnectivity::server::authority=debug"
+                .parse()
+                .unwrap();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "info,mkectl::konnectivity::server::authority=debug",
-            ))
             .with_ansi(false)
             .with_writer(move || LogWriter(w.clone()))
+            .finish()
+            .with(filter)
             .try_init();
         buf
     })

@@ -18,11 +18,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
+use crate::kubeapi::{discovery, Api, ApiResource, Client, DynamicObject, ListParams};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::core::gvk::GroupVersionKind;
-use kube::discovery::{self, ApiCapabilities, ApiResource, Scope};
-use kube::Client;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{debug, info};
@@ -128,8 +125,7 @@ impl Engine {
             .collect();
 
         let mut errors = Vec::new();
-        let mut resolved: HashMap<(String, String), (ApiResource, ApiCapabilities)> =
-            HashMap::new();
+        let mut resolved: HashMap<(String, String), ApiResource> = HashMap::new();
         let (crds, rest): (Vec<&Manifest>, Vec<&Manifest>) =
             manifests.iter().partition(|m| is_crd(m));
         let (namespaces, others): (Vec<&Manifest>, Vec<&Manifest>) = rest
@@ -165,7 +161,7 @@ impl Engine {
             .map(|m| {
                 let namespaced = resolved
                     .get(&(m.api_version.clone(), m.kind.clone()))
-                    .map(|(_, caps)| caps.scope == Scope::Namespaced)
+                    .map(|ar| ar.namespaced)
                     .unwrap_or(m.namespace.is_some());
                 ObjectKey {
                     group: m.group().to_string(),
@@ -203,13 +199,10 @@ impl Engine {
         };
         let (pruned, _) = self.prune(stack, &recorded, &HashSet::new()).await?;
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.state_namespace);
-        match api
-            .delete(&record_name(stack), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(self.record_err(stack, e.to_string())),
+        match api.delete(&record_name(stack)).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(self.record_err(stack, crate::telemetry::Chain(&e).to_string())),
         }
         Ok(Some(pruned))
     }
@@ -218,11 +211,11 @@ impl Engine {
         &self,
         stack: &str,
         m: &Manifest,
-        resolved: &mut HashMap<(String, String), (ApiResource, ApiCapabilities)>,
+        resolved: &mut HashMap<(String, String), ApiResource>,
         wait_for_discovery: bool,
     ) -> Result<(), ApplierError> {
         let key = (m.api_version.clone(), m.kind.clone());
-        let (ar, caps) = match resolved.get(&key) {
+        let ar = match resolved.get(&key) {
             Some(r) => r.clone(),
             None => {
                 let r = self.resolve(m, wait_for_discovery).await?;
@@ -251,13 +244,13 @@ impl Engine {
         if let Some(l) = labels.as_object_mut() {
             l.insert(STACK_LABEL.to_string(), Value::String(stack.to_string()));
         }
-        let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
+        let api: Api<DynamicObject> = if ar.namespaced {
             let ns = m.namespace.clone().unwrap_or_else(|| "default".to_string());
             meta.insert("namespace".into(), Value::String(ns.clone()));
-            Api::namespaced_with(self.client.clone(), &ns, &ar)
+            Api::new(self.client.clone(), &ar, Some(&ns))
         } else {
             meta.remove("namespace");
-            Api::all_with(self.client.clone(), &ar)
+            Api::new(self.client.clone(), &ar, None)
         };
         // An object someone else created is adopted, and stays marked so
         // (the annotation is re-applied every time, or SSA would drop it).
@@ -286,8 +279,7 @@ impl Engine {
             }
         }
         // Force: the stack on disk is the source of truth for the fields it sets.
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(&m.name, &pp, &Patch::Apply(&Value::Object(obj)))
+        api.apply(&m.name, FIELD_MANAGER, true, &Value::Object(obj))
             .await
             .map_err(|source| ApplierError::Apply {
                 file: m.file.clone(),
@@ -304,37 +296,39 @@ impl Engine {
         &self,
         m: &Manifest,
         wait_for_discovery: bool,
-    ) -> Result<(ApiResource, ApiCapabilities), ApplierError> {
-        let gvk = GroupVersionKind::gvk(m.group(), m.version(), &m.kind);
+    ) -> Result<ApiResource, ApplierError> {
         let deadline = tokio::time::Instant::now() + self.crd_timeout;
+        let unknown = |message: String| ApplierError::UnknownKind {
+            file: m.file.clone(),
+            index: m.index,
+            api_version: m.api_version.clone(),
+            kind: m.kind.clone(),
+            message,
+        };
         loop {
-            match discovery::pinned_kind(&self.client, &gvk).await {
-                Ok(r) => return Ok(r),
-                Err(e) => {
-                    let retry = wait_for_discovery
-                        && tokio::time::Instant::now() < deadline
-                        && (is_not_found(&e) || matches!(e, kube::Error::Discovery(_)));
-                    if !retry {
-                        return Err(ApplierError::UnknownKind {
-                            file: m.file.clone(),
-                            index: m.index,
-                            api_version: m.api_version.clone(),
-                            kind: m.kind.clone(),
-                            message: e.to_string(),
-                        });
+            match discovery::pinned_kind(&self.client, m.group(), m.version(), &m.kind).await {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {
+                    if !wait_for_discovery || tokio::time::Instant::now() >= deadline {
+                        return Err(unknown("not in the API server's discovery".into()));
                     }
                 }
+                Err(e) => return Err(unknown(crate::telemetry::Chain(&e).to_string())),
             }
             tokio::time::sleep(CRD_POLL).await;
         }
     }
 
     async fn wait_crd_established(&self, name: &str) -> Result<(), ApplierError> {
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk(CRD_GROUP, "v1", CRD_KIND),
-            "customresourcedefinitions",
-        );
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        let ar = ApiResource {
+            group: CRD_GROUP.into(),
+            version: "v1".into(),
+            kind: CRD_KIND.into(),
+            plural: "customresourcedefinitions".into(),
+            namespaced: false,
+            verbs: Vec::new(),
+        };
+        let api: Api<DynamicObject> = Api::new(self.client.clone(), &ar, None);
         let started = tokio::time::Instant::now();
         let mut logged = false;
         loop {
@@ -371,41 +365,29 @@ impl Engine {
         desired: &HashSet<ObjectKey>,
     ) -> Result<(usize, Vec<TypeRef>), ApplierError> {
         let selector = format!("{STACK_LABEL}={stack}");
-        let mut groups: HashMap<String, Option<discovery::ApiGroup>> = HashMap::new();
-        let mut victims: Vec<(u8, ApiResource, ApiCapabilities, ObjectKey)> = Vec::new();
+        let mut victims: Vec<(u8, ApiResource, ObjectKey)> = Vec::new();
         let mut gone = Vec::new();
         for t in types {
-            if !groups.contains_key(&t.group) {
-                let g = match discovery::group(&self.client, &t.group).await {
-                    Ok(g) => Some(g),
-                    Err(e) if is_not_found(&e) || matches!(e, kube::Error::Discovery(_)) => None,
-                    Err(source) => {
-                        return Err(ApplierError::PruneList {
-                            stack: stack.to_string(),
-                            resource: t.describe(),
-                            source,
-                        })
-                    }
-                };
-                groups.insert(t.group.clone(), g);
-            }
-            let Some((ar, caps)) = groups
-                .get(&t.group)
-                .and_then(|g| g.as_ref())
-                .and_then(|g| g.recommended_kind(&t.kind))
-            else {
+            let found = discovery::recommended_kind(&self.client, &t.group, &t.kind)
+                .await
+                .map_err(|source| ApplierError::PruneList {
+                    stack: stack.to_string(),
+                    resource: t.describe(),
+                    source,
+                })?;
+            let Some(ar) = found else {
                 // The type is no longer served (e.g. its CRD was deleted,
                 // which deleted its objects too): nothing left to prune.
                 gone.push(t.clone());
                 continue;
             };
-            if !caps.supports_operation(discovery::verbs::LIST) {
+            if !ar.supports("list") {
                 continue;
             }
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+            let api: Api<DynamicObject> = Api::new(self.client.clone(), &ar, None);
             let list = match api.list(&ListParams::default().labels(&selector)).await {
                 Ok(l) => l,
-                Err(e) if is_not_found(&e) => {
+                Err(e) if e.is_not_found() => {
                     gone.push(t.clone());
                     continue;
                 }
@@ -421,7 +403,7 @@ impl Engine {
                 let key = ObjectKey {
                     group: t.group.clone(),
                     kind: t.kind.clone(),
-                    namespace: if caps.scope == Scope::Namespaced {
+                    namespace: if ar.namespaced {
                         obj.metadata.namespace.clone()
                     } else {
                         None
@@ -449,26 +431,24 @@ impl Engine {
                 } else {
                     0
                 };
-                victims.push((order, ar.clone(), caps.clone(), key));
+                victims.push((order, ar.clone(), key));
             }
         }
         victims.sort_by_key(|v| v.0);
         let mut pruned = 0;
-        for (_, ar, caps, key) in victims {
-            let api: Api<DynamicObject> = match (&key.namespace, caps.scope == Scope::Namespaced) {
-                (Some(ns), true) => Api::namespaced_with(self.client.clone(), ns, &ar),
-                _ => Api::all_with(self.client.clone(), &ar),
-            };
+        for (_, ar, key) in victims {
+            let ns = key.namespace.as_deref().filter(|_| ar.namespaced);
+            let api: Api<DynamicObject> = Api::new(self.client.clone(), &ar, ns);
             let what = match &key.namespace {
                 Some(ns) => format!("{} {ns}/{}", key.kind, key.name),
                 None => format!("{} {}", key.kind, key.name),
             };
-            match api.delete(&key.name, &DeleteParams::background()).await {
-                Ok(_) => {
+            match api.delete(&key.name).await {
+                Ok(()) => {
                     pruned += 1;
                     info!(component = "applier", stack, object = %what, "pruned");
                 }
-                Err(e) if is_not_found(&e) => {}
+                Err(e) if e.is_not_found() => {}
                 Err(source) => {
                     return Err(ApplierError::Prune {
                         stack: stack.to_string(),
@@ -501,7 +481,7 @@ impl Engine {
         let cm = api
             .get_opt(&record_name(stack))
             .await
-            .map_err(|e| self.record_err(stack, e.to_string()))?;
+            .map_err(|e| self.record_err(stack, crate::telemetry::Chain(&e).to_string()))?;
         let Some(cm) = cm else { return Ok(None) };
         let raw = cm
             .data
@@ -531,13 +511,9 @@ impl Engine {
             },
             "data": { RECORD_KEY: serde_json::to_string(&list).unwrap_or_else(|_| "[]".into()) },
         });
-        api.patch(
-            &record_name(stack),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(|e| self.record_err(stack, e.to_string()))?;
+        api.apply(&record_name(stack), FIELD_MANAGER, true, &body)
+            .await
+            .map_err(|e| self.record_err(stack, crate::telemetry::Chain(&e).to_string()))?;
         Ok(())
     }
 }
@@ -573,14 +549,6 @@ fn managed_by_us(obj: &DynamicObject) -> bool {
         mf.iter()
             .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
     })
-}
-
-pub(crate) fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-pub(crate) fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
 /// Two documents for the same object would fight each other on every apply.

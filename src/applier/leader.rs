@@ -11,17 +11,15 @@
 
 use std::time::Duration;
 
+use crate::kubeapi::{Api, Client, KubeError};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
-use kube::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::engine::{is_conflict, is_not_found};
 use super::ApplierError;
 
 /// Lease parameters.
@@ -55,7 +53,14 @@ pub struct Elector {
 }
 
 fn now() -> MicroTime {
-    MicroTime(Timestamp::now())
+    // jiff is built without its clock here (no `std` feature): take the time
+    // from std. Before 1970 or past jiff's range cannot happen on a running
+    // host; the epoch is the harmless fallback.
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    MicroTime(Timestamp::from_microsecond(micros).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 impl Elector {
@@ -67,7 +72,7 @@ impl Elector {
         }
     }
 
-    fn err(&self, source: kube::Error) -> ApplierError {
+    fn err(&self, source: KubeError) -> ApplierError {
         ApplierError::Lease {
             namespace: self.cfg.namespace.clone(),
             name: self.cfg.name.clone(),
@@ -98,9 +103,9 @@ impl Elector {
                     ..Default::default()
                 }),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match self.api.create(&lease).await {
                 Ok(_) => Ok(true),
-                Err(e) if is_conflict(&e) => Ok(false),
+                Err(e) if e.is_conflict() => Ok(false),
                 Err(e) => Err(self.err(e)),
             };
         };
@@ -135,18 +140,14 @@ impl Elector {
         lease.spec = Some(spec);
         // The resourceVersion in `lease` makes this a compare-and-swap: a
         // concurrent candidate's write turns ours into a 409.
-        match self
-            .api
-            .replace(&self.cfg.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.cfg.name, &lease).await {
             Ok(updated) => {
                 if let Some(rv) = updated.metadata.resource_version {
                     self.observed = Some((rv, Instant::now()));
                 }
                 Ok(true)
             }
-            Err(e) if is_conflict(&e) || is_not_found(&e) => Ok(false),
+            Err(e) if e.is_conflict() || e.is_not_found() => Ok(false),
             Err(e) => Err(self.err(e)),
         }
     }
@@ -169,13 +170,9 @@ impl Elector {
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(now());
         lease.spec = Some(spec);
-        match self
-            .api
-            .replace(&self.cfg.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.cfg.name, &lease).await {
             Ok(_) => Ok(()),
-            Err(e) if is_conflict(&e) || is_not_found(&e) => Ok(()),
+            Err(e) if e.is_conflict() || e.is_not_found() => Ok(()),
             Err(e) => Err(self.err(e)),
         }
     }

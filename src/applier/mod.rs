@@ -97,7 +97,7 @@ pub enum ApplierError {
         file: PathBuf,
         index: usize,
         object: String,
-        source: kube::Error,
+        source: crate::kubeapi::KubeError,
     },
     #[error("CustomResourceDefinition {name} not Established after {waited:?}")]
     CrdNotEstablished { name: String, waited: Duration },
@@ -105,13 +105,13 @@ pub enum ApplierError {
     PruneList {
         stack: String,
         resource: String,
-        source: kube::Error,
+        source: crate::kubeapi::KubeError,
     },
     #[error("pruning {object} of stack {stack}")]
     Prune {
         stack: String,
         object: String,
-        source: kube::Error,
+        source: crate::kubeapi::KubeError,
     },
     #[error("stack record {namespace}/{name}: {message}")]
     Record {
@@ -123,7 +123,7 @@ pub enum ApplierError {
     Lease {
         namespace: String,
         name: String,
-        source: kube::Error,
+        source: crate::kubeapi::KubeError,
     },
     #[error("watching {path}")]
     Watch {

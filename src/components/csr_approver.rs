@@ -33,10 +33,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::kubeapi::{Api, KubeError, ListParams, WatchEvent};
 use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -405,7 +405,7 @@ async fn handle(
     nodes: &Api<Node>,
     csr: &CertificateSigningRequest,
     state: &Mutex<State>,
-) -> Result<(), kube::Error> {
+) -> Result<(), KubeError> {
     let facts = CsrFacts::from_object(csr);
     if facts.signer_name != KUBELET_SERVING_SIGNER || facts.decided {
         return Ok(());
@@ -445,7 +445,7 @@ async fn handle(
         .unwrap_or_default();
     conditions.push(cond);
     let patch = serde_json::json!({ "status": { "conditions": conditions } });
-    csrs.patch_approval(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
+    csrs.merge_patch(&facts.name, Some("approval"), &patch)
         .await?;
     let mut s = lock(state);
     match decision {
@@ -470,9 +470,9 @@ enum LoopError {
     #[error("no client")]
     NoClient,
     #[error("list CSRs")]
-    List(#[source] kube::Error),
+    List(#[source] KubeError),
     #[error("watch CSRs")]
-    Watch(#[source] kube::Error),
+    Watch(#[source] KubeError),
 }
 
 /// Lists pending kubelet-serving CSRs, then watches for new ones; relists on
@@ -486,15 +486,14 @@ async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: Ca
             if client.is_none() {
                 client = Some(
                     crate::kubeapi::client_from_kubeconfig(&settings.kubeconfig)
-                        .await
                         .map_err(LoopError::Client)?,
                 );
             }
             let Some(c) = client.clone() else {
                 return Err(LoopError::NoClient);
             };
-            let csrs: Api<CertificateSigningRequest> = Api::all(c.clone());
-            let nodes: Api<Node> = Api::all(c);
+            let csrs: Api<CertificateSigningRequest> = Api::cluster(c.clone());
+            let nodes: Api<Node> = Api::cluster(c);
             let list = csrs
                 .list(&ListParams::default().fields(&selector))
                 .await
@@ -511,9 +510,8 @@ async fn run(settings: CsrApproverSettings, state: Arc<Mutex<State>>, cancel: Ca
             }
             let version = list.metadata.resource_version.unwrap_or_default();
             let timeout = settings.resync.as_secs().clamp(1, 290) as u32;
-            let wp = WatchParams::default().fields(&selector).timeout(timeout);
             let stream = csrs
-                .watch(&wp, &version)
+                .watch(&ListParams::default().fields(&selector), &version, timeout)
                 .await
                 .map_err(LoopError::Watch)?;
             futures::pin_mut!(stream);

@@ -88,8 +88,7 @@ impl Component for ApplierComponent {
             return Ok(());
         }
         let client = crate::kubeapi::client_from_kubeconfig(&self.admin_kubeconfig)
-            .await
-            .map_err(|e| ComponentError::during(NAME, "connecting to the API server", e))?;
+            .map_err(|e| ComponentError::during(NAME, "building the API client", e))?;
         let mut cfg = ApplierConfig::new(self.paths.manifests_dir(), client, self.identity.clone());
         cfg.removed_stacks = self.removed_stacks.clone();
         let runner = applier::Applier::new(cfg)

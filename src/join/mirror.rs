@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::kubeapi::{Api, KubeError};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
 
 use super::token::{BootstrapToken, StoredToken};
 
@@ -22,7 +22,7 @@ pub enum MirrorError {
     #[error("cannot build a Kubernetes client from {path}: {reason}")]
     Client { path: String, reason: String },
     #[error("cannot apply Secret kube-system/{name}")]
-    Apply { name: String, source: kube::Error },
+    Apply { name: String, source: KubeError },
 }
 
 /// The Secret for `token` (what kubeadm creates for its tokens).
@@ -44,7 +44,7 @@ pub fn bootstrap_secret(token: &BootstrapToken, stored: &StoredToken) -> Secret 
         );
     }
     Secret {
-        metadata: kube::api::ObjectMeta {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some(format!("bootstrap-token-{}", token.id)),
             namespace: Some("kube-system".into()),
             ..Default::default()
@@ -61,22 +61,17 @@ pub async fn mirror_bootstrap_token(
     token: &BootstrapToken,
     stored: &StoredToken,
 ) -> Result<(), MirrorError> {
-    let client = crate::kubeapi::client_from_kubeconfig(kubeconfig)
-        .await
-        .map_err(|e| MirrorError::Client {
+    let client =
+        crate::kubeapi::client_from_kubeconfig(kubeconfig).map_err(|e| MirrorError::Client {
             path: kubeconfig.display().to_string(),
             reason: e.to_string(),
         })?;
-    let api: kube::Api<Secret> = kube::Api::namespaced(client, "kube-system");
+    let api: Api<Secret> = Api::namespaced(client, "kube-system");
     let secret = bootstrap_secret(token, stored);
     let name = format!("bootstrap-token-{}", token.id);
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&secret),
-    )
-    .await
-    .map_err(|source| MirrorError::Apply { name, source })?;
+    api.apply(&name, FIELD_MANAGER, true, &secret)
+        .await
+        .map_err(|source| MirrorError::Apply { name, source })?;
     tracing::info!(component = "join-api", token_id = %token.id, "mirrored the worker token as a bootstrap-token Secret");
     Ok(())
 }

@@ -198,9 +198,8 @@ impl FakeKube {
         format!("http://{}", self.addr)
     }
 
-    pub fn client(&self) -> kube::Client {
-        let cfg = kube::Config::new(self.url().parse().unwrap());
-        kube::Client::try_from(cfg).unwrap()
+    pub fn client(&self) -> mkectl::kubeapi::Client {
+        mkectl::kubeapi::Client::new(mkectl::kubeapi::ClientConfig::plain(self.url())).unwrap()
     }
 
     pub fn set_crd_delay(&self, d: Duration) {
