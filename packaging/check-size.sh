@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The goal (#18) is under 15 MB; mkectl is 12.23 MB stripped (README
+# The goal (#18) is under 15 MB; mkectl is 12.20 MB stripped (README
 # "Binary size"). The budget is a ratchet at 13.0 MB, so a change that adds
 # 0.8 MB fails CI and has to say why in README before the budget moves.
 # Never above 15,000,000.

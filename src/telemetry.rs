@@ -35,21 +35,39 @@ pub fn init(format: LogFormat, verbosity: u8) {
         }),
         _ => default_targets(&default),
     };
-    let builder = fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // try_init: a second call (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.finish().with(filter).try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .finish()
-            .with(filter)
-            .try_init(),
-    };
+    let _ = subscriber(format, filter, std::io::stderr, ansi).try_init();
+}
+
+/// The subscriber `init` installs, writing to `writer`.
+fn subscriber<W>(
+    format: LogFormat,
+    filter: Targets,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    // The fmt builder filters at INFO unless told otherwise: let everything
+    // through to `filter`, which alone decides.
+    let builder = fmt()
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .with_target(false);
+    match format {
+        LogFormat::Text => Box::new(builder.finish().with(filter)),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .finish()
+                .with(filter),
+        ),
+    }
 }
 
 /// The built-in filter; it always parses (its directives are fixed above),
@@ -105,6 +123,43 @@ mod tests {
         assert!(!t.would_enable("mkectl::child", &Level::INFO));
         assert!(t.would_enable("mkectl::child", &Level::WARN));
         assert_eq!(t.default_level(), Some(LevelFilter::INFO));
+    }
+
+    /// A writer the tests read back.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_filter_alone_decides_what_is_logged() {
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let out = Captured::default();
+            let w = out.clone();
+            let sub = subscriber(
+                format,
+                default_targets("debug,h2=info"),
+                move || w.clone(),
+                false,
+            );
+            tracing::subscriber::with_default(sub, || {
+                tracing::debug!(component = "test", "debug from mkectl");
+                tracing::trace!(component = "test", "trace from mkectl");
+                tracing::debug!(target: "h2::proto", "debug from h2");
+            });
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            assert!(text.contains("debug from mkectl"), "{format:?}: {text}");
+            assert!(!text.contains("trace from mkectl"), "{format:?}: {text}");
+            assert!(!text.contains("debug from h2"), "{format:?}: {text}");
+        }
     }
 
     #[test]

@@ -166,6 +166,8 @@ fn captured_log() -> Arc<Mutex<Vec<u8>>> {
                 .parse()
                 .unwrap();
         let _ = tracing_subscriber::fmt()
+            // The builder's own filter is INFO: let `filter` decide.
+            .with_max_level(tracing::level_filters::LevelFilter::TRACE)
             .with_ansi(false)
             .with_writer(move || LogWriter(w.clone()))
             .finish()
