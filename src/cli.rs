@@ -499,6 +499,23 @@ pub enum KonnectivityCommand {
     Agent(Box<AgentArgs>),
 }
 
+/// Default `--worker-threads` of a standalone konnectivity server or agent:
+/// 0, one per core, as every other mkectl process. One thread saves CPU on
+/// downloads but slows a single upload stream (measured, README), so it is
+/// the operator's choice, not the default.
+pub const KONNECTIVITY_WORKER_THREADS: u16 = 0;
+
+impl KonnectivityCommand {
+    /// `--worker-threads`, `None` for one per core.
+    pub fn worker_threads(&self) -> Option<u16> {
+        let n = match self {
+            KonnectivityCommand::Server(a) => a.worker_threads,
+            KonnectivityCommand::Agent(a) => a.worker_threads,
+        };
+        (n > 0).then_some(n)
+    }
+}
+
 /// Frontend protocol of a standalone konnectivity server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -549,6 +566,10 @@ pub struct ServerArgs {
     /// same endpoints); 0 = off.
     #[arg(long, alias = "health-port", default_value_t = defaults::KONNECTIVITY_ADMIN_PORT)]
     pub admin_port: u16,
+    /// Runtime worker threads of this process; 0 = one per core. See
+    /// README (Konnectivity) for what one thread trades.
+    #[arg(long, default_value_t = KONNECTIVITY_WORKER_THREADS, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub worker_threads: u16,
     #[arg(long, alias = "health-bind-address", default_value = "127.0.0.1")]
     pub admin_bind_address: IpAddr,
     /// This server's id (`serverid` header).
@@ -602,6 +623,10 @@ pub struct AgentArgs {
     /// serves the same); 0 = off.
     #[arg(long, alias = "health-server-port", alias = "admin-server-port", default_value_t = DEFAULT_AGENT_ADMIN_PORT)]
     pub admin_port: u16,
+    /// Runtime worker threads of this process; 0 = one per core. See
+    /// README (Konnectivity) for what one thread trades.
+    #[arg(long, default_value_t = KONNECTIVITY_WORKER_THREADS, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub worker_threads: u16,
     #[arg(long, alias = "health-server-host", default_value = "127.0.0.1")]
     pub admin_bind_address: IpAddr,
     /// After the first signal, how long to wait for open connections to

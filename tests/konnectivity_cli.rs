@@ -89,6 +89,11 @@ async fn bad_flags_exit_64() {
     .await;
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--ca-cert"), "{err}");
+    for role in ["server", "agent"] {
+        let (code, err) = exit_code(&["konnectivity", role, "--worker-threads", "257"]).await;
+        assert_eq!(code, 64, "{err}");
+        assert!(err.contains("--worker-threads"), "{err}");
+    }
     let (code, _) = exit_code(&["konnectivity", "agent", "--help"]).await;
     assert_eq!(code, 0);
 }
@@ -207,7 +212,9 @@ async fn server_process_serves_tunnels_and_stops_on_sigterm() {
             ..Default::default()
         },
     );
+    // One runtime thread (the non-default --worker-threads) serves too.
     let mut server = Command::from(cmd)
+        .args(["--worker-threads", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -37,7 +37,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Images(cmd) => images::run(&cmd),
         Command::Install(args) => install::run(&global, &args),
         Command::Version(args) => version::run(&args),
-        Command::Konnectivity(cmd) => runtime()?.block_on(konnectivity::run(&cmd)),
+        Command::Konnectivity(cmd) => {
+            runtime_with(cmd.worker_threads())?.block_on(konnectivity::run(&cmd))
+        }
         Command::Token(cmd) => runtime()?.block_on(token::run(&global, &cmd)),
         Command::Worker(args) => runtime()?.block_on(worker::run(&global, &args)),
         Command::Reset(args) => runtime()?.block_on(reset::run(&global, &args)),
@@ -45,8 +47,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("mkectl")
-        .build()?)
+    runtime_with(None)
+}
+
+/// The multi-thread runtime, with `workers` threads (default: one per core).
+fn runtime_with(workers: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all().thread_name("mkectl");
+    if let Some(n) = workers {
+        b.worker_threads(usize::from(n));
+    }
+    Ok(b.build()?)
 }
