@@ -1,8 +1,9 @@
 //! Logging setup: `tracing` to stderr, text or JSON, verbosity from `-v` or
 //! `RUST_LOG` (`level` and `target=level` directives, comma-separated; span
 //! and field filters are not supported: the filter is `Targets`, which needs
-//! no regex engine in the binary). Every component runs inside a span carrying `component`, and
-//! child output is re-logged with `component` and `stream` fields.
+//! no regex engine in the binary). Every component runs inside a span
+//! carrying `component`, and child output is re-logged with `component` and
+//! `stream` fields.
 
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt;

@@ -19,7 +19,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use crate::kubeapi::{discovery, Api, ApiResource, Client, DynamicObject, ListParams};
+use crate::telemetry::Chain;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{debug, info};
@@ -202,7 +204,7 @@ impl Engine {
         match api.delete(&record_name(stack)).await {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(self.record_err(stack, crate::telemetry::Chain(&e).to_string())),
+            Err(e) => return Err(self.record_err(stack, Chain(&e))),
         }
         Ok(Some(pruned))
     }
@@ -313,21 +315,14 @@ impl Engine {
                         return Err(unknown("not in the API server's discovery".into()));
                     }
                 }
-                Err(e) => return Err(unknown(crate::telemetry::Chain(&e).to_string())),
+                Err(e) => return Err(unknown(Chain(&e).to_string())),
             }
             tokio::time::sleep(CRD_POLL).await;
         }
     }
 
     async fn wait_crd_established(&self, name: &str) -> Result<(), ApplierError> {
-        let ar = ApiResource {
-            group: CRD_GROUP.into(),
-            version: "v1".into(),
-            kind: CRD_KIND.into(),
-            plural: "customresourcedefinitions".into(),
-            namespaced: false,
-            verbs: Vec::new(),
-        };
+        let ar = ApiResource::of::<CustomResourceDefinition>();
         let api: Api<DynamicObject> = Api::new(self.client.clone(), &ar, None);
         let started = tokio::time::Instant::now();
         let mut logged = false;
@@ -365,17 +360,28 @@ impl Engine {
         desired: &HashSet<ObjectKey>,
     ) -> Result<(usize, Vec<TypeRef>), ApplierError> {
         let selector = format!("{STACK_LABEL}={stack}");
+        // Each group's discovery is read once per prune, whatever the
+        // number of its kinds in the record.
+        let mut groups: HashMap<String, Option<discovery::ApiGroup>> = HashMap::new();
         let mut victims: Vec<(u8, ApiResource, ObjectKey)> = Vec::new();
         let mut gone = Vec::new();
         for t in types {
-            let found = discovery::recommended_kind(&self.client, &t.group, &t.kind)
-                .await
-                .map_err(|source| ApplierError::PruneList {
-                    stack: stack.to_string(),
-                    resource: t.describe(),
-                    source,
-                })?;
-            let Some(ar) = found else {
+            if !groups.contains_key(&t.group) {
+                let g = discovery::group(&self.client, &t.group)
+                    .await
+                    .map_err(|source| ApplierError::PruneList {
+                        stack: stack.to_string(),
+                        resource: t.describe(),
+                        source,
+                    })?;
+                groups.insert(t.group.clone(), g);
+            }
+            let Some(ar) = groups
+                .get(&t.group)
+                .and_then(Option::as_ref)
+                .and_then(|g| g.recommended_kind(&t.kind))
+                .cloned()
+            else {
                 // The type is no longer served (e.g. its CRD was deleted,
                 // which deleted its objects too): nothing left to prune.
                 gone.push(t.clone());
@@ -461,11 +467,11 @@ impl Engine {
         Ok((pruned, gone))
     }
 
-    fn record_err(&self, stack: &str, message: String) -> ApplierError {
+    fn record_err(&self, stack: &str, message: impl std::fmt::Display) -> ApplierError {
         ApplierError::Record {
             namespace: self.state_namespace.clone(),
             name: record_name(stack),
-            message,
+            message: message.to_string(),
         }
     }
 
@@ -481,7 +487,7 @@ impl Engine {
         let cm = api
             .get_opt(&record_name(stack))
             .await
-            .map_err(|e| self.record_err(stack, crate::telemetry::Chain(&e).to_string()))?;
+            .map_err(|e| self.record_err(stack, Chain(&e)))?;
         let Some(cm) = cm else { return Ok(None) };
         let raw = cm
             .data
@@ -513,7 +519,7 @@ impl Engine {
         });
         api.apply(&record_name(stack), FIELD_MANAGER, true, &body)
             .await
-            .map_err(|e| self.record_err(stack, crate::telemetry::Chain(&e).to_string()))?;
+            .map_err(|e| self.record_err(stack, Chain(&e)))?;
         Ok(())
     }
 }

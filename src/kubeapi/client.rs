@@ -275,6 +275,14 @@ fn tls_config(cfg: &ClientConfig) -> Result<rustls::ClientConfig, KubeClientErro
         what: format!("{what} for {}", cfg.server),
         expected,
     };
+    // Every certificate of a PEM text; none is an error.
+    let certs = |what: &str, text: &[u8]| {
+        CertificateDer::pem_slice_iter(text)
+            .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| pem(what, "certificate"))
+    };
     let Some(ca) = &cfg.ca_pem else {
         return Err(KubeClientError::Server {
             server: cfg.server.clone(),
@@ -282,13 +290,7 @@ fn tls_config(cfg: &ClientConfig) -> Result<rustls::ClientConfig, KubeClientErro
         });
     };
     let mut roots = rustls::RootCertStore::empty();
-    let ca_certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca)
-        .collect::<Result<_, _>>()
-        .map_err(|_| pem("the CA", "certificate"))?;
-    if ca_certs.is_empty() {
-        return Err(pem("the CA", "certificate"));
-    }
-    for c in ca_certs {
+    for c in certs("the CA", ca)? {
         roots.add(c).map_err(tls_err)?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -299,12 +301,7 @@ fn tls_config(cfg: &ClientConfig) -> Result<rustls::ClientConfig, KubeClientErro
     .with_root_certificates(roots);
     let mut config = match (&cfg.client_cert_pem, &cfg.client_key_pem) {
         (Some(cert), Some(key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
-                .collect::<Result<_, _>>()
-                .map_err(|_| pem("the client certificate", "certificate"))?;
-            if chain.is_empty() {
-                return Err(pem("the client certificate", "certificate"));
-            }
+            let chain = certs("the client certificate", cert)?;
             let key = PrivateKeyDer::from_pem_slice(key)
                 .map_err(|_| pem("the client key", "private key"))?;
             builder.with_client_auth_cert(chain, key).map_err(tls_err)?

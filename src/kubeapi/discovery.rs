@@ -38,6 +38,37 @@ struct GroupVersion {
     version: String,
 }
 
+/// The collections (no subresources) served at `group/version`; `None` when
+/// the apiserver does not serve that version (yet: a new CRD takes a moment).
+async fn resources(
+    client: &Client,
+    group: &str,
+    version: &str,
+) -> Result<Option<Vec<ApiResource>>, KubeError> {
+    let path = group_version_path(group, version);
+    let list: ResourceList = match client.call(Method::GET, &path, None, Bytes::new()).await {
+        Ok(l) => l,
+        // 503: an aggregated API whose backend is not there yet.
+        Err(e) if matches!(e.code(), Some(404 | 503)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(
+        list.resources
+            .into_iter()
+            // "deployments/status": a subresource, not the kind's collection.
+            .filter(|r| !r.name.contains('/'))
+            .map(|r| ApiResource {
+                group: group.to_string(),
+                version: version.to_string(),
+                kind: r.kind,
+                plural: r.name,
+                namespaced: r.namespaced,
+                verbs: r.verbs,
+            })
+            .collect(),
+    ))
+}
+
 /// The resource serving `kind` at exactly `group/version`; `None` when the
 /// apiserver does not serve it (yet: a new CRD takes a moment).
 pub async fn pinned_kind(
@@ -46,36 +77,29 @@ pub async fn pinned_kind(
     version: &str,
     kind: &str,
 ) -> Result<Option<ApiResource>, KubeError> {
-    let path = group_version_path(group, version);
-    let list: ResourceList = match client.call(Method::GET, &path, None, Bytes::new()).await {
-        Ok(l) => l,
-        // 503: an aggregated API whose backend is not there yet.
-        Err(e) if matches!(e.code(), Some(404 | 503)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    Ok(list
-        .resources
-        .into_iter()
-        // "deployments/status": a subresource, not the kind's collection.
-        .find(|r| r.kind == kind && !r.name.contains('/'))
-        .map(|r| ApiResource {
-            group: group.to_string(),
-            version: version.to_string(),
-            kind: r.kind,
-            plural: r.name,
-            namespaced: r.namespaced,
-            verbs: r.verbs,
-        }))
+    Ok(resources(client, group, version)
+        .await?
+        .and_then(|rs| rs.into_iter().find(|r| r.kind == kind)))
 }
 
-/// The resource serving `kind` in `group` at the group's preferred version,
-/// or else the first other version that serves it; `None` when no version
-/// does (the group or the kind is gone).
-pub async fn recommended_kind(
-    client: &Client,
-    group: &str,
-    kind: &str,
-) -> Result<Option<ApiResource>, KubeError> {
+/// Every collection of one API group, the preferred version's first: read
+/// once, then asked for any number of kinds.
+#[derive(Debug, Clone)]
+pub struct ApiGroup {
+    resources: Vec<ApiResource>,
+}
+
+impl ApiGroup {
+    /// The resource serving `kind` at the group's preferred version, or else
+    /// at the first other version that serves it.
+    pub fn recommended_kind(&self, kind: &str) -> Option<&ApiResource> {
+        self.resources.iter().find(|r| r.kind == kind)
+    }
+}
+
+/// Reads the discovery of `group` (`""` is the core group); `None` when the
+/// apiserver does not serve the group (e.g. its last CRD was deleted).
+pub async fn group(client: &Client, group: &str) -> Result<Option<ApiGroup>, KubeError> {
     let versions = if group.is_empty() {
         vec!["v1".to_string()]
     } else {
@@ -93,10 +117,9 @@ pub async fn recommended_kind(
         }
         versions
     };
+    let mut all = Vec::new();
     for v in versions {
-        if let Some(r) = pinned_kind(client, group, &v, kind).await? {
-            return Ok(Some(r));
-        }
+        all.extend(resources(client, group, &v).await?.unwrap_or_default());
     }
-    Ok(None)
+    Ok(Some(ApiGroup { resources: all }))
 }
