@@ -52,6 +52,8 @@
 //! `MKECTL_BENCH_MODES=grpc,http,floor,upstream-grpc,upstream-http,ssh` (the
 //! direct baseline always runs); `MKECTL_BENCH_DIRS=download,upload`,
 //! `MKECTL_BENCH_STREAMS=1,16`. A path left out prints as not selected.
+//! `MKECTL_BENCH_WORKER_THREADS=n` passes `--worker-threads n` to mkectl's
+//! server and agent.
 
 #[allow(dead_code)]
 #[path = "../tests/common/konnectivity.rs"]
@@ -799,6 +801,14 @@ fn spawn_logged(
         .map_err(|e| format!("spawn {what}: {e}"))
 }
 
+/// `MKECTL_BENCH_WORKER_THREADS=n` runs mkectl's server and agent with
+/// `--worker-threads n` (unset: the default, one per core).
+fn worker_threads(cmd: &mut std::process::Command) {
+    if let Ok(n) = std::env::var("MKECTL_BENCH_WORKER_THREADS") {
+        cmd.arg("--worker-threads").arg(n);
+    }
+}
+
 async fn start_mkectl() -> Result<Stack, String> {
     let pki = konn::pki();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -821,8 +831,10 @@ async fn start_mkectl() -> Result<Stack, String> {
             ..Default::default()
         },
     );
+    let mut server = server;
+    worker_threads(&mut server);
     let server = spawn_logged(server, d, "server", "mkectl server")?;
-    let agent = agent_command(
+    let mut agent = agent_command(
         Flavor::Mkectl,
         &pki.agent,
         "bench-agent",
@@ -830,6 +842,7 @@ async fn start_mkectl() -> Result<Stack, String> {
         agent_admin.port(),
         KonnOpts::default(),
     );
+    worker_threads(&mut agent);
     let agent = spawn_logged(agent, d, "agent", "mkectl agent")?;
     Stack {
         kind: Kind::Mkectl,
@@ -1824,6 +1837,13 @@ fn main() {
     if std::env::var_os(TARGET_CHILD_ENV).is_some() {
         return target_child();
     }
+    // The client and target here stand in for kube-apiserver and a node's
+    // service. Like mkectl's own processes (and Go's allocator in a real
+    // kube-apiserver), keep glibc from unmapping and re-faulting the large
+    // HTTP/2 frame buffers after every message: otherwise page faults were
+    // a tenth of this process's CPU on gRPC downloads, time taken from the
+    // two cores every path shares. Applies to all paths alike.
+    mkectl::konnectivity::trim::tune_allocator();
     let started = Instant::now();
     let repeat: usize = std::env::var("MKECTL_BENCH_REPEAT")
         .ok()

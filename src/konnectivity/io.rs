@@ -17,7 +17,7 @@ pub trait ChunkRead: AsyncRead + Unpin + Send {
 }
 
 /// Turns a filled buffer into a payload without keeping a mostly-empty
-/// 32 KiB allocation alive for a small read.
+/// [`MAX_DATA_CHUNK`] allocation alive for a small read.
 pub fn shrink(buf: BytesMut) -> Bytes {
     if buf.len() < buf.capacity() / 4 {
         Bytes::copy_from_slice(&buf)
@@ -75,7 +75,7 @@ impl<R: AsyncRead + Unpin + Send> ChunkRead for BufRead<R> {
 pub const TLS_READ_BUFFER: usize = 256 * 1024;
 
 /// How much encrypted output rustls may hold before a write waits for the
-/// socket (rustls's default is 64 KiB). A 64 KiB DATA packet plus its
+/// socket (rustls's default is 64 KiB). A full DATA packet plus its
 /// HTTP/2 and gRPC headers then goes out in one write instead of a full
 /// write and a tiny second record.
 pub const TLS_WRITE_BUFFER: usize = 512 * 1024;

@@ -46,7 +46,7 @@ pub const ALLOCATOR_MMAP_THRESHOLD: usize = 1024 * 1024;
 
 /// Keeps glibc from giving memory back after every large free.
 ///
-/// A busy tunnel allocates and frees a 64 KiB read buffer per chunk; with
+/// A busy tunnel allocates and frees a read buffer per chunk; with
 /// glibc's defaults each such free could shrink the arena and the next
 /// read fault the pages back in (page faults and page clearing were a
 /// tenth of the agent's CPU time). Fixed thresholds keep up to
