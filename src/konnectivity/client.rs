@@ -34,8 +34,10 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// konnectivity-client's wait for CLOSE_RSP.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Packets queued towards the server per tunnel (the inbound side is the
-/// HTTP/2 stream itself, bounded by its flow-control window).
-const QUEUE: usize = 64;
+/// HTTP/2 stream itself, bounded by its flow-control window): at most
+/// 1 MiB of full DATA packets, as the server's queues
+/// (`server::DEFAULT_FRONTEND_QUEUE`).
+const QUEUE: usize = 8;
 
 fn connect_err(path: &Path, e: impl std::fmt::Display) -> KonnectivityError {
     KonnectivityError::Connect {
