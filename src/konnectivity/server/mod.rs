@@ -42,9 +42,10 @@ use super::KonnectivityError;
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Packets queued towards one frontend (one tunnel): at most 1 MiB of full
 /// DATA packets. The HTTP/2 windows already hold megabytes in flight;
-/// deeper queues only add memory. At 64 packets, 16 busy tunnels swung the
-/// server's heap by tens of MiB, past the allocator's trim threshold, and
-/// it faulted ~17,000 freshly returned pages back in per second.
+/// deeper queues only add memory. At 32 packets (the default was 64), 16
+/// busy tunnels swung the server's heap by tens of MiB, past the
+/// allocator's trim threshold, and it faulted ~17,000 freshly returned
+/// pages back in per second; at 8, ~340.
 pub const DEFAULT_FRONTEND_QUEUE: usize = 8;
 /// Packets queued towards one agent stream (shared by its tunnels), in
 /// front of its HTTP/2 window. Deeper queues only add data in flight that
