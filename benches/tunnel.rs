@@ -818,7 +818,7 @@ async fn start_mkectl() -> Result<Stack, String> {
     let agent_addr = konn::free_addr();
     let server_admin = konn::free_addr();
     let agent_admin = konn::free_addr();
-    let server = server_command(
+    let mut server = server_command(
         Flavor::Mkectl,
         &pki.server,
         "bench",
@@ -831,7 +831,6 @@ async fn start_mkectl() -> Result<Stack, String> {
             ..Default::default()
         },
     );
-    let mut server = server;
     worker_threads(&mut server);
     let server = spawn_logged(server, d, "server", "mkectl server")?;
     let mut agent = agent_command(

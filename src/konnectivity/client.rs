@@ -35,9 +35,8 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Packets queued towards the server per tunnel (the inbound side is the
 /// HTTP/2 stream itself, bounded by its flow-control window): at most
-/// 1 MiB of full DATA packets, as the server's queues
-/// (`server::DEFAULT_FRONTEND_QUEUE`).
-const QUEUE: usize = 8;
+/// `QUEUED_DATA_BYTES` of full DATA packets, as the server's queues.
+const QUEUE: usize = super::proto::DATA_QUEUE_PACKETS;
 
 fn connect_err(path: &Path, e: impl std::fmt::Display) -> KonnectivityError {
     KonnectivityError::Connect {

@@ -159,5 +159,14 @@ impl PacketType {
 /// size: 128 KiB instead of 64 KiB took 15-20% off server + agent CPU per
 /// MiB on downloads (benches/tunnel, README).
 pub const MAX_DATA_CHUNK: usize = 128 * 1024;
+/// Data a tunnel's queues hold in full DATA packets: the HTTP/2 windows
+/// already keep megabytes in flight, deeper queues only add memory (see
+/// `server::DEFAULT_FRONTEND_QUEUE`). Queue depths derive from it, so they
+/// follow [`MAX_DATA_CHUNK`].
+pub const QUEUED_DATA_BYTES: usize = 1024 * 1024;
+/// Packets in [`QUEUED_DATA_BYTES`] (8 at 128 KiB chunks).
+pub const DATA_QUEUE_PACKETS: usize = QUEUED_DATA_BYTES / MAX_DATA_CHUNK;
+// A queue of 0 cannot exist (tokio's channel panics on it).
+const _: () = assert!(DATA_QUEUE_PACKETS >= 1);
 /// Largest message we accept (grpc-go's default receive limit).
 pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;

@@ -23,7 +23,7 @@ use crate::konnectivity::wire::PacketStreaming;
 
 /// Packets queued towards the server (shared by all endpoint connections),
 /// in front of the HTTP/2 window (see `server::DEFAULT_BACKEND_QUEUE`).
-const DATA_QUEUE: usize = 8;
+const DATA_QUEUE: usize = crate::konnectivity::proto::DATA_QUEUE_PACKETS;
 /// Control answers queued towards the server.
 const CTRL_QUEUE: usize = 4096;
 

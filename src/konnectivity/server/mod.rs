@@ -33,24 +33,24 @@ pub use identity::AgentIdentity;
 use tunnels::{FrontendLink, Tunnels};
 
 use super::metrics::ServerMetrics;
-use super::proto::Packet;
+use super::proto::{Packet, DATA_QUEUE_PACKETS};
 use super::tls::TlsFiles;
 use super::KonnectivityError;
 
 /// How long the stream reader waits for one tunnel's full queue before it
 /// closes that tunnel (see the module docs of `konnectivity`).
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(3);
-/// Packets queued towards one frontend (one tunnel): at most 1 MiB of full
-/// DATA packets. The HTTP/2 windows already hold megabytes in flight;
-/// deeper queues only add memory. At 32 packets (the default was 64), 16
-/// busy tunnels swung the server's heap by tens of MiB, past the
-/// allocator's trim threshold, and it faulted ~17,000 freshly returned
-/// pages back in per second; at 8, ~340.
-pub const DEFAULT_FRONTEND_QUEUE: usize = 8;
+/// Packets queued towards one frontend (one tunnel): at most
+/// [`QUEUED_DATA_BYTES`](super::proto::QUEUED_DATA_BYTES) (1 MiB) of full DATA packets. The HTTP/2 windows
+/// already hold megabytes in flight; deeper queues only add memory. At 32
+/// packets of 128 KiB (the default was 64), 16 busy tunnels swung the
+/// server's heap by tens of MiB, past the allocator's trim threshold, and
+/// it faulted ~17,000 freshly returned pages back in per second; at 8, ~340.
+pub const DEFAULT_FRONTEND_QUEUE: usize = DATA_QUEUE_PACKETS;
 /// Packets queued towards one agent stream (shared by its tunnels), in
 /// front of its HTTP/2 window. Deeper queues only add data in flight that
 /// has gone cold in the cache by the time it is sent.
-pub const DEFAULT_BACKEND_QUEUE: usize = 8;
+pub const DEFAULT_BACKEND_QUEUE: usize = DATA_QUEUE_PACKETS;
 /// Control packets queued towards one agent stream before it is retired.
 pub const BACKEND_CTRL_QUEUE: usize = 4096;
 /// How long a dial may wait for the agent's DIAL_RSP. konnectivity-client
