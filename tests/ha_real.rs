@@ -25,7 +25,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
@@ -86,12 +85,10 @@ impl Ctl {
 }
 
 /// Three controllers on 127.0.0.2..4, each with free kcm/scheduler ports
-/// (held while the nodes pick theirs, so none coincides).
+/// (distinct from every port the nodes pick).
 fn three_controllers() -> Vec<Ctl> {
-    let held: Vec<TcpListener> = (0..6)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let port = |i: usize| held[i].local_addr().unwrap().port();
+    let ports: [u16; 6] = common::free_ports();
+    let port = |i: usize| ports[i];
     let ctls = [
         ("c1", "127.0.0.2"),
         ("c2", "127.0.0.3"),
@@ -109,7 +106,6 @@ fn three_controllers() -> Vec<Ctl> {
         }
     })
     .collect();
-    drop(held);
     ctls
 }
 

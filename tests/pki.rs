@@ -1,15 +1,18 @@
 //! Cluster PKI: generated material checked with the real openssl, kubectl
 //! and etcd 3.4 (no mock verifiers).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
+use common::free_ports;
 use mkectl::pki::{
     self, Ca, CertUsage, KeyType, Leaf, PkiError, PkiPaths, PkiSpec, DEFAULT_LEAF_LIFETIME,
 };
@@ -874,15 +877,6 @@ fn invalid_spec_is_rejected_before_writing() {
             ..
         }
     ));
-}
-
-/// Distinct ports that were free a moment ago (held together while
-/// picking, so they differ).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// Kills etcd when the test ends, also on panic.

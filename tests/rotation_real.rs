@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,10 +30,8 @@ const OUTAGE_BOUND: Duration = Duration::from_secs(30);
 /// another test's control plane on this machine may hold; and the
 /// controller-manager's port.
 fn own_kube_ports() -> (String, u16) {
-    let held: Vec<TcpListener> = (0..2)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let port = |i: usize| held[i].local_addr().unwrap().port();
+    let ports: [u16; 2] = common::free_ports();
+    let port = |i: usize| ports[i];
     let spec = kube_ports_spec(port(0), port(1));
     (spec, port(0))
 }

@@ -50,36 +50,102 @@ pub fn ctr_answers(socket: &Path) {
     );
 }
 
-/// `n` distinct ports that were free a moment ago on 127.0.0.1 (all held
-/// at once while picking, so no two are the same).
+/// `n` distinct ports free now on 127.0.0.1, for components a test starts.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+    std::array::from_fn(|_| free_port())
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// Where this process's port search starts and how far it runs: below the
+/// kernel's ephemeral range, so that no process's outgoing connection can
+/// take a port between our check and the component's own bind. A port from
+/// `bind(:0)` comes out of that range and, on a busy 2-core CI machine, was
+/// sometimes taken by a client socket (etcd's, a status poll's) before the
+/// controller bound it; the controller then never became ready.
+const PORT_POOL: std::ops::Range<u16> = 20000..30000;
+
+/// A port free now on 127.0.0.1, outside the ephemeral range, never handed
+/// out twice by this process (tests of one binary run in parallel threads).
+/// Falls back to a kernel-chosen port if the machine's ephemeral range
+/// overlaps the pool.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    static POOL_USABLE: OnceLock<bool> = OnceLock::new();
+    let usable = *POOL_USABLE.get_or_init(|| {
+        let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+        let bounds: Vec<u32> = range.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        matches!(bounds[..], [lo, hi] if hi < u32::from(PORT_POOL.start) || lo >= u32::from(PORT_POOL.end))
+    });
+    if !usable {
+        return TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    let span = u32::from(PORT_POOL.end - PORT_POOL.start);
+    // Start at a pid-dependent offset: two test binaries running at once
+    // (a developer's second terminal) mostly walk different stretches.
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id().wrapping_mul(7919) % span));
+    for _ in 0..span {
+        let offset = next.fetch_add(1, Ordering::Relaxed) % span;
+        let port = PORT_POOL.start + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port left in {PORT_POOL:?}");
 }
 
 /// Polls `f` every 50 ms until it returns Some or `timeout` passes.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_or(what, timeout, f, String::new)
+}
+
+/// [`wait_for`], adding `context()` (log tails, say) to the panic message
+/// on timeout, so a CI failure says why and not only what.
+pub fn wait_for_or<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl FnOnce() -> String,
+) -> T {
     let end = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
             return v;
         }
         if Instant::now() > end {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The last `n` lines of every `*.log` file directly in `dir`.
+pub fn log_tails(dir: &Path, n: usize) -> String {
+    let mut logs: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    logs.sort();
+    let mut out = String::new();
+    for log in logs {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("--- last {n} lines of {} ---\n", log.display()));
+        for line in &lines[lines.len().saturating_sub(n)..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// True while `pid` exists and is not a zombie.
@@ -299,10 +365,21 @@ impl Node {
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        wait_for(what, timeout, || match self.status_json() {
-            (0, Some(v)) if pred(&v) => Some(v),
-            _ => None,
-        })
+        wait_for_or(
+            what,
+            timeout,
+            || match self.status_json() {
+                (0, Some(v)) if pred(&v) => Some(v),
+                _ => None,
+            },
+            || {
+                let (code, doc) = self.status_json();
+                format!(
+                    "last `mkectl status`: exit {code}, {doc:?}\n{}",
+                    log_tails(self.tmp.path(), 40)
+                )
+            },
+        )
     }
 
     /// `GET /metrics` on the node's metrics port.
