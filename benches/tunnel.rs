@@ -21,8 +21,10 @@
 //!
 //! * Throughput, 1 and 16 concurrent streams, download (target → client) and
 //!   upload (client → target). gRPC: one shared `ProxyClient` connection, one
-//!   Proxy stream per tunnel; HTTP-CONNECT and ssh: one connection per
-//!   tunnel. Best of `MKECTL_BENCH_REPEAT` (default 3) runs of 256 MiB each,
+//!   Proxy stream per tunnel, and "gRPC conn/tunnel", one client connection
+//!   per tunnel, as kube-apiserver 1.32 dials (its own server and agent
+//!   processes, mkectl's and upstream's); HTTP-CONNECT and ssh: one
+//!   connection per tunnel. Best of `MKECTL_BENCH_REPEAT` (default 3) runs of 256 MiB each,
 //!   interleaved over the paths so load changes hit all alike. (The old
 //!   target of 25% of direct loopback is withdrawn: the floor, measured in
 //!   the same run, stays below it on this machine.)
@@ -49,7 +51,7 @@
 //!
 //! `cargo bench --bench tunnel` (`MKECTL_BENCH_REPEAT=n` runs per throughput
 //! figure; `MKECTL_BENCH_PHASES=throughput,dial,rss` picks phases). Paths:
-//! `MKECTL_BENCH_MODES=grpc,http,floor,upstream-grpc,upstream-http,ssh` (the
+//! `MKECTL_BENCH_MODES=grpc,grpc-conn,http,floor,upstream-grpc,upstream-grpc-conn,upstream-http,ssh` (the
 //! direct baseline always runs); `MKECTL_BENCH_DIRS=download,upload`,
 //! `MKECTL_BENCH_STREAMS=1,16`. A path left out prints as not selected.
 //! `MKECTL_BENCH_WORKER_THREADS=n` passes `--worker-threads n` to mkectl's
@@ -385,18 +387,23 @@ enum P {
     Direct,
     Floor,
     MkGrpc,
+    /// gRPC, one client connection per tunnel (throughput only).
+    MkGrpcConn,
     MkHttp,
     UpGrpc,
+    UpGrpcConn,
     UpHttp,
     Ssh,
 }
 
-const PATHS: [P; 7] = [
+const PATHS: [P; 9] = [
     P::Direct,
     P::Floor,
     P::MkGrpc,
+    P::MkGrpcConn,
     P::MkHttp,
     P::UpGrpc,
+    P::UpGrpcConn,
     P::UpHttp,
     P::Ssh,
 ];
@@ -410,8 +417,10 @@ impl P {
             P::Direct => "direct",
             P::Floor => "floor",
             P::MkGrpc => "grpc",
+            P::MkGrpcConn => "grpc-conn",
             P::MkHttp => "http",
             P::UpGrpc => "upstream-grpc",
+            P::UpGrpcConn => "upstream-grpc-conn",
             P::UpHttp => "upstream-http",
             P::Ssh => "ssh",
         }
@@ -421,14 +430,22 @@ impl P {
             P::Direct => "direct TCP",
             P::Floor => "floor",
             P::MkGrpc => "mkectl gRPC",
+            P::MkGrpcConn => "mkectl gRPC conn/tunnel",
             P::MkHttp => "mkectl HTTP-CONNECT",
             P::UpGrpc => "upstream gRPC",
+            P::UpGrpcConn => "upstream gRPC conn/tunnel",
             P::UpHttp => "upstream HTTP-CONNECT",
             P::Ssh => "ssh -L",
         }
     }
     fn mkectl(self) -> bool {
-        matches!(self, P::MkGrpc | P::MkHttp)
+        matches!(self, P::MkGrpc | P::MkGrpcConn | P::MkHttp)
+    }
+    /// The gRPC paths whose every tunnel is its own client connection, as
+    /// kube-apiserver 1.32 dials (measured for throughput only: their dial
+    /// latency is the "single-use" row of the shared path).
+    fn conn_per_tunnel(self) -> bool {
+        matches!(self, P::MkGrpcConn | P::UpGrpcConn)
     }
 }
 
@@ -468,7 +485,7 @@ impl Avail {
             return Some("not selected (MKECTL_BENCH_MODES)".into());
         }
         match p {
-            P::UpGrpc | P::UpHttp => self
+            P::UpGrpc | P::UpGrpcConn | P::UpHttp => self
                 .upstream
                 .as_ref()
                 .err()
@@ -490,7 +507,13 @@ type Conn = Box<dyn Io>;
 enum Via {
     Direct,
     Floor(tempfile::TempDir),
-    Grpc { client: ProxyClient, uds: PathBuf },
+    /// `per_tunnel`: each dial is a new connection (`dial_grpc_uds`),
+    /// otherwise a stream on the shared `client`.
+    Grpc {
+        client: ProxyClient,
+        uds: PathBuf,
+        per_tunnel: bool,
+    },
     Http(PathBuf),
     Ssh(SocketAddr),
 }
@@ -542,6 +565,11 @@ impl Rig {
                     let _ = s.set_nodelay(true);
                     Box::new(s)
                 }
+                Via::Grpc {
+                    per_tunnel: true,
+                    uds,
+                    ..
+                } => Box::new(dial_grpc_uds(uds, &addr).await.map_err(|e| e.to_string())?),
                 Via::Grpc { client, .. } => {
                     Box::new(client.dial(&addr).await.map_err(|e| e.to_string())?)
                 }
@@ -587,24 +615,24 @@ async fn start_rig(p: P, av: &Avail, target: SocketAddr) -> Result<Rig, String> 
             parts: vec![],
             owner: None,
         },
-        P::MkGrpc | P::MkHttp | P::UpGrpc | P::UpHttp => {
+        P::MkGrpc | P::MkGrpcConn | P::MkHttp | P::UpGrpc | P::UpGrpcConn | P::UpHttp => {
             let stack = match p {
-                P::MkGrpc | P::MkHttp => start_mkectl().await?,
+                P::MkGrpc | P::MkGrpcConn | P::MkHttp => start_mkectl().await?,
                 _ => {
                     let bin = av.upstream.as_ref().map_err(|e| e.clone())?;
                     start_upstream(
                         bin,
-                        if p == P::UpGrpc {
-                            "grpc"
-                        } else {
+                        if p == P::UpHttp {
                             "http-connect"
+                        } else {
+                            "grpc"
                         },
                     )
                     .await?
                 }
             };
             let parts = vec![("server", stack.pids().0), ("agent", stack.pids().1)];
-            let via = if matches!(p, P::MkGrpc | P::UpGrpc) {
+            let via = if !matches!(p, P::MkHttp | P::UpHttp) {
                 let uds = stack.grpc_uds.clone().expect("gRPC frontend");
                 let client = match ProxyClient::connect_uds(&uds).await {
                     Ok(c) => c,
@@ -614,7 +642,11 @@ async fn start_rig(p: P, av: &Avail, target: SocketAddr) -> Result<Rig, String> 
                         return Err(format!("connect {}: {e}\n{l}", uds.display()));
                     }
                 };
-                Via::Grpc { client, uds }
+                Via::Grpc {
+                    client,
+                    uds,
+                    per_tunnel: p.conn_per_tunnel(),
+                }
             } else {
                 Via::Http(stack.http_uds.clone().expect("HTTP-CONNECT frontend"))
             };
@@ -1132,7 +1164,7 @@ async fn throughput(
             }
             let direct = best.get(&P::Direct).map(|t| t.mib_s).unwrap_or(f64::NAN);
             println!(
-                "  {} {:>2} stream{}             MiB/s  % direct   CPU ms/MiB: path     all",
+                "  {} {:>2} stream{}               MiB/s  % direct   CPU ms/MiB: path     all",
                 dir.name(),
                 streams,
                 if streams == 1 { " " } else { "s" }
@@ -1141,12 +1173,12 @@ async fn throughput(
                 let label = p.label();
                 let t = match (rig, best.get(p), failed.get(p)) {
                     (Err(why), _, _) => {
-                        println!("    {label:<22} {why}");
+                        println!("    {label:<24} {why}");
                         res.why.insert((*p, "throughput"), why.clone());
                         continue;
                     }
                     (_, _, Some(e)) => {
-                        println!("    {label:<22} ERROR: {e}");
+                        println!("    {label:<24} ERROR: {e}");
                         res.why.insert((*p, "throughput"), "ERROR".into());
                         ok &= !p.mkectl();
                         continue;
@@ -1168,7 +1200,7 @@ async fn throughput(
                     format!("  ({})", v.join(" + "))
                 };
                 println!(
-                    "    {label:<22} {:>8.0}  {:>7.1}%              {cpu_path:>6}  {:>6.2}{split}",
+                    "    {label:<24} {:>8.0}  {:>7.1}%              {cpu_path:>6}  {:>6.2}{split}",
                     t.mib_s,
                     t.mib_s / direct * 100.0,
                     t.cpu_all
@@ -1211,7 +1243,7 @@ async fn dial_series(
         let one = async {
             let t0 = Instant::now();
             match &rig.via {
-                Via::Grpc { client, uds } => {
+                Via::Grpc { client, uds, .. } => {
                     let mut c: TunnelConn = if single_use {
                         dial_grpc_uds(uds, &addr).await
                     } else {
@@ -1259,7 +1291,7 @@ async fn dial_latency(
     let mut ok = true;
     let mut d50 = None;
     for (p, rig) in rigs {
-        if *p == P::Floor {
+        if *p == P::Floor || p.conn_per_tunnel() {
             continue;
         }
         let rig = match rig {
@@ -1656,9 +1688,18 @@ struct GoalRow<'a> {
     /// counted.
     goal: Option<(Cmp, f64)>,
     fmt: fn(f64) -> String,
-    /// Measured in gRPC only: the HTTP-CONNECT cell is "-".
-    grpc_only: bool,
+    /// Which columns of the table the row has a cell in (bit i: column
+    /// i); the others print "-".
+    columns: u8,
 }
+
+/// Every column.
+const ALL_COLUMNS: u8 = u8::MAX;
+/// The first column of a goal table (gRPC with the shared client).
+const FIRST_COLUMN: u8 = 1;
+/// The first two (gRPC shared, HTTP-CONNECT): figures the
+/// connection-per-tunnel column has not measured.
+const FIRST_TWO_COLUMNS: u8 = 0b11;
 
 impl<'a> GoalRow<'a> {
     fn goal(
@@ -1673,7 +1714,7 @@ impl<'a> GoalRow<'a> {
             figure,
             goal: Some((cmp, goal)),
             fmt,
-            grpc_only: false,
+            columns: ALL_COLUMNS,
         }
     }
 
@@ -1683,33 +1724,39 @@ impl<'a> GoalRow<'a> {
             figure,
             goal: None,
             fmt,
-            grpc_only: false,
+            columns: ALL_COLUMNS,
         }
     }
 }
 
 /// Prints the column heads and `rows`, each cell mkectl against the other
-/// path of its column in `cols` (gRPC, HTTP-CONNECT); goal cells are counted
-/// in `t`.
-fn print_goal_rows(t: &mut Tally, cols: [(P, P); 2], rows: &[GoalRow]) {
-    println!("  {:<44} {:<40} {:<40}", "", "gRPC", "HTTP-CONNECT");
+/// path of its column in `cols` (head, mkectl, other); goal cells are
+/// counted in `t`.
+fn print_goal_rows(t: &mut Tally, cols: &[(&str, P, P)], rows: &[GoalRow]) {
+    let mut line = format!("  {:<44}", "");
+    for (head, _, _) in cols {
+        line.push_str(&format!(" {head:<40}"));
+    }
+    println!("{}", line.trim_end());
     for row in rows {
         let label = match row.goal {
             Some((cmp, goal)) => format!("{}, {} {goal}x", row.label, cmp.symbol()),
             None => format!("(info) {}", row.label),
         };
-        let mut cells = cols.iter().enumerate().map(|(i, &(mk, other))| {
-            if row.grpc_only && i > 0 {
-                return "-".to_string();
-            }
-            let (mk, other) = ((row.figure)(mk), (row.figure)(other));
-            match row.goal {
-                Some((cmp, goal)) => goal_cell(t, mk, other, goal, cmp, row.fmt),
-                None => info_cell(mk, other, row.fmt),
-            }
-        });
-        let (g, h) = (cells.next().unwrap(), cells.next().unwrap());
-        println!("  {label:<44} {g:<40} {h:<40}");
+        let mut line = format!("  {label:<44}");
+        for (i, &(_, mk, other)) in cols.iter().enumerate() {
+            let cell = if row.columns & (1 << i) == 0 {
+                "-".to_string()
+            } else {
+                let (mk, other) = ((row.figure)(mk), (row.figure)(other));
+                match row.goal {
+                    Some((cmp, goal)) => goal_cell(t, mk, other, goal, cmp, row.fmt),
+                    None => info_cell(mk, other, row.fmt),
+                }
+            };
+            line.push_str(&format!(" {cell:<40}"));
+        }
+        println!("{}", line.trim_end());
     }
 }
 
@@ -1761,29 +1808,27 @@ fn print_goals(res: &Results) -> Tally {
         rows.push(GoalRow::goal(label, figure, Cmp::AtMost, GOAL_CPU, two));
     }
     let label = format!("KiB per idle tunnel ({IDLE_TUNNELS})");
-    rows.push(GoalRow::goal(
-        label,
-        kib(),
-        Cmp::AtMost,
-        GOAL_MEM_PER_TUNNEL,
-        one,
-    ));
+    rows.push(GoalRow {
+        columns: FIRST_TWO_COLUMNS,
+        ..GoalRow::goal(label, kib(), Cmp::AtMost, GOAL_MEM_PER_TUNNEL, one)
+    });
     let label = "dial p99 ms (shared client)".to_string();
-    rows.push(GoalRow::goal(
-        label,
-        dial99(false),
-        Cmp::AtMost,
-        GOAL_DIAL_P99,
-        three,
-    ));
+    rows.push(GoalRow {
+        columns: FIRST_TWO_COLUMNS,
+        ..GoalRow::goal(label, dial99(false), Cmp::AtMost, GOAL_DIAL_P99, three)
+    });
     let label = "dial p99 ms (single-use conn)".to_string();
     rows.push(GoalRow {
-        grpc_only: true,
+        columns: FIRST_COLUMN,
         ..GoalRow::goal(label, dial99(true), Cmp::AtMost, GOAL_DIAL_P99, three)
     });
     print_goal_rows(
         &mut t,
-        [(P::MkGrpc, P::UpGrpc), (P::MkHttp, P::UpHttp)],
+        &[
+            ("gRPC", P::MkGrpc, P::UpGrpc),
+            ("HTTP-CONNECT", P::MkHttp, P::UpHttp),
+            ("gRPC conn/tunnel", P::MkGrpcConn, P::UpGrpcConn),
+        ],
         &rows,
     );
     // Information, no goal: memory given back.
@@ -1802,7 +1847,7 @@ fn print_goals(res: &Results) -> Tally {
         format!("mkectl {} / upstream {}", ret(P::MkGrpc), ret(P::UpGrpc)),
         format!("mkectl {} / upstream {}", ret(P::MkHttp), ret(P::UpHttp)),
     );
-    let notes: String = [P::UpGrpc, P::UpHttp]
+    let notes: String = [P::UpGrpc, P::UpHttp, P::UpGrpcConn]
         .into_iter()
         .flat_map(|p| ["throughput", "dial", "rss"].map(|ph| up_na(p, ph)))
         .filter(|s| !s.is_empty())
@@ -1826,9 +1871,23 @@ fn print_goals(res: &Results) -> Tally {
     let cpu = tput(Dir::Download, 1, |x| x.cpu_path);
     rows.push(GoalRow::info("CPU ms/MiB path, download 1", cpu, two));
     let echo99: Figure = Box::new(|p| res.echo.get(&(p, false)).map(|x| ms(x.1)));
-    rows.push(GoalRow::info("dial+echo p99 ms", echo99, three));
-    rows.push(GoalRow::info("KiB per idle tunnel", kib(), one));
-    print_goal_rows(&mut t, [(P::MkGrpc, P::Ssh), (P::MkHttp, P::Ssh)], &rows);
+    rows.push(GoalRow {
+        columns: FIRST_TWO_COLUMNS,
+        ..GoalRow::info("dial+echo p99 ms", echo99, three)
+    });
+    rows.push(GoalRow {
+        columns: FIRST_TWO_COLUMNS,
+        ..GoalRow::info("KiB per idle tunnel", kib(), one)
+    });
+    print_goal_rows(
+        &mut t,
+        &[
+            ("gRPC", P::MkGrpc, P::Ssh),
+            ("HTTP-CONNECT", P::MkHttp, P::Ssh),
+            ("gRPC conn/tunnel", P::MkGrpcConn, P::Ssh),
+        ],
+        &rows,
+    );
     t
 }
 

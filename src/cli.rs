@@ -500,10 +500,9 @@ pub enum KonnectivityCommand {
 }
 
 /// Default `--worker-threads` of a standalone konnectivity server or agent:
-/// 0, one per core, as every other mkectl process. One thread saves CPU on
-/// downloads but slows a single upload stream (measured, README), so it is
-/// the operator's choice, not the default.
-pub const KONNECTIVITY_WORKER_THREADS: u16 = 0;
+/// one, as the embedded ones run (`konnectivity::runtime::RELAY_THREADS`,
+/// which says why); 0 is one per core.
+pub const KONNECTIVITY_WORKER_THREADS: u16 = 1;
 
 impl KonnectivityCommand {
     /// `--worker-threads`, `None` for one per core.

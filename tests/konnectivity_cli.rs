@@ -212,9 +212,9 @@ async fn server_process_serves_tunnels_and_stops_on_sigterm() {
             ..Default::default()
         },
     );
-    // One runtime thread (the non-default --worker-threads) serves too.
+    // A thread per core (the non-default --worker-threads 0) serves too.
     let mut server = Command::from(cmd)
-        .args(["--worker-threads", "1"])
+        .args(["--worker-threads", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

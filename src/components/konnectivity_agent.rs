@@ -18,6 +18,7 @@ use tracing::info;
 use super::{Component, ComponentError};
 use crate::join::client::server_addrs;
 use crate::join::registry::ControllerRecord;
+use crate::konnectivity::runtime::{RelayRuntime, RELAY_THREADS};
 use crate::konnectivity::{Agent, AgentConfig, AgentHandle, ServerAddr, TlsFiles};
 
 pub const NAME: &str = "konnectivity-agent";
@@ -59,6 +60,8 @@ pub struct KonnectivityAgent {
     settings: KonnectivityAgentSettings,
     cancel: CancellationToken,
     handle: Option<AgentHandle>,
+    /// The agent's own runtime (see `konnectivity::runtime`), while started.
+    relay: Option<RelayRuntime>,
 }
 
 impl KonnectivityAgent {
@@ -67,6 +70,7 @@ impl KonnectivityAgent {
             settings,
             cancel: CancellationToken::new(),
             handle: None,
+            relay: None,
         }
     }
 
@@ -107,8 +111,12 @@ impl Component for KonnectivityAgent {
         cfg.identifiers = s.identifiers.clone();
         cfg.admin_listen = s.admin_listen;
         cfg.sync_interval_cap = RECONNECT_CAP;
-        let handle = Agent::start(cfg, self.cancel.clone())
+        let relay = RelayRuntime::start(NAME, RELAY_THREADS)
+            .map_err(|e| ComponentError::during(NAME, "starting its runtime", e))?;
+        let handle = relay
+            .run(Agent::start(cfg, self.cancel.clone()))
             .await
+            .map_err(|e| ComponentError::during(NAME, "starting the agent", e))?
             .map_err(|e| ComponentError::during(NAME, "starting the agent", e))?;
         info!(servers = ?tx.borrow().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "konnectivity agent connecting to every controller");
@@ -119,6 +127,7 @@ impl Component for KonnectivityAgent {
             self.cancel.clone(),
         ));
         self.handle = Some(handle);
+        self.relay = Some(relay);
         Ok(())
     }
 
@@ -152,6 +161,7 @@ impl Component for KonnectivityAgent {
     async fn stop(&mut self) -> Result<(), ComponentError> {
         let Some(handle) = self.handle.take() else {
             self.cancel.cancel();
+            self.relay = None;
             return Ok(());
         };
         handle.drain();
@@ -161,7 +171,10 @@ impl Component for KonnectivityAgent {
         }
         self.cancel.cancel();
         let ended = handle.wait_stopped();
-        super::stop_within(NAME, "agent tasks did not end", DRAIN_TIMEOUT, ended).await
+        let r = super::stop_within(NAME, "agent tasks did not end", DRAIN_TIMEOUT, ended).await;
+        // Whatever did not end within the deadline ends with its runtime.
+        self.relay = None;
+        r
     }
 }
 

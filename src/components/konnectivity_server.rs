@@ -17,6 +17,7 @@ use tracing::info;
 use super::{Component, ComponentError};
 use crate::config::NodePaths;
 use crate::fsutil;
+use crate::konnectivity::runtime::{RelayRuntime, RELAY_THREADS};
 use crate::konnectivity::{
     AgentIdentity, ProxyStrategy, Server, ServerConfig, ServerHandle, TlsFiles,
 };
@@ -51,6 +52,8 @@ pub struct KonnectivityServer {
     paths: NodePaths,
     cancel: CancellationToken,
     handle: Option<Arc<ServerHandle>>,
+    /// The server's own runtime (see `konnectivity::runtime`), while started.
+    relay: Option<RelayRuntime>,
 }
 
 impl KonnectivityServer {
@@ -60,6 +63,7 @@ impl KonnectivityServer {
             paths,
             cancel: CancellationToken::new(),
             handle: None,
+            relay: None,
         }
     }
 
@@ -117,8 +121,12 @@ impl Component for KonnectivityServer {
         // Kubelet traffic goes to the agent on that node when it has one.
         cfg.proxy_strategies = vec![ProxyStrategy::DestHost, ProxyStrategy::Default];
         self.cancel = CancellationToken::new();
-        let handle = Server::start(cfg, self.cancel.clone())
+        let relay = RelayRuntime::start(NAME, RELAY_THREADS)
+            .map_err(|e| ComponentError::during(NAME, "starting its runtime", e))?;
+        let handle = relay
+            .run(Server::start(cfg, self.cancel.clone()))
             .await
+            .map_err(|e| ComponentError::during(NAME, "starting the server", e))?
             .map_err(|e| ComponentError::during(NAME, "starting the server", e))?;
         info!(
             agent_addr = %handle.agent_addr(),
@@ -147,6 +155,7 @@ impl Component for KonnectivityServer {
             });
         }
         self.handle = Some(handle);
+        self.relay = Some(relay);
         Ok(())
     }
 
@@ -178,7 +187,10 @@ impl Component for KonnectivityServer {
         if let Some(handle) = self.handle.take() {
             handle.shutdown();
             let drained = handle.wait_stopped();
-            super::stop_within(NAME, "tunnels did not drain", STOP_TIMEOUT, drained).await?;
+            let r = super::stop_within(NAME, "tunnels did not drain", STOP_TIMEOUT, drained).await;
+            // Whatever did not drain within the deadline ends with its runtime.
+            self.relay = None;
+            r?;
         }
         Ok(())
     }

@@ -83,11 +83,15 @@ impl Incoming {
     }
 
     /// The next connection. A route whose front is gone never yields again.
+    /// A routed socket is moved to the caller's runtime (the front accepted
+    /// it on the node's): the konnectivity server serves agents on a
+    /// runtime of its own, and every readiness event of a busy agent link
+    /// would otherwise pass through another runtime's thread.
     pub async fn accept(&mut self) -> std::io::Result<RoutedConn> {
         match self {
             Incoming::Bound(l) => l.accept().await,
             Incoming::Routed(rx) => match rx.recv().await {
-                Some(c) => Ok(c),
+                Some((s, peer)) => Ok((TcpStream::from_std(s.into_std()?)?, peer)),
                 None => std::future::pending().await,
             },
         }

@@ -55,6 +55,7 @@ pub mod egress;
 pub mod io;
 pub mod metrics;
 pub mod proto;
+pub mod runtime;
 pub mod server;
 pub mod tls;
 pub mod trim;
