@@ -13,8 +13,9 @@
 //!   `MKECTL_BENCH_SSH_CIPHER`, default aes128-gcm@openssh.com: the AES-GCM
 //!   the floor and TLS use, and ssh's fastest; see benches/support/ssh_forward.rs);
 //! * "floor": the same three socket crossings and AES-128-GCM records with no
-//!   protocol at all (benches/support/relay_floor.rs), the ceiling for any
-//!   implementation on this machine in this run;
+//!   protocol at all (benches/support/relay_floor.rs): the least CPU per
+//!   byte any implementation can spend on this machine; its throughput is a
+//!   reference (blocking threads in this process), not a ceiling;
 //! * direct loopback TCP to the target (the baseline).
 //!
 //! Figures:

@@ -20,6 +20,9 @@ pub const BUSYBOX_IMAGE: &str = "docker.io/mkectl/busybox:e2e";
 pub const UPSTREAM_DNS: &str = "203.0.113.53";
 /// Bound for a node to turn Ready after its worker starts.
 pub const NODE_READY: Duration = Duration::from_secs(120);
+/// Bound for the node-lifecycle controller to lift its not-ready taint
+/// after the node turned Ready (it passes every 5 s; a busy CI machine).
+pub const TAINTS_CLEARED: Duration = Duration::from_secs(60);
 /// Bound for pods to run (image import is done before kubelet starts).
 pub const PODS_RUNNING: Duration = Duration::from_secs(120);
 pub const POLL: Duration = Duration::from_millis(500);
