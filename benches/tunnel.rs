@@ -508,12 +508,11 @@ type Conn = Box<dyn Io>;
 enum Via {
     Direct,
     Floor(tempfile::TempDir),
-    /// `per_tunnel`: each dial is a new connection (`dial_grpc_uds`),
-    /// otherwise a stream on the shared `client`.
+    /// A dial is a stream on the shared `client`, or a new connection to
+    /// `uds` (`dial_grpc_uds`) on the [`P::conn_per_tunnel`] paths.
     Grpc {
         client: ProxyClient,
         uds: PathBuf,
-        per_tunnel: bool,
     },
     Http(PathBuf),
     Ssh(SocketAddr),
@@ -566,11 +565,9 @@ impl Rig {
                     let _ = s.set_nodelay(true);
                     Box::new(s)
                 }
-                Via::Grpc {
-                    per_tunnel: true,
-                    uds,
-                    ..
-                } => Box::new(dial_grpc_uds(uds, &addr).await.map_err(|e| e.to_string())?),
+                Via::Grpc { uds, .. } if self.p.conn_per_tunnel() => {
+                    Box::new(dial_grpc_uds(uds, &addr).await.map_err(|e| e.to_string())?)
+                }
                 Via::Grpc { client, .. } => {
                     Box::new(client.dial(&addr).await.map_err(|e| e.to_string())?)
                 }
@@ -643,11 +640,7 @@ async fn start_rig(p: P, av: &Avail, target: SocketAddr) -> Result<Rig, String> 
                         return Err(format!("connect {}: {e}\n{l}", uds.display()));
                     }
                 };
-                Via::Grpc {
-                    client,
-                    uds,
-                    per_tunnel: p.conn_per_tunnel(),
-                }
+                Via::Grpc { client, uds }
             } else {
                 Via::Http(stack.http_uds.clone().expect("HTTP-CONNECT frontend"))
             };
@@ -835,7 +828,7 @@ fn spawn_logged(
 }
 
 /// `MKECTL_BENCH_WORKER_THREADS=n` runs mkectl's server and agent with
-/// `--worker-threads n` (unset: the default, one per core).
+/// `--worker-threads n` (unset: their default, one thread).
 fn worker_threads(cmd: &mut std::process::Command) {
     if let Ok(n) = std::env::var("MKECTL_BENCH_WORKER_THREADS") {
         cmd.arg("--worker-threads").arg(n);
@@ -1244,7 +1237,7 @@ async fn dial_series(
         let one = async {
             let t0 = Instant::now();
             match &rig.via {
-                Via::Grpc { client, uds, .. } => {
+                Via::Grpc { client, uds } => {
                     let mut c: TunnelConn = if single_use {
                         dial_grpc_uds(uds, &addr).await
                     } else {

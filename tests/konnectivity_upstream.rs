@@ -519,24 +519,7 @@ impl Drop for PanicLogs {
             return;
         }
         for dir in &self.0 {
-            let Ok(rd) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            let mut logs: Vec<PathBuf> = rd
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "log"))
-                .collect();
-            logs.sort();
-            for p in logs {
-                let t = std::fs::read_to_string(&p).unwrap_or_default();
-                let lines: Vec<&str> = t.lines().collect();
-                let from = lines.len().saturating_sub(60);
-                eprintln!("--- {} (last {} lines)", p.display(), lines.len() - from);
-                for l in &lines[from..] {
-                    eprintln!("{l}");
-                }
-            }
+            eprint!("{}", common::log_tails(dir, 60));
         }
     }
 }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use common::konnectivity::*;
 use common::konnectivity_cmd::{agent_command, server_command, Flavor, KonnOpts};
+use common::tail;
 use common::upstream::upstream_bins;
 use mkectl::konnectivity::client::ProxyClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -354,11 +355,6 @@ fn logs(servers: &[MkeServer], agents: &[UpstreamAgent]) -> String {
         s.push_str(&format!("--- {} log:\n{}\n", a.id, tail(&text, 40)));
     }
     s
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Polls until every server in `which` has both agents (one stream each);

@@ -192,9 +192,7 @@ impl Worker {
     }
 
     pub fn log_tail(&self) -> String {
-        let t = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        super::tail(&fs::read_to_string(&self.log).unwrap_or_default(), 60)
     }
 
     /// Every pid in this worker's cgroup root (pods' processes live in

@@ -128,6 +128,12 @@ pub fn wait_for_or<T>(
     }
 }
 
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// The last `n` lines of every `*.log` file directly in `dir`.
 pub fn log_tails(dir: &Path, n: usize) -> String {
     let mut logs: Vec<PathBuf> = fs::read_dir(dir)
@@ -138,12 +144,11 @@ pub fn log_tails(dir: &Path, n: usize) -> String {
     let mut out = String::new();
     for log in logs {
         let text = fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        out.push_str(&format!("--- last {n} lines of {} ---\n", log.display()));
-        for line in &lines[lines.len().saturating_sub(n)..] {
-            out.push_str(line);
-            out.push('\n');
-        }
+        out.push_str(&format!(
+            "--- last {n} lines of {} ---\n{}\n",
+            log.display(),
+            tail(&text, n)
+        ));
     }
     out
 }
